@@ -1,0 +1,39 @@
+# ppihd — the two set-up commands: `make demo` and `make test` (see README.md).
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+PIP    := $(VENV)/bin/pip
+STAMP  := $(VENV)/.installed
+DEMO   ?= output/demo
+DEMO_DATA ?= data/demo
+DEMO_CFG  ?= configs/demo/swin_micro_seq.yaml
+JOBS   ?= 2
+
+.PHONY: install demo demo-data demo-preprocess demo-train demo-eval demo-infer demo-export test test-fast clean
+
+install: $(STAMP)
+
+$(STAMP): requirements.txt requirements-dev.txt setup.py
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install --upgrade pip
+	$(PIP) install -r requirements-dev.txt
+	$(PIP) install --no-deps -e .
+	touch $(STAMP)
+
+demo: install demo-data demo-preprocess
+	@echo "make demo: finished; outputs in $(DEMO_DATA) and $(DEMO)"
+
+demo-data: install
+	$(PY) tools/make_demo_data.py --out $(DEMO_DATA) --series 48 --test-series 8 --seed 0
+
+demo-preprocess: install
+	$(PY) tools/preprocess.py -c $(DEMO_CFG) -o Data.root=$(DEMO_DATA) -o Data.num_workers=$(JOBS)
+
+test: install
+	$(PY) -m pytest -q tests
+
+test-fast: install
+	$(PY) -m pytest -q -x -m "not slow" tests
+
+clean:
+	rm -rf output .pytest_cache

@@ -1,0 +1,88 @@
+"""Runtime set-up shared by every tool: threads, device, seeds, logging.
+
+``import paddle`` sets OMP_NUM_THREADS=1 when it is unset, so CPU work runs on one core unless the
+thread count is set explicitly. Call :func:`setup_threads` BEFORE importing paddle where possible
+(tools do it first thing) and :func:`setup_runtime` after building the config.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import random
+import sys
+from typing import Any, Mapping, Optional
+
+import numpy as np
+
+_THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
+
+
+def setup_threads(num_threads: Optional[int] = None) -> int:
+    """Set the CPU thread count for OpenMP/MKL/oneDNN and for paddle if it is imported. Returns it."""
+    n = int(num_threads) if num_threads else (os.cpu_count() or 1)
+    for var in _THREAD_VARS:
+        os.environ[var] = str(n)
+    if "paddle" in sys.modules:
+        try:
+            sys.modules["paddle"].base.core.set_num_threads(n)
+        except AttributeError:  # Paddle 2.6: paddle.fluid.core
+            try:
+                import paddle.fluid.core as core  # type: ignore
+                core.set_num_threads(n)
+            except Exception:  # pragma: no cover - best effort
+                pass
+    try:
+        import cv2
+        cv2.setNumThreads(n)
+    except Exception:  # pragma: no cover
+        pass
+    return n
+
+
+def set_device(device: str) -> str:
+    """``cpu`` or ``gpu`` (``gpu:1`` allowed). Fails with a clear message if GPU is asked without CUDA."""
+    import paddle
+
+    dev = str(device).lower()
+    if dev.startswith("gpu") and not paddle.device.is_compiled_with_cuda():
+        raise RuntimeError(f"Global.device={device} but this paddle build has no CUDA; "
+                           "install paddlepaddle-gpu or set -o Global.device=cpu")
+    if dev.startswith("gpu") and ":" not in dev:
+        dev = f"gpu:{int(os.environ.get('FLAGS_selected_gpus', '0').split(',')[0])}"
+    paddle.set_device(dev)
+    return dev
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % (2 ** 32))
+    if "paddle" in sys.modules:
+        sys.modules["paddle"].seed(seed)
+
+
+def setup_runtime(cfg: Mapping[str, Any]) -> None:
+    """Threads, device and seed from ``cfg['Global']``."""
+    g = cfg["Global"]
+    setup_threads(g.get("num_threads"))
+    set_device(g.get("device", "cpu"))
+    seed_everything(int(g.get("seed", 42)))
+
+
+def get_logger(name: str = "ppihd", log_file: Optional[str] = None, level: int = logging.INFO) -> logging.Logger:
+    """A logger printing ``[time] LEVEL message`` to stderr and optionally to a file."""
+    logger = logging.getLogger(name)
+    logger.setLevel(level)
+    fmt = logging.Formatter("[%(asctime)s] %(levelname)s %(message)s", "%Y-%m-%d %H:%M:%S")
+    if not any(isinstance(h, logging.StreamHandler) and not isinstance(h, logging.FileHandler)
+               for h in logger.handlers):
+        sh = logging.StreamHandler()
+        sh.setFormatter(fmt)
+        logger.addHandler(sh)
+    if log_file and not any(isinstance(h, logging.FileHandler) and h.baseFilename == os.path.abspath(log_file)
+                            for h in logger.handlers):
+        os.makedirs(os.path.dirname(os.path.abspath(log_file)), exist_ok=True)
+        fh = logging.FileHandler(log_file)
+        fh.setFormatter(fmt)
+        logger.addHandler(fh)
+    logger.propagate = False
+    return logger

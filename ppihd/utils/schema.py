@@ -1,0 +1,165 @@
+"""Every configuration key ppihd knows, with its default (yacs-style: declared in one place).
+
+The defaults are the paper's setting (``configs/swin_b_seq.yaml`` spells the same values out with
+comments). A config file or ``-o`` override naming a key absent here is rejected with the nearest
+known keys. A key whose default is ``None`` accepts any type; otherwise the type must match
+(an int is accepted where a float is expected). Sections whose name is listed in ``OPEN_SECTIONS``
+accept arbitrary sub-keys (kwargs of a registered component chosen by ``name``).
+
+Contributors: add a key here (with a comment: its paper name, unit, reference-code value) and use
+it from the config; never read a key that is not declared here.
+"""
+from __future__ import annotations
+
+from typing import Any, Dict
+
+DEFAULTS: Dict[str, Any] = {
+    "Global": {
+        "device": "cpu",              # cpu | gpu
+        "num_threads": 2,             # CPU intra-op threads (paddle sets 1 when OMP_NUM_THREADS is unset)
+        "seed": 42,
+        "output_dir": "output",
+        "iters": 80000,               # paper: 80,000 iterations (reference: 60,000 on 4 GPUs)
+        "log_interval": 20,           # iterations between log lines
+        "eval_interval": 2000,        # iterations between validations (0 = only at the end)
+        "save_interval": 2000,        # iterations between `latest` checkpoints
+        "pretrained_model": None,     # our checkpoint (.pdparams) to start from / infer with
+        "checkpoints": None,          # a `latest` checkpoint prefix to resume training from
+        "save_inference_dir": "output/inference",
+        "amp": None,                  # None | fp16 | bf16 (GPU only)
+        "grad_accum": 1,              # series accumulated per optimizer step
+        "grad_clip": None,            # global-norm clip value, None = off
+        "use_visualdl": False,
+        "progress_bar": True,
+    },
+    "Data": {
+        "root": "data/demo",                       # folder in the RSNA layout
+        "train_dir": "stage_2_train",
+        "test_dir": "stage_2_test",
+        "label_csv": "stage_2_train.csv",
+        "pseudo_label_csv": None,                  # pseudo.csv from tools/pseudo_label.py (FixMatch)
+        "cache_dir": None,                         # default: <root>/cache_<image_size>
+        "index_file": None,                        # default: <cache_dir>/index.csv
+        "windows": [[40, 80], [80, 200], [40, 380]],  # (center, width): brain, blood, soft tissue
+        "fix_intercept": True,                     # RSNA corrupt-intercept fix (reference lacks it)
+        "remove_black_edges": True,                # paper: RBE, opening 5x5 ellipse x3 then crop
+        "opening_kernel": 5,
+        "opening_iterations": 3,
+        "crop_inclusive": True,                    # False = reference (drops last row/column)
+        "image_size": 224,                         # cache / model input side
+        "slice_order": "normal",                   # normal (tilt-aware) | reference (lexicographic x,y,z)
+        "max_slices": None,                        # None = no limit; reference: 60
+        "val_fraction": 0.1,                       # paper: 10 % of series
+        "split_seed": 42,                          # reference: 42
+        "group_by_patient": False,                 # reference: series-level split
+        "num_workers": 2,                          # header scan / cache writer processes
+    },
+    "DataLoader": {
+        "Train": {
+            "num_workers": 0,
+            "batch_series": 1,                     # paper: one series per GPU per step
+            "shuffle": True,
+            "augment": {
+                "random_resized_crop": True,
+                "scale": [0.8, 1.2],
+                "ratio": [0.75, 1.3333333333333333],
+                "interpolation": "bicubic",
+                "hflip": 0.5,
+                "vflip": 0.5,
+                "rotate": 0.0,                     # degrees, uniform +-; reference: 180
+                "per_slice": True,                 # reference draws per slice; False = per series
+            },
+            "strong_augment": {                    # FixMatch A(.) for pseudo-labelled series
+                "rotate": 30.0,
+                "blur_sigma": [0.1, 2.0],
+                "blur_prob": 0.5,
+                "distortion_prob": 0.5,
+                "distortion_strength": 0.3,
+            },
+        },
+        "Eval": {
+            "num_workers": 0,
+            "batch_series": 1,
+        },
+    },
+    "Arch": {
+        "name": "IHDNet",
+        "backbone": {
+            "name": "SwinTransformer",
+            "variant": "base",                     # tiny | small | base | (micro: tests/demos)
+            "img_size": 224,
+            "patch_size": 4,
+            "embed_dim": None,                     # None = from variant (base: 128)
+            "depths": None,                        # None = from variant (base: [2, 2, 18, 2])
+            "num_heads": None,                     # None = from variant (base: [4, 8, 16, 32])
+            "window_size": 7,
+            "mlp_ratio": 4.0,
+            "qkv_bias": True,
+            "drop_rate": 0.0,
+            "attn_drop_rate": 0.0,
+            "drop_path_rate": 0.5,                 # linear over all blocks (reference)
+            "post_norm": True,                     # paper: PN (res-post-norm)
+            "recompute": False,                    # activation checkpointing per stage
+        },
+        "pretrained": None,                        # ImageNet backbone weights (.pdparams, PaddleClas names)
+        "inter_slice": True,                       # paper: InterExt (sequence transformer)
+        "deep_supervision": True,                  # paper: DS (auxiliary head 1)
+        "sequence": {
+            "num_layers": 2,
+            "num_heads": 2,
+            "dim_feedforward": 200,
+            "dropout": 0.2,
+            "pos_dropout": 0.2,
+            "padding_mask": True,                  # False = reference (no key-padding mask)
+        },
+        "num_classes": 6,
+    },
+    "Loss": {
+        "static_weight": True,                     # paper: SW
+        "class_weights": [1.0, 1.0, 1.0, 1.0, 1.0, 2.0],
+        "dynamic_weight": True,                    # paper: DW (reference formula, positives only)
+        "head2_weight": 2.0,                       # reference: L = 2*L2 + 1*L1
+        "head1_weight": 1.0,
+        "unlabeled_weight": 1.0,                   # FixMatch L_u
+    },
+    "Optimizer": {
+        "name": "Momentum",
+        "momentum": 0.9,
+        "nesterov": False,                         # reference: True
+        "weight_decay": 1e-4,                      # coupled L2
+        "lr": {
+            "name": "CosineWarmup",
+            "learning_rate": 1e-3,                 # warmed LR
+            "warmup_steps": 300,
+            "warmup_start_lr": 0.0,
+            "end_lr": 0.0,
+        },
+    },
+    "Metric": {
+        "eps": 1e-7,                               # probability clip [eps, 1-eps] for the log loss
+        "class_weights": [1.0, 1.0, 1.0, 1.0, 1.0, 2.0],
+    },
+    "Infer": {
+        "batch_series": 1,
+        "threshold": 0.5,                          # slices above it are listed in series.json
+        "chunk_slices": None,                      # None = the whole series in one pass
+        "chunk_overlap": 8,
+        "key_slices": 4,                           # slices shown in the per-series PNG
+        "save_plots": True,
+    },
+    "Export": {
+        "onnx": False,
+        "opset_version": 13,
+    },
+    "PseudoLabel": {
+        "tau_s": 0.95,                             # series kept if every slice/class has max(p,1-p) > tau_s
+        "tau_p": 0.5,                              # paper: 0.5
+    },
+    "Ensemble": {
+        "tau_h": 0.998,                            # reference: 0.998
+        "tau_l": None,
+    },
+}
+
+#: Sections (dotted paths) that accept arbitrary sub-keys.
+OPEN_SECTIONS: tuple = ()

@@ -1,0 +1,26 @@
+import os
+import re
+
+from setuptools import find_packages, setup
+
+here = os.path.dirname(os.path.abspath(__file__))
+with open(os.path.join(here, "ppihd", "__init__.py"), encoding="utf-8") as f:
+    version = re.search(r'__version__ = "([^"]+)"', f.read()).group(1)
+with open(os.path.join(here, "README.md"), encoding="utf-8") as f:
+    long_description = f.read()
+
+setup(
+    name="ppihd",
+    version=version,
+    description="Transformer-based intracranial hemorrhage detection on head-CT DICOM series (PaddlePaddle)",
+    long_description=long_description,
+    long_description_content_type="text/markdown",
+    packages=find_packages(include=["ppihd", "ppihd.*"]),
+    python_requires=">=3.8",
+    # paddlepaddle (CPU) or paddlepaddle-gpu is installed separately, see requirements.txt.
+    install_requires=["numpy", "pandas", "pydicom>=2.4", "opencv-python-headless", "PyYAML", "tqdm",
+                      "matplotlib", "scikit-learn"],
+    extras_require={"onnx": ["paddle2onnx", "onnxruntime"], "jpeg": ["pylibjpeg", "pylibjpeg-openjpeg"],
+                    "visualdl": ["visualdl"]},
+    license="Apache-2.0",
+)

@@ -1,0 +1,20 @@
+"""Shared fixtures. Nothing here downloads anything."""
+import os
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+# paddle sets OMP_NUM_THREADS=1 when unset; tests run on the CI machine's two cores.
+os.environ.setdefault("OMP_NUM_THREADS", "2")
+
+SHARED = os.path.join(os.path.dirname(ROOT), "shared")
+FIXTURE_SERIES = os.path.join(SHARED, "fixtures", "ge_head_ct_tilt")
+
+
+@pytest.fixture(scope="session")
+def fixture_series_dir():
+    if not os.path.isdir(FIXTURE_SERIES):
+        pytest.fail(f"real fixture series missing: {FIXTURE_SERIES} (shared/ must sit beside the checkout)")
+    return FIXTURE_SERIES

@@ -1,0 +1,77 @@
+import os
+
+import pytest
+import yaml
+
+from ppihd.utils.config import ConfigError, load_config, parse_override, save_config
+from ppihd.utils.registry import Registry
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_paper_config_values():
+    cfg = load_config(os.path.join(ROOT, "configs", "swin_b_seq.yaml"))
+    assert cfg["Arch"]["backbone"]["variant"] == "base"
+    assert cfg["Global"]["iters"] == 80000
+    assert cfg["Optimizer"]["lr"]["warmup_steps"] == 300
+    assert cfg["Optimizer"]["lr"]["learning_rate"] == pytest.approx(1e-3)
+    assert cfg["Data"]["windows"] == [[40, 80], [80, 200], [40, 380]]
+    assert cfg["Loss"]["class_weights"] == [1, 1, 1, 1, 1, 2]
+
+
+def test_base_inheritance_and_overrides(tmp_path):
+    base = tmp_path / "base.yaml"
+    base.write_text("Global:\n  iters: 100\n  seed: 7\nArch:\n  deep_supervision: true\n")
+    child = tmp_path / "child.yaml"
+    child.write_text("_base_: base.yaml\nGlobal:\n  iters: 5\n")
+    cfg = load_config(str(child), ["Arch.deep_supervision=false", "Data.windows=[[1, 2], [3, 4], [5, 6]]"])
+    assert cfg["Global"]["iters"] == 5          # child wins
+    assert cfg["Global"]["seed"] == 7           # inherited
+    assert cfg["Arch"]["deep_supervision"] is False
+    assert cfg["Data"]["windows"] == [[1, 2], [3, 4], [5, 6]]
+    assert cfg["Global"]["device"] == "cpu"     # schema default
+
+
+def test_unknown_keys_name_nearest(tmp_path):
+    with pytest.raises(ConfigError, match=r"Global\.iter'.*Global\.iters"):
+        load_config(None, ["Global.iter=3"])
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("Arch:\n  backbone:\n    post_nrom: true\n")
+    with pytest.raises(ConfigError, match=r"bad\.yaml.*Arch\.backbone\.post_nrom.*Arch\.backbone\.post_norm"):
+        load_config(str(bad))
+
+
+def test_override_values_are_not_evaluated():
+    # a Python expression stays a string and then fails the type check instead of running
+    assert parse_override("Global.output_dir=__import__('os')") == {"Global": {"output_dir": "__import__('os')"}}
+    with pytest.raises(ConfigError, match="expects int"):
+        load_config(None, ["Global.iters=__import__('os').getpid()"])
+    with pytest.raises(ConfigError, match="Section.key=value"):
+        parse_override("Global.iters")
+
+
+def test_circular_base(tmp_path):
+    (tmp_path / "a.yaml").write_text("_base_: b.yaml\n")
+    (tmp_path / "b.yaml").write_text("_base_: a.yaml\n")
+    with pytest.raises(ConfigError, match="circular"):
+        load_config(str(tmp_path / "a.yaml"))
+
+
+def test_save_config_roundtrip(tmp_path):
+    cfg = load_config(None, ["Global.iters=12"])
+    p = save_config(cfg, str(tmp_path / "out" / "config.yaml"))
+    with open(p) as f:
+        assert yaml.safe_load(f)["Global"]["iters"] == 12
+
+
+def test_registry():
+    reg = Registry("widget")
+
+    @reg.register
+    class Foo:
+        def __init__(self, a=1):
+            self.a = a
+
+    assert reg.build({"name": "Foo", "a": 3}).a == 3
+    with pytest.raises(KeyError, match="known widgets: Foo"):
+        reg.build({"name": "Bar"})
