@@ -69,12 +69,19 @@ DEFAULTS: Dict[str, Any] = {
                 "rotate": 0.0,                     # degrees, uniform +-; reference: 180
                 "per_slice": True,                 # reference draws per slice; False = per series
             },
-            "strong_augment": {                    # FixMatch A(.) for pseudo-labelled series
-                "rotate": 30.0,
-                "blur_sigma": [0.1, 2.0],
+            "strong_augment": {                    # FixMatch A(.) for pseudo-labelled series (paper gives no values)
+                "crop_scale": [0.5, 1.0],          # random resized crop: area fraction of the slice
+                "crop_ratio": [0.75, 1.3333333333333333],  # aspect ratio range of the crop box
+                "hflip": 0.5,                      # probability
+                "vflip": 0.5,                      # probability
+                "rotate": 30.0,                    # degrees, uniform +-
+                "blur_sigma": [0.1, 2.0],          # Gaussian blur sigma range, pixels
                 "blur_prob": 0.5,
+                "distortion": "grid",              # grid | elastic
                 "distortion_prob": 0.5,
-                "distortion_strength": 0.3,
+                "distortion_strength": 0.3,        # grid: max cell displacement / cell size; elastic: alpha / side
+                "grid_steps": 5,                   # grid distortion cells per side
+                "per_slice": True,                 # draw parameters per slice (False = one draw per series)
             },
         },
         "Eval": {
@@ -153,11 +160,14 @@ DEFAULTS: Dict[str, Any] = {
     },
     "PseudoLabel": {
         "tau_s": 0.95,                             # series kept if every slice/class has max(p,1-p) > tau_s
-        "tau_p": 0.5,                              # paper: 0.5
+                                                   # (paper gives no value; see docs/reproduce.md)
+        "tau_p": 0.5,                              # paper: 0.5 (pseudo-label = p > tau_p)
     },
     "Ensemble": {
-        "tau_h": 0.998,                            # reference: 0.998
-        "tau_l": None,
+        "mode": "paper",                           # paper: tau on the weighted mean | reference: tau_h where
+                                                   # ALL models exceed it, weights 0.85/0.05/0.10
+        "tau_h": 0.998,                            # p > tau_h -> 1 (paper gives no value; reference: 0.998)
+        "tau_l": None,                             # p < tau_l -> 0 (None = off; reference: off)
     },
 }
 
