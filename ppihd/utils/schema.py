@@ -31,6 +31,8 @@ DEFAULTS: Dict[str, Any] = {
         "grad_clip": None,            # global-norm clip value, None = off
         "use_visualdl": False,
         "progress_bar": True,
+        "eval_max_series": None,      # cap on val series per periodic evaluation (None = all; final eval uses all)
+        "keep_best": True,            # also save `best_model` when the val metric improves
     },
     "Data": {
         "root": "data/demo",                       # folder in the RSNA layout
@@ -68,6 +70,7 @@ DEFAULTS: Dict[str, Any] = {
                 "vflip": 0.5,
                 "rotate": 0.0,                     # degrees, uniform +-; reference: 180
                 "per_slice": True,                 # reference draws per slice; False = per series
+                "crop_oversize": "pad",            # scale > 1: crop box larger than the image -> pad (zeros) | clamp
             },
             "strong_augment": {                    # FixMatch A(.) for pseudo-labelled series (paper gives no values)
                 "crop_scale": [0.5, 1.0],          # random resized crop: area fraction of the slice
@@ -122,12 +125,14 @@ DEFAULTS: Dict[str, Any] = {
         "num_classes": 6,
     },
     "Loss": {
+        "name": "IHDLoss",                         # registered in ppihd.loss.LOSSES
         "static_weight": True,                     # paper: SW
         "class_weights": [1.0, 1.0, 1.0, 1.0, 1.0, 2.0],
         "dynamic_weight": True,                    # paper: DW (reference formula, positives only)
         "head2_weight": 2.0,                       # reference: L = 2*L2 + 1*L1
         "head1_weight": 1.0,
         "unlabeled_weight": 1.0,                   # FixMatch L_u
+        "dynamic_weight_eps": 1e-7,                # reference: p_c = 2 n-_c / (n+_c + n-_c + 1e-7)
     },
     "Optimizer": {
         "name": "Momentum",
