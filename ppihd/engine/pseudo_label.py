@@ -1,0 +1,187 @@
+"""FixMatch pseudo-label selection (paper §Enhanced modeling, SPEC §6).
+
+Confidence ``s = max(p, 1 - p)`` per slice and class (eq. 2). A series is kept only if ``s > tau_s`` for ALL
+its slices and all six classes; its pseudo-labels are ``p > tau_p`` (``tau_p = 0.5`` in the paper).
+
+Input: one or more ``predictions.csv`` (tools/infer.py: ``patient_id, study_uid, series_uid, sop_uid,
+slice_idx, position`` + the six probabilities in ``ppihd.LABELS`` order); several files are averaged (the
+"ensemble results" of the paper) and must cover the same slices.
+
+Output ``pseudo.csv`` (the file ``Data.pseudo_label_csv`` points to), one row per kept slice::
+
+    patient_id, study_uid, series_uid, sop_uid, slice_idx, position,
+    epidural, intraparenchymal, intraventricular, subarachnoid, subdural, any   (0/1 ints),
+    confidence   (min over the six classes of max(p, 1 - p) of the averaged prediction)
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+import pandas as pd
+
+from ppihd import LABELS
+
+SERIES_KEY = ("patient_id", "study_uid", "series_uid")
+META_COLUMNS = ("patient_id", "study_uid", "series_uid", "sop_uid", "slice_idx", "position")
+PSEUDO_COLUMNS = META_COLUMNS + tuple(LABELS) + ("confidence",)
+
+
+class PseudoLabelError(ValueError):
+    """Prediction files that cannot be used for pseudo-labelling (missing columns, mismatched slices)."""
+
+
+@dataclass
+class Selection:
+    """Result of :func:`select_confident_series`."""
+
+    pseudo: pd.DataFrame                      # kept slices, PSEUDO_COLUMNS
+    n_series: int                             # series in the input
+    n_slices: int
+    kept_series: int
+    kept_slices: int
+    dropped_examples: List[Tuple[str, float]] = field(default_factory=list)  # (series_uid, min confidence)
+
+
+def read_predictions(path: str) -> pd.DataFrame:
+    """Read a ``predictions.csv`` and check its columns. UIDs are kept as strings."""
+    if not os.path.isfile(path):
+        raise PseudoLabelError(f"{path}: file not found")
+    df = pd.read_csv(path, dtype={c: str for c in ("patient_id", "study_uid", "series_uid", "sop_uid")})
+    missing = [c for c in ("series_uid", "sop_uid") + tuple(LABELS) if c not in df.columns]
+    if missing:
+        raise PseudoLabelError(
+            f"{path}: missing columns {', '.join(missing)}; pseudo-labelling needs the per-slice predictions.csv "
+            f"written by tools/infer.py (a submission ID,Label file has no series information)")
+    for c in ("patient_id", "study_uid"):
+        if c not in df.columns:
+            df[c] = ""
+    if "slice_idx" not in df.columns:
+        df["slice_idx"] = df.groupby("series_uid").cumcount()
+    if "position" not in df.columns:
+        df["position"] = np.nan
+    df[["patient_id", "study_uid"]] = df[["patient_id", "study_uid"]].fillna("")
+    dup = df["sop_uid"][df["sop_uid"].duplicated()]
+    if len(dup):
+        raise PseudoLabelError(f"{path}: {len(dup)} duplicate sop_uid rows, e.g. {', '.join(dup.iloc[:3])}")
+    probs = df[list(LABELS)].to_numpy(dtype=np.float64)
+    bad = ~np.isfinite(probs) | (probs < 0) | (probs > 1)
+    if bad.any():
+        rows = np.where(bad.any(axis=1))[0][:3]
+        raise PseudoLabelError(f"{path}: {int(bad.any(axis=1).sum())} rows with probabilities missing or outside "
+                               f"[0, 1], e.g. sop_uid {', '.join(df['sop_uid'].iloc[rows])}")
+    return df
+
+
+def average_predictions(frames: Sequence[pd.DataFrame], paths: Optional[Sequence[str]] = None) -> pd.DataFrame:
+    """Mean of the six probabilities over several prediction tables of the SAME slices (matched by sop_uid).
+
+    The first table's row order and metadata are kept. Raises :class:`PseudoLabelError` naming the file
+    whose slices differ (counts and a few example sop_uids).
+    """
+    paths = list(paths) if paths is not None else [f"input {i + 1}" for i in range(len(frames))]
+    base = frames[0].set_index("sop_uid", drop=False)
+    acc = base[list(LABELS)].to_numpy(dtype=np.float64).copy()
+    for df, p in zip(frames[1:], paths[1:]):
+        other = df.set_index("sop_uid")
+        missing = base.index.difference(other.index, sort=False)
+        extra = other.index.difference(base.index, sort=False)
+        if len(missing) or len(extra):
+            raise PseudoLabelError(
+                f"{p}: {len(other)} slices vs {len(base)} in {paths[0]}; {len(missing)} missing "
+                f"(e.g. {', '.join(map(str, missing[:3]))}), {len(extra)} extra (e.g. {', '.join(map(str, extra[:3]))})")
+        acc += other.reindex(base.index)[list(LABELS)].to_numpy(dtype=np.float64)
+    out = base.reset_index(drop=True).copy()
+    out[list(LABELS)] = acc / len(frames)
+    return out
+
+
+def confidence(probs: np.ndarray) -> np.ndarray:
+    """Eq. 2: ``s = max(p, 1 - p)`` elementwise (any shape)."""
+    p = np.asarray(probs, dtype=np.float64)
+    return np.maximum(p, 1.0 - p)
+
+
+def select_confident_series(pred: pd.DataFrame, tau_s: float = 0.95, tau_p: float = 0.5) -> Selection:
+    """Keep series whose every slice and class has ``s > tau_s``; pseudo-label = ``p > tau_p``.
+
+    Args:
+        pred: per-slice predictions (``SERIES_KEY`` + ``sop_uid`` + six probabilities).
+    Returns:
+        :class:`Selection` with the kept slices (0/1 labels, ordered by series then ``slice_idx``).
+    """
+    if not 0.5 <= tau_s < 1.0:
+        raise PseudoLabelError(f"PseudoLabel.tau_s must be in [0.5, 1) (max(p, 1-p) >= 0.5), got {tau_s}")
+    if not 0.0 < tau_p < 1.0:
+        raise PseudoLabelError(f"PseudoLabel.tau_p must be in (0, 1), got {tau_p}")
+    df = pred.copy()
+    probs = df[list(LABELS)].to_numpy(dtype=np.float64)
+    df["confidence"] = confidence(probs).min(axis=1)
+    series_conf = df.groupby(list(SERIES_KEY), sort=False)["confidence"].transform("min")
+    keep = series_conf > tau_s
+    kept = df[keep].copy()
+    kept[list(LABELS)] = (kept[list(LABELS)].to_numpy(dtype=np.float64) > tau_p).astype(np.int64)
+    kept = kept.sort_values(list(SERIES_KEY) + ["slice_idx"], kind="stable")
+    per_series = df.groupby(list(SERIES_KEY), sort=False)["confidence"].min()
+    dropped = per_series[per_series <= tau_s].sort_values(ascending=False)
+    return Selection(
+        pseudo=kept[list(PSEUDO_COLUMNS)].reset_index(drop=True),
+        n_series=int(len(per_series)), n_slices=int(len(df)),
+        kept_series=int((per_series > tau_s).sum()), kept_slices=int(keep.sum()),
+        dropped_examples=[(str(k[2]), float(v)) for k, v in dropped.iloc[:5].items()])
+
+
+def train_label_rates(label_csv: str) -> Tuple[int, Dict[str, float]]:
+    """Positive rate per class of an RSNA ``stage_2_train.csv`` (``ID,Label`` long format, duplicates dropped).
+
+    Returns ``(n_images, {label: rate})``.
+    """
+    if not os.path.isfile(label_csv):
+        raise PseudoLabelError(f"{label_csv}: training label file not found")
+    df = pd.read_csv(label_csv, dtype={"ID": str})
+    if not {"ID", "Label"} <= set(df.columns):
+        raise PseudoLabelError(f"{label_csv}: expected columns ID,Label, found {', '.join(df.columns)}")
+    df = df.drop_duplicates("ID")
+    parts = df["ID"].str.rsplit("_", n=1, expand=True)
+    df = df.assign(image=parts[0], label=parts[1])
+    df = df[df["label"].isin(LABELS)]
+    wide = df.pivot(index="image", columns="label", values="Label")
+    return int(len(wide)), {lab: float(wide[lab].mean()) if lab in wide else float("nan") for lab in LABELS}
+
+
+def label_distribution_table(pseudo: pd.DataFrame, train_rates: Optional[Dict[str, float]] = None) -> str:
+    """A text table: per class, pseudo positives, pseudo rate, and the training-set rate when known."""
+    n = max(len(pseudo), 1)
+    lines = [f"{'label':<18}{'pseudo +':>10}{'pseudo rate':>13}" + (f"{'train rate':>12}" if train_rates else "")]
+    for lab in LABELS:
+        pos = int(pseudo[lab].sum()) if len(pseudo) else 0
+        line = f"{lab:<18}{pos:>10d}{pos / n:>13.4f}"
+        if train_rates:
+            line += f"{train_rates[lab]:>12.4f}"
+        lines.append(line)
+    return "\n".join(lines)
+
+
+def write_pseudo_csv(pseudo: pd.DataFrame, path: str) -> str:
+    """Write ``pseudo.csv`` atomically (columns :data:`PSEUDO_COLUMNS`). Returns the path."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = f"{path}.tmp{os.getpid()}"
+    pseudo.to_csv(tmp, index=False, float_format="%.6g")
+    os.replace(tmp, path)
+    return path
+
+
+def read_pseudo_csv(path: str) -> pd.DataFrame:
+    """Read a ``pseudo.csv`` written by :func:`write_pseudo_csv`; checks columns and 0/1 labels."""
+    if not os.path.isfile(path):
+        raise PseudoLabelError(f"Data.pseudo_label_csv: {path} not found (make it with tools/pseudo_label.py)")
+    df = pd.read_csv(path, dtype={c: str for c in ("patient_id", "study_uid", "series_uid", "sop_uid")})
+    missing = [c for c in ("series_uid", "sop_uid") + tuple(LABELS) if c not in df.columns]
+    if missing:
+        raise PseudoLabelError(f"{path}: missing columns {', '.join(missing)} (expected {', '.join(PSEUDO_COLUMNS)})")
+    vals = df[list(LABELS)].to_numpy()
+    if not np.isin(vals, (0, 1)).all():
+        raise PseudoLabelError(f"{path}: label columns must be 0/1 pseudo-labels")
+    return df

@@ -1,0 +1,100 @@
+"""Pseudo-label selection on hand-made predictions (SPEC §6)."""
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from ppihd import LABELS
+from ppihd.engine.pseudo_label import (PseudoLabelError, average_predictions, confidence, read_pseudo_csv,
+                                       select_confident_series, train_label_rates)
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _pred(rows):
+    """rows: (series_uid, sop_uid, slice_idx, six probabilities)."""
+    recs = []
+    for ser, sop, idx, probs in rows:
+        rec = {"patient_id": "P_" + ser, "study_uid": "ST_" + ser, "series_uid": ser, "sop_uid": sop,
+               "slice_idx": idx, "position": 5.0 * idx}
+        rec.update(dict(zip(LABELS, probs)))
+        recs.append(rec)
+    return pd.DataFrame(recs)
+
+
+NEG = [0.01, 0.02, 0.01, 0.03, 0.01, 0.02]
+POS_SDH = [0.01, 0.02, 0.01, 0.03, 0.99, 0.98]
+# series A: all confident (one subdural slice). series B: one slice has subarachnoid 0.9 (s = 0.9 < 0.95).
+# series C: confident except 'any' = 0.95 exactly (s = 0.95, not > 0.95 -> dropped).
+ROWS = [("A", "ID_a0", 0, NEG), ("A", "ID_a1", 1, POS_SDH), ("A", "ID_a2", 2, NEG),
+        ("B", "ID_b0", 0, NEG), ("B", "ID_b1", 1, [0.01, 0.02, 0.01, 0.90, 0.01, 0.97]), ("B", "ID_b2", 2, NEG),
+        ("C", "ID_c0", 0, NEG), ("C", "ID_c1", 1, [0.01, 0.02, 0.01, 0.03, 0.01, 0.95])]
+
+
+def test_confidence_eq2():
+    np.testing.assert_allclose(confidence(np.array([0.0, 0.2, 0.5, 0.93])), [1.0, 0.8, 0.5, 0.93])
+
+
+def test_series_with_one_unconfident_slice_is_dropped():
+    sel = select_confident_series(_pred(ROWS), tau_s=0.95, tau_p=0.5)
+    assert (sel.n_series, sel.kept_series, sel.n_slices, sel.kept_slices) == (3, 1, 8, 3)
+    p = sel.pseudo
+    assert list(p["sop_uid"]) == ["ID_a0", "ID_a1", "ID_a2"]
+    assert p[list(LABELS)].to_numpy().tolist() == [[0] * 6, [0, 0, 0, 0, 1, 1], [0] * 6]
+    # min over classes of max(p, 1-p): slice a1 -> min(0.99, 0.98, 0.99, 0.97, 0.99, 0.98) = 0.97
+    assert p["confidence"].tolist() == pytest.approx([0.97, 0.97, 0.97])
+    # B's weakest slice has s = 0.90, C's 0.95: both listed as dropped, C first (more confident)
+    assert [s for s, _ in sel.dropped_examples] == ["C", "B"]
+    # lower tau_s keeps B too (0.90 > 0.89), and its 0.90 subarachnoid becomes 1
+    sel2 = select_confident_series(_pred(ROWS), tau_s=0.89)
+    assert sel2.kept_series == 3
+    b1 = sel2.pseudo.set_index("sop_uid").loc["ID_b1", list(LABELS)].tolist()
+    assert b1 == [0, 0, 0, 1, 0, 1]
+
+
+def test_tau_validation():
+    with pytest.raises(PseudoLabelError, match="tau_s"):
+        select_confident_series(_pred(ROWS), tau_s=0.3)
+
+
+def test_average_of_two_files_and_mismatch():
+    a = _pred(ROWS)
+    b = _pred(ROWS)
+    b[list(LABELS)] = 1.0 - b[list(LABELS)]  # mean = 0.5 everywhere -> nothing confident
+    avg = average_predictions([a, b], ["a.csv", "b.csv"])
+    np.testing.assert_allclose(avg[list(LABELS)].to_numpy(), 0.5)
+    assert select_confident_series(avg).kept_series == 0
+    c = _pred(ROWS[:-1])
+    with pytest.raises(PseudoLabelError, match=r"c.csv: 7 slices vs 8.*1 missing \(e.g. ID_c1\)"):
+        average_predictions([a, c], ["a.csv", "c.csv"])
+
+
+def test_train_label_rates(tmp_path):
+    # two images (+ one duplicated row set): epidural positive in one of two, any in one of two
+    rows = []
+    for img, pos in (("ID_x1", {"epidural", "any"}), ("ID_x2", set())):
+        rows += [(f"{img}_{lab}", int(lab in pos)) for lab in LABELS]
+    rows += rows[:6]  # duplicates are dropped
+    pd.DataFrame(rows, columns=["ID", "Label"]).to_csv(tmp_path / "train.csv", index=False)
+    n, rates = train_label_rates(str(tmp_path / "train.csv"))
+    assert n == 2 and rates["epidural"] == 0.5 and rates["any"] == 0.5 and rates["subdural"] == 0.0
+
+
+def test_cli(tmp_path):
+    _pred(ROWS).to_csv(tmp_path / "pred.csv", index=False)
+    out = tmp_path / "pseudo.csv"
+    r = subprocess.run([sys.executable, os.path.join(ROOT, "tools", "pseudo_label.py"), "--pred",
+                        str(tmp_path / "pred.csv"), "--tau-s", "0.95", "--tau-p", "0.5", "--out", str(out)],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert "kept 1/3 series" in r.stdout and "3/8 slices" in r.stdout
+    df = read_pseudo_csv(str(out))
+    assert df["sop_uid"].tolist() == ["ID_a0", "ID_a1", "ID_a2"] and int(df["any"].sum()) == 1
+    # a submission file has no series information: clear error
+    pd.DataFrame({"ID": ["ID_a0_any"], "Label": [0.1]}).to_csv(tmp_path / "sub.csv", index=False)
+    r = subprocess.run([sys.executable, os.path.join(ROOT, "tools", "pseudo_label.py"), "--pred",
+                        str(tmp_path / "sub.csv"), "--out", str(tmp_path / "x.csv")], capture_output=True, text=True)
+    assert r.returncode == 2 and "sub.csv" in r.stderr and "series_uid" in r.stderr

@@ -1,0 +1,60 @@
+#!/usr/bin/env python
+"""Select confident test series and write FixMatch pseudo-labels (paper eq. 2, SPEC §6).
+
+    python tools/pseudo_label.py --pred out/a/predictions.csv out/b/predictions.csv \
+        --tau-s 0.95 --tau-p 0.5 --out pseudo.csv --train-labels data/rsna/stage_2_train.csv
+
+Several prediction files are averaged (they must cover the same slices). A series is kept only if
+max(p, 1-p) > tau_s for every slice and all six classes; labels are p > tau_p. Point a training config's
+``Data.pseudo_label_csv`` at the output (see configs/fixmatch/).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from ppihd.engine.pseudo_label import (PseudoLabelError, average_predictions, label_distribution_table,  # noqa: E402
+                                       read_predictions, select_confident_series, train_label_rates,
+                                       write_pseudo_csv)
+from ppihd.utils.schema import DEFAULTS  # noqa: E402
+
+
+def main(argv=None) -> int:
+    d = DEFAULTS["PseudoLabel"]
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--pred", nargs="+", required=True, help="predictions.csv file(s) from tools/infer.py")
+    ap.add_argument("--tau-s", type=float, default=d["tau_s"], help=f"confidence threshold (default {d['tau_s']})")
+    ap.add_argument("--tau-p", type=float, default=d["tau_p"], help=f"binarisation threshold (default {d['tau_p']})")
+    ap.add_argument("--out", required=True, help="pseudo-label CSV to write (Data.pseudo_label_csv)")
+    ap.add_argument("--train-labels", default=None, help="stage_2_train.csv, to compare label distributions")
+    a = ap.parse_args(argv)
+    try:
+        frames = [read_predictions(p) for p in a.pred]
+        pred = average_predictions(frames, a.pred) if len(frames) > 1 else frames[0]
+        sel = select_confident_series(pred, a.tau_s, a.tau_p)
+        rates = None
+        if a.train_labels:
+            n_img, rates = train_label_rates(a.train_labels)
+    except PseudoLabelError as e:
+        print(f"pseudo_label: error: {e}", file=sys.stderr)
+        return 2
+    write_pseudo_csv(sel.pseudo, a.out)
+    src = f"mean of {len(a.pred)} prediction files" if len(a.pred) > 1 else a.pred[0]
+    print(f"pseudo-labels from {src}: tau_s={a.tau_s}, tau_p={a.tau_p}")
+    print(f"kept {sel.kept_series}/{sel.n_series} series ({100 * sel.kept_series / max(sel.n_series, 1):.1f} %), "
+          f"{sel.kept_slices}/{sel.n_slices} slices")
+    if sel.dropped_examples:
+        ex = ", ".join(f"{s} (min s={c:.4f})" for s, c in sel.dropped_examples[:3])
+        print(f"most confident dropped series: {ex}")
+    if rates is not None:
+        print(f"label distribution (train: {n_img} images from {a.train_labels}):")
+    print(label_distribution_table(sel.pseudo, rates))
+    print(f"wrote {a.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
