@@ -1,0 +1,164 @@
+"""Export a trained model for Paddle Inference (and optionally ONNX).
+
+The exported graph takes float32 ``images [1, S, 3, H, W]`` in [0, 1] with a dynamic slice count S and returns
+sigmoid probabilities ``[1, S, 6]`` (``ppihd.LABELS`` order). ``paddle.jit.save`` writes
+``inference.json`` + ``inference.pdiparams`` on Paddle 3 (PIR) and ``inference.pdmodel`` + ``inference.pdiparams``
+on Paddle 2.6. :func:`write_inference_yml` records everything the predictor needs instead of the training
+config: preprocessing (windows, black-edge crop, image size, slice order), labels, input/output spec, versions.
+"""
+from __future__ import annotations
+
+import os
+import platform
+import subprocess
+import sys
+from typing import Any, Dict, Mapping, Optional
+
+import yaml
+
+import ppihd
+from ppihd import LABELS
+
+#: Keys of the ``Data`` section that define preprocessing (copied to ``inference.yml``).
+PREPROCESS_KEYS = ("windows", "fix_intercept", "remove_black_edges", "opening_kernel", "opening_iterations",
+                   "crop_inclusive", "image_size", "slice_order")
+INFERENCE_YML = "inference.yml"
+
+
+def _paddle_wrapper(model: Any):
+    import paddle
+
+    class SigmoidWrapper(paddle.nn.Layer):
+        """eval-mode model + sigmoid: ``images [B, S, 3, H, W]`` -> probabilities ``[B, S, 6]``."""
+
+        def __init__(self, net):
+            super().__init__()
+            self.net = net
+
+        def forward(self, images):
+            out = self.net(images, None)
+            if isinstance(out, dict):
+                out = out["logits"]
+            return paddle.nn.functional.sigmoid(out)
+
+    return SigmoidWrapper(model)
+
+
+def export_paddle(model: Any, save_dir: str, image_size: int, prefix: str = "inference") -> Dict[str, str]:
+    """``paddle.jit.to_static`` + ``paddle.jit.save`` with ``InputSpec([1, None, 3, H, W], float32)``.
+
+    Returns ``{"model_file", "params_file"}`` (``.json`` on Paddle 3, ``.pdmodel`` on Paddle 2.6).
+    """
+    import paddle
+    from paddle.static import InputSpec
+
+    model.eval()
+    wrapper = _paddle_wrapper(model)
+    wrapper.eval()
+    spec = [InputSpec(shape=[1, None, 3, int(image_size), int(image_size)], dtype="float32", name="images")]
+    try:  # Paddle 3: full_graph=True (AST) honours input_spec; SOT (the 3.x default) ignores it
+        static = paddle.jit.to_static(wrapper, input_spec=spec, full_graph=True)
+    except TypeError:  # pragma: no cover - Paddle 2.6 without the keyword
+        static = paddle.jit.to_static(wrapper, input_spec=spec)
+    os.makedirs(save_dir, exist_ok=True)
+    path = os.path.join(save_dir, prefix)
+    for ext in (".json", ".pdmodel", ".pdiparams", ".pdiparams.info", ".onnx"):  # no stale other-format files
+        if os.path.isfile(path + ext):
+            os.remove(path + ext)
+    paddle.jit.save(static, path)
+    for ext in (".json", ".pdmodel"):
+        if os.path.isfile(path + ext):
+            return {"model_file": path + ext, "params_file": path + ".pdiparams"}
+    raise RuntimeError(f"paddle.jit.save wrote neither {path}.json nor {path}.pdmodel")
+
+
+def export_onnx(model_file: str, params_file: str, save_file: str, opset_version: int = 13) -> str:
+    """Convert the exported Paddle model with the ``paddle2onnx`` CLI (``--optimize_tool None`` so it never
+    pip-installs anything at run time). Returns ``save_file``."""
+    exe = os.path.join(os.path.dirname(sys.executable), "paddle2onnx")
+    cmd = [exe if os.path.isfile(exe) else "paddle2onnx",
+           "--model_dir", os.path.dirname(model_file) or ".",
+           "--model_filename", os.path.basename(model_file),
+           "--params_filename", os.path.basename(params_file),
+           "--save_file", save_file,
+           "--opset_version", str(int(opset_version)),
+           "--optimize_tool", "None"]
+    try:
+        res = subprocess.run(cmd, capture_output=True, text=True)
+    except FileNotFoundError as e:
+        raise RuntimeError("Export.onnx=True needs paddle2onnx (pip install paddle2onnx onnxruntime)") from e
+    if res.returncode != 0 or not os.path.isfile(save_file):
+        tail = "\n".join((res.stdout + res.stderr).strip().splitlines()[-15:])
+        raise RuntimeError(f"paddle2onnx failed (exit {res.returncode}):\n{tail}")
+    return save_file
+
+
+def inference_meta(cfg: Mapping[str, Any], files: Mapping[str, str]) -> Dict[str, Any]:
+    """The content of ``inference.yml``."""
+    import numpy as np
+    import paddle
+
+    data = cfg["Data"]
+    size = int(data["image_size"])
+    return {
+        "ppihd_version": ppihd.__version__,
+        "paddle_version": paddle.__version__,
+        "numpy_version": np.__version__,
+        "python_version": platform.python_version(),
+        "model_format": "pir-json" if files["model_file"].endswith(".json") else "pdmodel",
+        "files": {k: os.path.basename(v) for k, v in files.items()},
+        "arch": {"name": cfg["Arch"]["name"], "backbone": cfg["Arch"]["backbone"]["name"],
+                 "variant": cfg["Arch"]["backbone"]["variant"], "post_norm": cfg["Arch"]["backbone"]["post_norm"],
+                 "inter_slice": cfg["Arch"]["inter_slice"], "deep_supervision": cfg["Arch"]["deep_supervision"]},
+        "pretrained_model": cfg["Global"].get("pretrained_model"),
+        "Preprocess": {k: data[k] for k in PREPROCESS_KEYS if k in data},
+        "input": {"name": "images", "shape": [1, -1, 3, size, size], "dtype": "float32",
+                  "layout": "[1, S, 3, H, W]: one series, S slices in Preprocess.slice_order, channels in "
+                            "Preprocess.windows order, uint8 / 255 (no mean/std)", "range": [0.0, 1.0]},
+        "output": {"shape": [1, -1, len(LABELS)], "dtype": "float32", "activation": "sigmoid",
+                   "meaning": "per-slice probabilities in label order"},
+        "labels": list(LABELS),
+        "Infer": dict(cfg.get("Infer", {})),
+    }
+
+
+def write_inference_yml(save_dir: str, meta: Mapping[str, Any]) -> str:
+    path = os.path.join(save_dir, INFERENCE_YML)
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write("# Written by tools/export_model.py: everything deploy/python/predict.py needs besides the model.\n")
+        yaml.safe_dump(dict(meta), f, sort_keys=False, default_flow_style=None)
+    os.replace(tmp, path)
+    return path
+
+
+def read_inference_yml(model_dir: str) -> Dict[str, Any]:
+    """Load ``inference.yml`` and check it has what the predictor needs."""
+    path = os.path.join(model_dir, INFERENCE_YML)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{path} not found: --model_dir must be a folder written by tools/export_model.py")
+    with open(path, "r", encoding="utf-8") as f:
+        meta = yaml.safe_load(f) or {}
+    for key in ("Preprocess", "labels", "input"):
+        if key not in meta:
+            raise ValueError(f"{path}: key '{key}' missing; re-export with tools/export_model.py")
+    if list(meta["labels"]) != list(LABELS):
+        raise ValueError(f"{path}: labels {meta['labels']} differ from ppihd.LABELS {list(LABELS)}")
+    return meta
+
+
+def export_model(model: Any, cfg: Mapping[str, Any], save_dir: Optional[str] = None,
+                 onnx: Optional[bool] = None) -> Dict[str, str]:
+    """Export ``model`` (already holding its weights) with the settings of ``cfg``.
+
+    Returns the written files: ``model_file``, ``params_file``, ``inference_yml`` and ``onnx_file`` (if asked).
+    """
+    save_dir = save_dir or cfg["Global"]["save_inference_dir"]
+    files = export_paddle(model, save_dir, int(cfg["Data"]["image_size"]))
+    want_onnx = cfg["Export"]["onnx"] if onnx is None else onnx
+    if want_onnx:
+        files["onnx_file"] = export_onnx(files["model_file"], files["params_file"],
+                                         os.path.join(save_dir, "inference.onnx"),
+                                         cfg["Export"]["opset_version"])
+    files["inference_yml"] = write_inference_yml(save_dir, inference_meta(cfg, files))
+    return files

@@ -1,0 +1,203 @@
+"""Writers for the inference outputs, shared by ``tools/infer.py`` and ``deploy/python/predict.py``.
+
+Files written to the output folder (see docs/inference.md):
+
+- ``predictions.csv``: one row per predicted slice (:data:`PRED_COLUMNS`);
+- ``submission.csv``: the Kaggle format ``ID,Label``, six rows per image in :data:`ppihd.LABELS` order;
+- ``skipped.csv``: ``path,reason`` for every input file that got no prediction;
+- ``series/<series_id>.png`` and ``series/<series_id>.json`` (written by :mod:`ppihd.engine.report`).
+
+Rows are appended and flushed series by series, so an interrupted run keeps what it finished.
+"""
+from __future__ import annotations
+
+import csv
+import os
+from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from ppihd import LABELS
+
+#: Columns of ``predictions.csv`` (the six probabilities are in ``ppihd.LABELS`` order).
+PRED_COLUMNS: Tuple[str, ...] = (
+    "patient_id", "study_uid", "series_uid", "series_id", "sop_uid", "slice_idx", "position",
+    *LABELS, "path")
+SUBMISSION_COLUMNS: Tuple[str, ...] = ("ID", "Label")
+SKIPPED_COLUMNS: Tuple[str, ...] = ("path", "reason")
+
+#: Process exit codes of the inference tools.
+EXIT_OK = 0            # every input file was predicted
+EXIT_USAGE = 2         # bad command line / config / model (argparse also uses 2)
+EXIT_SKIPPED = 3       # some input files were skipped (see skipped.csv); the rest were predicted
+EXIT_NOTHING = 4       # no input file could be predicted (no readable CT slice at all)
+
+
+def submission_id(sop_uid: str) -> str:
+    """Kaggle image ID for a SOPInstanceUID.
+
+    RSNA files already carry ``ID_<hex>`` as their SOPInstanceUID, which is kept as is (never ``ID_ID_``).
+    Any other UID gets the ``ID_`` prefix: ``1.2.3`` -> ``ID_1.2.3``. DICOM UIDs contain only digits and
+    dots, so ``ID_<uid>_<subtype>`` still splits unambiguously at its last ``_``.
+    """
+    sop = str(sop_uid).strip()
+    return sop if sop.startswith("ID_") else f"ID_{sop}"
+
+
+def exit_code(n_predicted: int, n_skipped: int) -> int:
+    """0 when everything was predicted, 3 when some files were skipped, 4 when nothing was predicted."""
+    if n_predicted == 0:
+        return EXIT_NOTHING
+    return EXIT_SKIPPED if n_skipped else EXIT_OK
+
+
+def _fmt_prob(p: float) -> str:
+    return f"{float(p):.7g}"
+
+
+class OutputWriter:
+    """Appends rows to ``predictions.csv``, ``submission.csv`` and ``skipped.csv`` in ``out_dir``.
+
+    Use as a context manager. Each input path is recorded at most once: a path that was already predicted
+    or skipped is ignored when it comes again (the first record wins), so every input file ends up in
+    exactly one of predictions/skipped.
+    """
+
+    def __init__(self, out_dir: str):
+        self.out_dir = os.path.abspath(out_dir)
+        os.makedirs(self.out_dir, exist_ok=True)
+        self.series_dir = os.path.join(self.out_dir, "series")
+        self._files: Dict[str, Any] = {}
+        self._writers: Dict[str, Any] = {}
+        self._seen: set = set()
+        self.n_predicted = 0
+        self.n_skipped = 0
+        self.n_series = 0
+        for name, cols in (("predictions", PRED_COLUMNS), ("submission", SUBMISSION_COLUMNS),
+                           ("skipped", SKIPPED_COLUMNS)):
+            f = open(os.path.join(self.out_dir, f"{name}.csv"), "w", newline="", encoding="utf-8")
+            w = csv.writer(f)
+            w.writerow(cols)
+            self._files[name], self._writers[name] = f, w
+
+    # -- context manager -------------------------------------------------------------------------------
+    def __enter__(self) -> "OutputWriter":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        for f in self._files.values():
+            if not f.closed:
+                f.close()
+
+    def _flush(self) -> None:
+        for f in self._files.values():
+            f.flush()
+
+    # -- records ---------------------------------------------------------------------------------------
+    def add_skipped(self, path: str, reason: str) -> bool:
+        """Record one skipped input file. Returns False if the path was already recorded."""
+        key = os.path.abspath(str(path))
+        if key in self._seen:
+            return False
+        self._seen.add(key)
+        self._writers["skipped"].writerow([str(path), " ".join(str(reason).split())])
+        self.n_skipped += 1
+        self._files["skipped"].flush()
+        return True
+
+    def add_skipped_many(self, items: Iterable[Tuple[str, str]]) -> None:
+        for path, reason in items:
+            self.add_skipped(path, reason)
+
+    def add_series(self, rows: Sequence[Dict[str, Any]], probs: np.ndarray) -> int:
+        """Record the slices of one series.
+
+        Args:
+            rows: one dict per slice with the keys of :data:`PRED_COLUMNS` except the six labels
+                (``patient_id, study_uid, series_uid, series_id, sop_uid, slice_idx, position, path``).
+            probs: float ``[S, 6]`` probabilities in ``ppihd.LABELS`` order.
+        Returns:
+            The number of rows written (slices whose path was already recorded are dropped).
+        """
+        probs = np.asarray(probs, dtype=np.float64)
+        if probs.shape != (len(rows), len(LABELS)):
+            raise ValueError(f"probabilities have shape {probs.shape}, expected ({len(rows)}, {len(LABELS)})")
+        n = 0
+        for row, p in zip(rows, probs):
+            key = os.path.abspath(str(row["path"]))
+            if key in self._seen:
+                continue
+            self._seen.add(key)
+            pos = row.get("position")
+            pos_s = "" if pos is None or (isinstance(pos, float) and not np.isfinite(pos)) else f"{float(pos):.4f}"
+            self._writers["predictions"].writerow(
+                [row.get("patient_id", ""), row.get("study_uid", ""), row.get("series_uid", ""),
+                 row.get("series_id", ""), row.get("sop_uid", ""), int(row["slice_idx"]), pos_s,
+                 *[_fmt_prob(v) for v in p], str(row["path"])])
+            sid = submission_id(row.get("sop_uid", ""))
+            for label, v in zip(LABELS, p):
+                self._writers["submission"].writerow([f"{sid}_{label}", _fmt_prob(v)])
+            n += 1
+        self.n_predicted += n
+        self.n_series += 1
+        self._flush()
+        return n
+
+    def exit_code(self) -> int:
+        return exit_code(self.n_predicted, self.n_skipped)
+
+
+def read_predictions(out_dir: str):
+    """Load ``predictions.csv`` from an output folder as a pandas DataFrame (UIDs kept as strings)."""
+    import pandas as pd
+
+    str_cols = {c: str for c in ("patient_id", "study_uid", "series_uid", "series_id", "sop_uid", "path")}
+    return pd.read_csv(os.path.join(out_dir, "predictions.csv"), dtype=str_cols, keep_default_na=False)
+
+
+def list_input_files(inputs: Sequence[str]) -> Tuple[List[str], List[Tuple[str, str]]]:
+    """Every regular file under ``inputs`` (files or folders, any nesting), sorted, and the inputs that
+    do not exist as ``(path, reason)``. Used to check that every input file is accounted for."""
+    files: List[str] = []
+    missing: List[Tuple[str, str]] = []
+    for inp in inputs:
+        if os.path.isfile(inp):
+            files.append(inp)
+        elif os.path.isdir(inp):
+            for root, dirs, names in os.walk(inp):
+                dirs.sort()
+                files.extend(os.path.join(root, n) for n in sorted(names))
+        else:
+            missing.append((inp, "input path does not exist"))
+    return files, missing
+
+
+def unaccounted(inputs: Sequence[str], writer: OutputWriter) -> List[str]:
+    """Input files that are in neither predictions nor skipped (should be empty)."""
+    files, _ = list_input_files(inputs)
+    return [f for f in files if os.path.abspath(f) not in writer._seen]
+
+
+def series_rows(series: Any, keep: Optional[Sequence[int]] = None) -> List[Dict[str, Any]]:
+    """The prediction-row metadata for a :class:`ppihd.data.series.Series` (``keep`` = indices of the slices
+    that were loaded, default all). ``slice_idx`` counts the kept slices in order from 0."""
+    idx = list(range(len(series.slices))) if keep is None else list(keep)
+    patient, study, series_uid = (list(series.key) + ["", "", ""])[:3]
+    positions = list(getattr(series, "positions", None) or [None] * len(series.slices))
+    rows = []
+    for j, i in enumerate(idx):
+        h = series.slices[i]
+        rows.append({
+            "patient_id": getattr(h, "patient_id", patient) or patient,
+            "study_uid": getattr(h, "study_uid", study) or study,
+            "series_uid": getattr(h, "series_uid", series_uid) or series_uid,
+            "series_id": series.series_id,
+            "sop_uid": getattr(h, "sop_uid", ""),
+            "slice_idx": j,
+            "position": positions[i] if i < len(positions) else None,
+            "path": h.path,
+        })
+    return rows

@@ -1,0 +1,399 @@
+"""DICOM in -> per-slice probabilities out, with three interchangeable back-ends.
+
+- :class:`DygraphBackend`: the model object (``tools/infer.py``), eval mode + sigmoid;
+- :class:`PaddleInferenceBackend`: an exported model (``inference.json``/``.pdmodel`` + ``.pdiparams``) through
+  ``paddle.inference`` (oneDNN on CPU, GPU when present) — needs neither the training config nor the model code;
+- :class:`OnnxBackend`: ``inference.onnx`` through onnxruntime.
+
+:func:`run_inference` drives them: scan + group + order the inputs (``ppihd.data.series``), preprocess every
+series, predict (whole series in one pass, or overlapping chunks when ``Infer.chunk_slices`` is set), and
+write ``predictions.csv`` / ``submission.csv`` / ``skipped.csv`` / per-series PNG + JSON
+(:mod:`ppihd.engine.outputs`, :mod:`ppihd.engine.report`). One bad file or series never stops the run.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import traceback
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+
+import numpy as np
+
+from ppihd import LABELS
+from ppihd.engine.outputs import OutputWriter, list_input_files, series_rows, unaccounted
+from ppihd.engine import report
+
+_log = logging.getLogger("ppihd")
+
+
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+    x = np.asarray(x, dtype=np.float64)
+    return (1.0 / (1.0 + np.exp(-x))).astype(np.float32)
+
+
+# ---------------------------------------------------------------------------------------------------
+# chunking
+# ---------------------------------------------------------------------------------------------------
+def chunk_bounds(num_slices: int, chunk_slices: Optional[int], overlap: int) -> List[Tuple[int, int]]:
+    """``[(start, end), ...]`` windows covering ``range(num_slices)``.
+
+    ``chunk_slices`` None (or >= S) gives one window (the whole series). Otherwise windows of
+    ``chunk_slices`` slices advance by ``chunk_slices - overlap``; the last window is aligned to the end.
+    """
+    s = int(num_slices)
+    if s <= 0:
+        return []
+    if not chunk_slices or chunk_slices >= s:
+        return [(0, s)]
+    c = int(chunk_slices)
+    ov = int(overlap)
+    if c < 1 or ov < 0 or ov >= c:
+        raise ValueError(f"Infer.chunk_slices={chunk_slices} / Infer.chunk_overlap={overlap}: expected "
+                         "chunk_slices >= 1 and 0 <= chunk_overlap < chunk_slices")
+    step = c - ov
+    starts = list(range(0, s - c + 1, step))
+    if starts[-1] + c < s:
+        starts.append(s - c)
+    return [(b, b + c) for b in starts]
+
+
+def merge_chunks(num_slices: int, bounds: Sequence[Tuple[int, int]], chunk_probs: Sequence[np.ndarray]) -> np.ndarray:
+    """Average overlapping chunk probabilities per slice. Returns float32 ``[S, 6]``."""
+    acc = np.zeros((num_slices, len(LABELS)), dtype=np.float64)
+    cnt = np.zeros((num_slices, 1), dtype=np.float64)
+    for (b, e), p in zip(bounds, chunk_probs):
+        acc[b:e] += np.asarray(p, dtype=np.float64).reshape(e - b, -1)
+        cnt[b:e] += 1
+    if (cnt == 0).any():
+        raise ValueError("chunks do not cover every slice")
+    return (acc / cnt).astype(np.float32)
+
+
+# ---------------------------------------------------------------------------------------------------
+# back-ends
+# ---------------------------------------------------------------------------------------------------
+class Backend:
+    """Maps float32 ``[S, 3, H, W]`` images in [0, 1] to float32 ``[S, 6]`` probabilities."""
+
+    name = "base"
+
+    def predict_series(self, images: np.ndarray) -> np.ndarray:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def predict_many(self, batch: Sequence[np.ndarray]) -> List[np.ndarray]:
+        """Several sequences (possibly of different lengths); default: one at a time."""
+        return [self.predict_series(x) for x in batch]
+
+    def predict(self, images: np.ndarray, chunk_slices: Optional[int] = None, overlap: int = 0) -> np.ndarray:
+        """One series ``[S, 3, H, W]`` -> ``[S, 6]``, in overlapping chunks when ``chunk_slices`` < S."""
+        bounds = chunk_bounds(images.shape[0], chunk_slices, overlap)
+        outs = self.predict_many([images[b:e] for b, e in bounds])
+        return merge_chunks(images.shape[0], bounds, outs)
+
+
+class DygraphBackend(Backend):
+    """The dygraph model (``ppihd.arch.build_model``): eval mode, ``sigmoid(model(images, mask))``.
+
+    ``predict_many`` pads sequences to the longest and passes the key-padding mask ``[B, S]``
+    (True = real slice), so ``batch_series`` > 1 gives the same numbers as one series at a time.
+    """
+
+    name = "dygraph"
+
+    def __init__(self, model: Any, batch_series: int = 1):
+        self.model = model
+        self.model.eval()
+        self.batch_series = max(1, int(batch_series))
+
+    def _forward(self, images: np.ndarray, mask: Optional[np.ndarray]) -> np.ndarray:
+        import paddle
+
+        with paddle.no_grad():
+            x = paddle.to_tensor(images, dtype="float32")
+            m = None if mask is None else paddle.to_tensor(mask)
+            out = self.model(x, m)
+            if isinstance(out, dict):  # a model left in train mode by its caller
+                out = out["logits"]
+            return _sigmoid(out.numpy())
+
+    def predict_series(self, images: np.ndarray) -> np.ndarray:
+        return self._forward(np.asarray(images, np.float32)[None], None)[0]
+
+    def predict_many(self, batch: Sequence[np.ndarray]) -> List[np.ndarray]:
+        out: List[np.ndarray] = []
+        for i in range(0, len(batch), self.batch_series):
+            group = batch[i:i + self.batch_series]
+            if len(group) == 1:
+                out.append(self.predict_series(group[0]))
+                continue
+            smax = max(g.shape[0] for g in group)
+            x = np.zeros((len(group), smax) + tuple(group[0].shape[1:]), dtype=np.float32)
+            mask = np.zeros((len(group), smax), dtype=bool)
+            for j, g in enumerate(group):
+                x[j, :g.shape[0]] = g
+                mask[j, :g.shape[0]] = True
+            p = self._forward(x, mask)
+            out.extend(p[j, :g.shape[0]] for j, g in enumerate(group))
+        return out
+
+
+def find_model_files(model_dir: str) -> Tuple[str, str]:
+    """``(model_file, params_file)`` of an exported model: ``inference.json`` (Paddle 3, PIR) or
+    ``inference.pdmodel`` (Paddle 2.x) + ``inference.pdiparams``."""
+    import paddle
+
+    params = os.path.join(model_dir, "inference.pdiparams")
+    # Paddle 2.x cannot read the 3.x PIR .json (it crashes), so it only looks for .pdmodel
+    names = ("inference.pdmodel",) if paddle.__version__.split(".")[0] in ("2", "1") else (
+        "inference.json", "inference.pdmodel")
+    for name in names:
+        path = os.path.join(model_dir, name)
+        if os.path.isfile(path):
+            if not os.path.isfile(params):
+                raise FileNotFoundError(f"{model_dir}: {name} found but inference.pdiparams is missing")
+            return path, params
+    raise FileNotFoundError(f"{model_dir}: no exported model for paddle {paddle.__version__} (expected "
+                            f"{' or '.join(names)} + inference.pdiparams; run tools/export_model.py with this "
+                            "paddle version: 3.x writes inference.json, 2.6 writes inference.pdmodel)")
+
+
+class PaddleInferenceBackend(Backend):
+    """An exported model through ``paddle.inference`` (input ``[1, S, 3, H, W]``, output ``[1, S, 6]``
+    probabilities). On CPU oneDNN is enabled with ``config.enable_mkldnn()`` unless ``mkldnn=False``;
+    ``threads`` sets the math-library threads. ``device='gpu'`` uses GPU 0 when paddle has CUDA."""
+
+    name = "paddle"
+
+    def __init__(self, model_dir: str, device: str = "cpu", threads: Optional[int] = None, mkldnn: bool = True):
+        import paddle
+        from paddle import inference as pinf
+
+        model_file, params_file = find_model_files(model_dir)
+        cfg = pinf.Config(model_file, params_file)
+        dev = str(device).lower()
+        if dev.startswith("gpu"):
+            if not paddle.device.is_compiled_with_cuda():
+                raise RuntimeError("--device gpu but this paddle build has no CUDA; install paddlepaddle-gpu "
+                                   "or use --device cpu")
+            gpu_id = int(dev.split(":")[1]) if ":" in dev else 0
+            cfg.enable_use_gpu(256, gpu_id)
+        else:
+            cfg.disable_gpu()
+            if mkldnn:
+                cfg.enable_mkldnn()
+            if threads:
+                cfg.set_cpu_math_library_num_threads(int(threads))
+        try:
+            cfg.disable_glog_info()
+        except AttributeError:  # pragma: no cover
+            pass
+        self.config = cfg
+        self.predictor = pinf.create_predictor(cfg)
+        self.input_name = self.predictor.get_input_names()[0]
+        self.output_name = self.predictor.get_output_names()[0]
+        self.device, self.mkldnn, self.threads = dev, bool(mkldnn), threads
+
+    def predict_series(self, images: np.ndarray) -> np.ndarray:
+        x = np.ascontiguousarray(np.asarray(images, np.float32)[None])
+        h = self.predictor.get_input_handle(self.input_name)
+        h.reshape(list(x.shape))
+        h.copy_from_cpu(x)
+        self.predictor.run()
+        out = self.predictor.get_output_handle(self.output_name).copy_to_cpu()
+        return np.asarray(out, dtype=np.float32).reshape(x.shape[1], -1)
+
+
+class OnnxBackend(Backend):
+    """``inference.onnx`` through onnxruntime (CPU, or CUDA when ``device='gpu'`` and available)."""
+
+    name = "onnxruntime"
+
+    def __init__(self, model_dir: str, device: str = "cpu", threads: Optional[int] = None):
+        try:
+            import onnxruntime as ort
+        except ImportError as e:
+            raise RuntimeError("--backend onnxruntime needs the onnxruntime package "
+                               "(pip install onnxruntime)") from e
+        path = model_dir if model_dir.endswith(".onnx") else os.path.join(model_dir, "inference.onnx")
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"{path} not found; export with tools/export_model.py -o Export.onnx=True")
+        so = ort.SessionOptions()
+        if threads:
+            so.intra_op_num_threads = int(threads)
+            so.inter_op_num_threads = 1
+        providers = ["CPUExecutionProvider"]
+        if str(device).lower().startswith("gpu") and "CUDAExecutionProvider" in ort.get_available_providers():
+            providers.insert(0, "CUDAExecutionProvider")
+        self.session = ort.InferenceSession(path, sess_options=so, providers=providers)
+        self.input_name = self.session.get_inputs()[0].name
+
+    def predict_series(self, images: np.ndarray) -> np.ndarray:
+        x = np.ascontiguousarray(np.asarray(images, np.float32)[None])
+        out = self.session.run(None, {self.input_name: x})[0]
+        return np.asarray(out, dtype=np.float32).reshape(x.shape[1], -1)
+
+
+# ---------------------------------------------------------------------------------------------------
+# checkpoint loading (dygraph)
+# ---------------------------------------------------------------------------------------------------
+def load_weights(model: Any, path: str) -> Any:
+    """Load ``Global.pretrained_model`` (``.pdparams``; the suffix may be omitted) into ``model``.
+
+    Accepts a plain state dict or one nested under ``model`` / ``state_dict``. Raises with the file name
+    and the missing / unexpected keys when the checkpoint does not fit the model.
+    """
+    import paddle
+
+    p = str(path)
+    if not os.path.isfile(p) and os.path.isfile(p + ".pdparams"):
+        p = p + ".pdparams"
+    if not os.path.isfile(p):
+        raise FileNotFoundError(f"Global.pretrained_model={path}: file not found (expected a .pdparams "
+                                "checkpoint written by tools/train.py)")
+    state = paddle.load(p)
+    for k in ("model", "state_dict"):
+        if isinstance(state, dict) and k in state and isinstance(state[k], dict):
+            state = state[k]
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    if missing:
+        raise ValueError(f"{p}: checkpoint does not fit Arch (missing {len(missing)} keys, e.g. {missing[:4]}; "
+                         f"unexpected {len(unexpected)}, e.g. {unexpected[:4]}); check Arch.backbone.variant")
+    model.set_state_dict({k: v for k, v in state.items() if k in own})
+    return model
+
+
+# ---------------------------------------------------------------------------------------------------
+# the driver
+# ---------------------------------------------------------------------------------------------------
+def _to_model_input(slices_u8: np.ndarray) -> np.ndarray:
+    """uint8 ``[S, H, W, 3]`` -> float32 ``[S, 3, H, W]`` in [0, 1] (SPEC §2.6: no mean/std)."""
+    return np.ascontiguousarray(np.asarray(slices_u8).transpose(0, 3, 1, 2), dtype=np.float32) / np.float32(255.0)
+
+
+def _title(series: Any) -> str:
+    patient, study, suid = (list(series.key) + ["", "", ""])[:3]
+    short = (lambda u: u if len(u) <= 28 else "…" + u[-27:])
+    return f"patient {patient or '?'} | study {short(study)} | series {short(suid)}"
+
+
+def run_inference(inputs: Sequence[str], out_dir: str, backend: Backend, data_cfg: Mapping[str, Any],
+                  infer_cfg: Mapping[str, Any], num_workers: int = 0, progress: bool = True,
+                  logger: Optional[logging.Logger] = None) -> Dict[str, Any]:
+    """Predict every CT series found under ``inputs`` and write the outputs to ``out_dir``.
+
+    Args:
+        inputs: DICOM files and/or folders (any nesting, several studies / series).
+        backend: one of the back-ends above.
+        data_cfg: the ``Data`` section (windows, crop, image size, slice order).
+        infer_cfg: the ``Infer`` section (threshold, chunk_slices, chunk_overlap, batch_series, key_slices,
+            save_plots).
+    Returns:
+        ``{"exit_code", "num_series", "num_predicted", "num_skipped", "out_dir"}``; exit codes in
+        :mod:`ppihd.engine.outputs` (0 all predicted, 3 some files skipped, 4 nothing predicted).
+    """
+    from tqdm import tqdm
+    from ppihd.data.series import group_series, load_series, scan
+
+    log = logger or _log
+    inputs = [str(i) for i in inputs]
+    threshold = float(infer_cfg.get("threshold", 0.5))
+    chunk = infer_cfg.get("chunk_slices")
+    overlap = int(infer_cfg.get("chunk_overlap", 0) or 0)
+    nbatch = max(1, int(infer_cfg.get("batch_series", 1) or 1))
+    save_plots = bool(infer_cfg.get("save_plots", True))
+    n_keys = int(infer_cfg.get("key_slices", 4))
+    chunk_bounds(1000, chunk, overlap)  # validate the chunk settings before any work
+
+    with OutputWriter(out_dir) as writer:
+        _, missing = list_input_files(inputs)
+        writer.add_skipped_many(missing)
+        headers, skipped = scan([i for i in inputs if os.path.exists(i)], num_workers)
+        writer.add_skipped_many((str(p), str(r)) for p, r in skipped)
+        try:
+            series_list = group_series(headers, order=data_cfg.get("slice_order", "normal"))
+        except Exception as e:  # pragma: no cover - defensive: grouping must not lose the skipped list
+            log.error("grouping series failed: %s", e)
+            series_list = []
+            writer.add_skipped_many((h.path, f"series grouping failed: {e}") for h in headers)
+        log.info("%d input series, %d files skipped while scanning", len(series_list), writer.n_skipped)
+
+        bar = tqdm(total=len(series_list), desc="series", unit="series", disable=not progress)
+        for b0 in range(0, len(series_list), nbatch):
+            loaded = []  # (series, kept indices, uint8 slices)
+            for series in series_list[b0:b0 + nbatch]:
+                try:
+                    arr, bad = load_series(series, data_cfg)
+                    bad_paths = {os.path.abspath(str(p)) for p, _ in bad}
+                    writer.add_skipped_many((str(p), str(r)) for p, r in bad)
+                    keep = [i for i, h in enumerate(series.slices) if os.path.abspath(h.path) not in bad_paths]
+                    if len(keep) != len(arr):
+                        raise RuntimeError(f"load_series returned {len(arr)} slices for {len(keep)} readable files")
+                    if len(keep):
+                        loaded.append((series, keep, arr))
+                except Exception as e:
+                    log.warning("series %s: could not be loaded: %s", series.series_id, e)
+                    writer.add_skipped_many((h.path, f"series could not be loaded: {e}") for h in series.slices)
+            # predict: flatten (series, chunk) pieces so batch_series also batches chunks
+            images = [_to_model_input(arr) for _, _, arr in loaded]
+            probs_list: List[Optional[np.ndarray]] = []
+            try:
+                pieces, owners = [], []
+                for j, x in enumerate(images):
+                    for (b, e) in chunk_bounds(x.shape[0], chunk, overlap):
+                        pieces.append(x[b:e])
+                        owners.append((j, b, e))
+                outs = backend.predict_many(pieces)
+                for j, x in enumerate(images):
+                    bounds = [(b, e) for (o, b, e) in owners if o == j]
+                    parts = [p for (o, _, _), p in zip(owners, outs) if o == j]
+                    probs_list.append(merge_chunks(x.shape[0], bounds, parts))
+            except Exception as e:
+                if len(images) > 1:  # retry one at a time so one series cannot sink the batch
+                    probs_list = []
+                    for (series, _, _), x in zip(loaded, images):
+                        try:
+                            probs_list.append(backend.predict(x, chunk, overlap))
+                        except Exception as e1:
+                            log.warning("series %s: prediction failed: %s", series.series_id, e1)
+                            probs_list.append(None)
+                else:
+                    log.warning("prediction failed: %s\n%s", e, traceback.format_exc(limit=3))
+                    probs_list = [None] * len(images)
+            for (series, keep, arr), probs in zip(loaded, probs_list):
+                if probs is None or not np.all(np.isfinite(probs)):
+                    writer.add_skipped_many((series.slices[i].path, "model prediction failed (see log)")
+                                            for i in keep)
+                    continue
+                rows = series_rows(series, keep)
+                writer.add_series(rows, probs)
+                _write_report(writer.series_dir, series, rows, probs, arr, threshold, n_keys, save_plots, log)
+            bar.update(min(nbatch, len(series_list) - b0))
+        bar.close()
+        # safety net: every input file is in exactly one of predictions / skipped
+        for path in unaccounted(inputs, writer):
+            writer.add_skipped(path, "not a readable DICOM file (ignored by the scan)")
+        result = {"exit_code": writer.exit_code(), "num_series": writer.n_series,
+                  "num_predicted": writer.n_predicted, "num_skipped": writer.n_skipped,
+                  "out_dir": writer.out_dir}
+    log.info("predicted %d slices in %d series, skipped %d files -> %s", result["num_predicted"],
+             result["num_series"], result["num_skipped"], result["out_dir"])
+    return result
+
+
+def _write_report(series_dir: str, series: Any, rows: List[Dict[str, Any]], probs: np.ndarray, arr: np.ndarray,
+                  threshold: float, n_keys: int, save_plots: bool, log: logging.Logger) -> None:
+    meta = {k: rows[0][k] for k in ("patient_id", "study_uid", "series_uid", "series_id")}
+    try:
+        summary = report.series_summary(meta, probs, threshold,
+                                        positions=[r["position"] for r in rows],
+                                        sop_uids=[r["sop_uid"] for r in rows],
+                                        warnings=list(getattr(series, "warnings", []) or []))
+        report.write_summary(os.path.join(series_dir, f"{series.series_id}.json"), summary)
+        if save_plots:
+            report.plot_series(os.path.join(series_dir, f"{series.series_id}.png"), probs,
+                               brain=np.asarray(arr)[..., 0], title=_title(series), threshold=threshold,
+                               key_slices=n_keys, positions=[r["position"] for r in rows])
+    except Exception as e:  # a failed picture never loses the predictions
+        log.warning("series %s: report failed: %s", series.series_id, e)
