@@ -1,0 +1,45 @@
+"""SGD with momentum + the warm-up cosine schedule (SPEC §5).
+
+    sched = build_lr_scheduler(cfg["Optimizer"], total_steps=cfg["Global"]["iters"])
+    opt = build_optimizer(cfg["Optimizer"], model.parameters(), sched, grad_clip=cfg["Global"]["grad_clip"])
+"""
+from __future__ import annotations
+
+from typing import Any, Iterable, Mapping, Optional
+
+import paddle
+
+from ..utils.registry import Registry
+from .lr import CosineWarmup, cosine_warmup_lr
+
+LR_SCHEDULERS = Registry("lr scheduler")
+LR_SCHEDULERS.register(CosineWarmup)
+OPTIMIZERS = Registry("optimizer")
+
+
+@OPTIMIZERS.register(name="Momentum")
+def _momentum(parameters: Iterable[Any], learning_rate: Any, momentum: float = 0.9, nesterov: bool = False,
+              weight_decay: Optional[float] = 1e-4, grad_clip: Any = None) -> paddle.optimizer.Optimizer:
+    """SGD momentum; ``weight_decay`` is coupled L2 (added to the gradient), on all parameters (reference)."""
+    reg = paddle.regularizer.L2Decay(float(weight_decay)) if weight_decay else None
+    return paddle.optimizer.Momentum(learning_rate=learning_rate, momentum=float(momentum),
+                                     parameters=list(parameters), use_nesterov=bool(nesterov),
+                                     weight_decay=reg, grad_clip=grad_clip)
+
+
+def build_lr_scheduler(opt_cfg: Mapping[str, Any], total_steps: int) -> CosineWarmup:
+    """The ``Optimizer.lr`` schedule over ``total_steps`` (= ``Global.iters``) optimizer steps."""
+    lr_cfg = dict(opt_cfg["lr"])
+    return LR_SCHEDULERS.build(lr_cfg, total_steps=int(total_steps))
+
+
+def build_optimizer(opt_cfg: Mapping[str, Any], parameters: Iterable[Any], lr_scheduler: Any,
+                    grad_clip: Optional[float] = None) -> paddle.optimizer.Optimizer:
+    """Optimizer named by ``Optimizer.name``; ``grad_clip`` (Global.grad_clip) = global-norm clip or None."""
+    clip = paddle.nn.ClipGradByGlobalNorm(float(grad_clip)) if grad_clip else None
+    kwargs = {k: v for k, v in opt_cfg.items() if k not in ("name", "lr")}
+    return OPTIMIZERS.get(opt_cfg.get("name", "Momentum"))(parameters, lr_scheduler, grad_clip=clip, **kwargs)
+
+
+__all__ = ["CosineWarmup", "cosine_warmup_lr", "build_lr_scheduler", "build_optimizer", "LR_SCHEDULERS",
+           "OPTIMIZERS"]
