@@ -1,0 +1,429 @@
+"""Swin Transformer (v1) with a res-post-norm switch, for any input size.
+
+Parameter names follow PaddleClas ``ppcls/arch/backbone/model_zoo/swin_transformer.py`` (2.5/2.6) so that
+``SwinTransformer_base_patch4_window7_224_pretrained.pdparams`` loads by key:
+``patch_embed.proj/norm``, ``layers.{i}.blocks.{j}.{norm1, attn.qkv, attn.proj,
+attn.relative_position_bias_table, norm2, mlp.fc1, mlp.fc2}``, ``layers.{i}.downsample.{norm, reduction}``,
+``norm``, ``head``. PaddleClas also saves the buffers ``relative_position_index`` and ``attn_mask``; here they
+are not part of the state dict (the index is a non-persistable buffer, the masks are built per input size),
+and :mod:`ppihd.arch.weights` ignores them when loading.
+
+Differences from PaddleClas that do not change the 224² result:
+
+* nothing is tied to one resolution: the image is zero-padded to a multiple of the patch, every feature map
+  to a multiple of the window (and to an even size before patch merging); padded tokens are masked out as
+  attention keys, so the real tokens' outputs do not depend on the padding. Masks are cached per size.
+* the shift is 0 wherever the feature map is not larger than the window (``min(H, W) <= window``); the
+  window itself stays ``window_size`` (padding + key mask), which equals PaddleClas's shrunken window for
+  square maps but keeps the relative-position table shape fixed.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+import paddle
+import paddle.nn as nn
+import paddle.nn.functional as F
+
+from ppihd.utils.registry import Registry
+
+BACKBONES = Registry("backbone")
+
+#: Model sizes as small argument sets. ``micro`` is ours, for CPU tests and demos (2.3 M parameters, 256-d features).
+VARIANTS: Dict[str, Dict[str, Any]] = {
+    "micro": dict(embed_dim=32, depths=[2, 2, 2, 2], num_heads=[1, 2, 4, 8]),
+    "tiny": dict(embed_dim=96, depths=[2, 2, 6, 2], num_heads=[3, 6, 12, 24]),
+    "small": dict(embed_dim=96, depths=[2, 2, 18, 2], num_heads=[3, 6, 12, 24]),
+    "base": dict(embed_dim=128, depths=[2, 2, 18, 2], num_heads=[4, 8, 16, 32]),
+}
+
+#: Additive attention-mask value for forbidden pairs (the official Swin value; finite, so no NaN).
+MASK_VALUE = -100.0
+
+_trunc_normal = nn.initializer.TruncatedNormal(std=0.02)
+
+
+def _get_recompute():
+    """``recompute`` from ``paddle.distributed.fleet.utils`` (Paddle 2.4+, 3.x) or the older location."""
+    try:
+        from paddle.distributed.fleet.utils import recompute  # type: ignore
+        return recompute
+    except ImportError:  # pragma: no cover - very old paddle
+        from paddle.distributed.fleet.recompute import recompute  # type: ignore
+        return recompute
+
+
+def relative_position_index(window: int) -> np.ndarray:
+    """int64 ``[w*w, w*w]``: row-major index into the ``(2w-1)^2`` bias table of the offset between tokens."""
+    coords = np.stack(np.meshgrid(np.arange(window), np.arange(window), indexing="ij")).reshape(2, -1)
+    rel = coords[:, :, None] - coords[:, None, :]  # 2, N, N
+    rel = rel + (window - 1)
+    return (rel[0] * (2 * window - 1) + rel[1]).astype("int64")
+
+
+def window_attention_mask(height: int, width: int, window: int, shift: int) -> Optional[np.ndarray]:
+    """Additive mask ``[nW, w*w, w*w]`` (0 or :data:`MASK_VALUE`) for a feature map of ``height x width``.
+
+    The map is padded (bottom/right) to a multiple of ``window`` and, when ``shift > 0``, cyclically
+    rolled by ``-shift``. Keys are forbidden when they lie in another region of the rolled map (the
+    official three-slice region ids) or when they are padding. ``None`` when nothing is masked.
+    """
+    hp = int(math.ceil(height / window)) * window
+    wp = int(math.ceil(width / window)) * window
+    if shift == 0 and hp == height and wp == width:
+        return None
+    region = np.zeros((hp, wp), dtype=np.float32)
+    if shift > 0:
+        cnt = 0
+        for hs in (slice(0, -window), slice(-window, -shift), slice(-shift, None)):
+            for ws in (slice(0, -window), slice(-window, -shift), slice(-shift, None)):
+                region[hs, ws] = cnt
+                cnt += 1
+    valid = np.zeros((hp, wp), dtype=np.float32)
+    valid[:height, :width] = 1.0
+    if shift > 0:
+        valid = np.roll(valid, (-shift, -shift), axis=(0, 1))
+
+    def part(a: np.ndarray) -> np.ndarray:
+        a = a.reshape(hp // window, window, wp // window, window).transpose(0, 2, 1, 3)
+        return a.reshape(-1, window * window)
+
+    rw, vw = part(region), part(valid)
+    mask = np.where(rw[:, None, :] != rw[:, :, None], MASK_VALUE, 0.0)
+    mask = mask + np.where(vw[:, None, :] == 0, MASK_VALUE, 0.0)
+    return mask.astype(np.float32)
+
+
+def window_partition(x: paddle.Tensor, window: int) -> paddle.Tensor:
+    """``[B, H, W, C]`` (H, W multiples of ``window``) -> ``[B * nW, window * window, C]``."""
+    b, h, w, c = x.shape
+    x = x.reshape([b, h // window, window, w // window, window, c]).transpose([0, 1, 3, 2, 4, 5])
+    return x.reshape([-1, window * window, c])
+
+
+def window_reverse(windows: paddle.Tensor, window: int, h: int, w: int) -> paddle.Tensor:
+    """``[B * nW, window * window, C]`` -> ``[B, H, W, C]``."""
+    c = windows.shape[-1]
+    x = windows.reshape([-1, h // window, w // window, window, window, c]).transpose([0, 1, 3, 2, 4, 5])
+    return x.reshape([-1, h, w, c])
+
+
+class DropPath(nn.Layer):
+    """Stochastic depth: drop the whole residual branch per sample with probability ``drop_prob``."""
+
+    def __init__(self, drop_prob: float = 0.0) -> None:
+        super().__init__()
+        self.drop_prob = float(drop_prob)
+
+    def forward(self, x: paddle.Tensor) -> paddle.Tensor:
+        if self.drop_prob == 0.0 or not self.training:
+            return x
+        keep = 1.0 - self.drop_prob
+        shape = [x.shape[0]] + [1] * (len(x.shape) - 1)
+        mask = paddle.floor(keep + paddle.rand(shape, dtype=x.dtype))
+        return x / keep * mask
+
+    def extra_repr(self) -> str:
+        return f"drop_prob={self.drop_prob}"
+
+
+class Mlp(nn.Layer):
+    """fc1 (C -> hidden) -> GELU -> dropout -> fc2 (hidden -> C) -> dropout."""
+
+    def __init__(self, dim: int, hidden: int, drop: float = 0.0) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden)
+        self.act = nn.GELU()
+        self.fc2 = nn.Linear(hidden, dim)
+        self.drop = nn.Dropout(drop)
+
+    def forward(self, x: paddle.Tensor) -> paddle.Tensor:
+        return self.drop(self.fc2(self.drop(self.act(self.fc1(x)))))
+
+
+class WindowAttention(nn.Layer):
+    """Window multi-head self-attention with the v1 learned relative-position bias.
+
+    Args:
+        dim: channels C.
+        window_size: window side w (tokens per window N = w*w).
+        num_heads: heads; the bias table is ``[(2w-1)^2, num_heads]``.
+        qkv_bias: bias on the qkv projection.
+        attn_drop, proj_drop: dropout on attention weights / output.
+    """
+
+    def __init__(self, dim: int, window_size: int, num_heads: int, qkv_bias: bool = True,
+                 attn_drop: float = 0.0, proj_drop: float = 0.0) -> None:
+        super().__init__()
+        if dim % num_heads:
+            raise ValueError(f"dim {dim} is not divisible by num_heads {num_heads}")
+        self.dim = dim
+        self.window_size = window_size
+        self.num_heads = num_heads
+        self.scale = (dim // num_heads) ** -0.5
+        self.relative_position_bias_table = self.create_parameter(
+            shape=[(2 * window_size - 1) ** 2, num_heads], default_initializer=_trunc_normal)
+        self.register_buffer("relative_position_index",
+                             paddle.to_tensor(relative_position_index(window_size).reshape([-1])),
+                             persistable=False)
+        self.qkv = nn.Linear(dim, 3 * dim, bias_attr=None if qkv_bias else False)
+        self.attn_drop = nn.Dropout(attn_drop)
+        self.proj = nn.Linear(dim, dim)
+        self.proj_drop = nn.Dropout(proj_drop)
+
+    def relative_bias(self) -> paddle.Tensor:
+        """``[heads, N, N]`` bias gathered from the table."""
+        n = self.window_size * self.window_size
+        bias = paddle.index_select(self.relative_position_bias_table, self.relative_position_index)
+        return bias.reshape([n, n, self.num_heads]).transpose([2, 0, 1])
+
+    def forward(self, x: paddle.Tensor, mask: Optional[paddle.Tensor] = None) -> paddle.Tensor:
+        """x ``[B*nW, N, C]``; mask additive ``[nW, N, N]`` or None. Returns ``[B*nW, N, C]``."""
+        bw, n, c = x.shape
+        h = self.num_heads
+        qkv = self.qkv(x).reshape([bw, n, 3, h, c // h]).transpose([2, 0, 3, 1, 4])
+        q, k, v = qkv[0], qkv[1], qkv[2]  # [B*nW, h, N, d]
+        attn = paddle.matmul(q * self.scale, k, transpose_y=True)
+        attn = attn + self.relative_bias().unsqueeze(0)
+        if mask is not None:
+            nw = mask.shape[0]
+            attn = attn.reshape([bw // nw, nw, h, n, n]) + mask.unsqueeze(1).unsqueeze(0)
+            attn = attn.reshape([bw, h, n, n])
+        attn = self.attn_drop(F.softmax(attn, axis=-1))
+        out = paddle.matmul(attn, v).transpose([0, 2, 1, 3]).reshape([bw, n, c])
+        return self.proj_drop(self.proj(out))
+
+    def extra_repr(self) -> str:
+        return f"dim={self.dim}, window_size={self.window_size}, num_heads={self.num_heads}"
+
+
+class SwinTransformerBlock(nn.Layer):
+    """One Swin block: (shifted-)window attention then MLP, each with a residual.
+
+    ``post_norm=True`` (res-post-norm, Swin v2 / the paper's PN): ``x = x + DropPath(LN(attn(x)))`` and
+    ``x = x + DropPath(LN(mlp(x)))``. ``post_norm=False`` (v1 pre-norm): ``x = x + DropPath(attn(LN(x)))``.
+    The norms keep the names ``norm1`` / ``norm2`` in both settings.
+    """
+
+    def __init__(self, dim: int, num_heads: int, window_size: int = 7, shift_size: int = 0,
+                 mlp_ratio: float = 4.0, qkv_bias: bool = True, drop: float = 0.0, attn_drop: float = 0.0,
+                 drop_path: float = 0.0, post_norm: bool = True) -> None:
+        super().__init__()
+        if not 0 <= shift_size < window_size:
+            raise ValueError(f"shift_size {shift_size} must be in [0, window_size={window_size})")
+        self.dim = dim
+        self.window_size = window_size
+        self.shift_size = shift_size
+        self.post_norm = post_norm
+        self.norm1 = nn.LayerNorm(dim)
+        self.attn = WindowAttention(dim, window_size, num_heads, qkv_bias, attn_drop, drop)
+        self.drop_path = DropPath(drop_path)
+        self.norm2 = nn.LayerNorm(dim)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio), drop)
+        self._mask_cache: Dict[Tuple[int, int, int], Optional[paddle.Tensor]] = {}
+
+    def effective_shift(self, height: int, width: int) -> int:
+        """0 where the feature map is not larger than the window, else ``shift_size``."""
+        return 0 if min(height, width) <= self.window_size else self.shift_size
+
+    def _mask(self, height: int, width: int, shift: int) -> Optional[paddle.Tensor]:
+        key = (height, width, shift)
+        if key not in self._mask_cache:
+            m = window_attention_mask(height, width, self.window_size, shift)
+            self._mask_cache[key] = None if m is None else paddle.to_tensor(m)
+        return self._mask_cache[key]
+
+    def _attention(self, x: paddle.Tensor, height: int, width: int) -> paddle.Tensor:
+        b, _, c = x.shape
+        w = self.window_size
+        x = x.reshape([b, height, width, c])
+        pad_b, pad_r = (w - height % w) % w, (w - width % w) % w
+        if pad_b or pad_r:
+            x = F.pad(x, [0, pad_r, 0, pad_b], data_format="NHWC")
+        hp, wp = height + pad_b, width + pad_r
+        shift = self.effective_shift(height, width)
+        if shift:
+            x = paddle.roll(x, shifts=(-shift, -shift), axis=(1, 2))
+        windows = self.attn(window_partition(x, w), mask=self._mask(height, width, shift))
+        x = window_reverse(windows, w, hp, wp)
+        if shift:
+            x = paddle.roll(x, shifts=(shift, shift), axis=(1, 2))
+        if pad_b or pad_r:
+            x = x[:, :height, :width, :]
+        return x.reshape([b, height * width, c])
+
+    def forward(self, x: paddle.Tensor, height: int, width: int) -> paddle.Tensor:
+        """x ``[B, H*W, C]`` -> ``[B, H*W, C]``."""
+        if self.post_norm:
+            x = x + self.drop_path(self.norm1(self._attention(x, height, width)))
+            x = x + self.drop_path(self.norm2(self.mlp(x)))
+        else:
+            x = x + self.drop_path(self._attention(self.norm1(x), height, width))
+            x = x + self.drop_path(self.mlp(self.norm2(x)))
+        return x
+
+    def extra_repr(self) -> str:
+        return (f"dim={self.dim}, window_size={self.window_size}, shift_size={self.shift_size}, "
+                f"post_norm={self.post_norm}")
+
+
+class PatchMerging(nn.Layer):
+    """2x2 neighbourhood concat (order x[0::2,0::2], x[1::2,0::2], x[0::2,1::2], x[1::2,1::2]) ->
+    LN(4C) -> Linear(4C -> 2C, no bias). Odd sizes are zero-padded to even first."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.dim = dim
+        self.reduction = nn.Linear(4 * dim, 2 * dim, bias_attr=False)
+        self.norm = nn.LayerNorm(4 * dim)
+
+    def forward(self, x: paddle.Tensor, height: int, width: int) -> Tuple[paddle.Tensor, int, int]:
+        """x ``[B, H*W, C]`` -> (``[B, ceil(H/2)*ceil(W/2), 2C]``, H', W')."""
+        b, _, c = x.shape
+        x = x.reshape([b, height, width, c])
+        if height % 2 or width % 2:
+            x = F.pad(x, [0, width % 2, 0, height % 2], data_format="NHWC")
+        x0 = x[:, 0::2, 0::2, :]
+        x1 = x[:, 1::2, 0::2, :]
+        x2 = x[:, 0::2, 1::2, :]
+        x3 = x[:, 1::2, 1::2, :]
+        h2, w2 = x0.shape[1], x0.shape[2]
+        x = paddle.concat([x0, x1, x2, x3], axis=-1).reshape([b, h2 * w2, 4 * c])
+        return self.reduction(self.norm(x)), h2, w2
+
+
+class PatchEmbed(nn.Layer):
+    """Conv2D(3 -> C, kernel = stride = patch) then LN(C); the image is zero-padded to a multiple of patch."""
+
+    def __init__(self, patch_size: int = 4, in_chans: int = 3, embed_dim: int = 96) -> None:
+        super().__init__()
+        self.patch_size = patch_size
+        self.proj = nn.Conv2D(in_chans, embed_dim, kernel_size=patch_size, stride=patch_size)
+        self.norm = nn.LayerNorm(embed_dim)
+
+    def forward(self, x: paddle.Tensor) -> Tuple[paddle.Tensor, int, int]:
+        """x ``[N, 3, H, W]`` -> (``[N, H/p * W/p, C]``, H/p, W/p)."""
+        p = self.patch_size
+        h, w = x.shape[2], x.shape[3]
+        if h % p or w % p:
+            x = F.pad(x, [0, (p - w % p) % p, 0, (p - h % p) % p], data_format="NCHW")
+        x = self.proj(x)
+        hh, ww = x.shape[2], x.shape[3]
+        x = x.flatten(2).transpose([0, 2, 1])
+        return self.norm(x), hh, ww
+
+
+class BasicLayer(nn.Layer):
+    """One stage: ``depth`` blocks (odd ones shifted by window // 2) then optional PatchMerging."""
+
+    def __init__(self, dim: int, depth: int, num_heads: int, window_size: int, mlp_ratio: float,
+                 qkv_bias: bool, drop: float, attn_drop: float, drop_path: Sequence[float],
+                 downsample: bool, post_norm: bool, recompute: bool = False) -> None:
+        super().__init__()
+        self.recompute = recompute
+        self.blocks = nn.LayerList([
+            SwinTransformerBlock(dim, num_heads, window_size, 0 if i % 2 == 0 else window_size // 2,
+                                 mlp_ratio, qkv_bias, drop, attn_drop, drop_path[i], post_norm)
+            for i in range(depth)])
+        self.downsample = PatchMerging(dim) if downsample else None
+
+    def forward(self, x: paddle.Tensor, height: int, width: int) -> Tuple[paddle.Tensor, int, int]:
+        """x ``[B, H*W, C]`` -> (x, H, W) after the blocks and the optional merge."""
+        use_rc = self.recompute and self.training and not x.stop_gradient
+        rc = _get_recompute() if use_rc else None
+        for blk in self.blocks:
+            x = rc(blk, x, height, width) if rc is not None else blk(x, height, width)
+        if self.downsample is not None:
+            x, height, width = self.downsample(x, height, width)
+        return x, height, width
+
+
+@BACKBONES.register
+class SwinTransformer(nn.Layer):
+    """Swin Transformer v1 with a post-norm switch.
+
+    Args:
+        variant: ``micro | tiny | small | base``; ``embed_dim`` / ``depths`` / ``num_heads`` override it.
+        img_size: nominal input side (only for reporting; any size is accepted at run time).
+        patch_size: patch side (4).
+        window_size: attention window side (7).
+        mlp_ratio, qkv_bias, drop_rate, attn_drop_rate: as in Swin.
+        drop_path_rate: stochastic depth, linear from 0 to this value over all blocks.
+        post_norm: res-post-norm (paper's PN) if True, v1 pre-norm if False.
+        recompute: activation checkpointing per block, active only in training.
+        num_classes: ImageNet classifier size (0 = no ``head``; PaddleClas ``class_num``).
+    """
+
+    def __init__(self, variant: str = "base", img_size: int = 224, patch_size: int = 4, in_chans: int = 3,
+                 embed_dim: Optional[int] = None, depths: Optional[Sequence[int]] = None,
+                 num_heads: Optional[Sequence[int]] = None, window_size: int = 7, mlp_ratio: float = 4.0,
+                 qkv_bias: bool = True, drop_rate: float = 0.0, attn_drop_rate: float = 0.0,
+                 drop_path_rate: float = 0.5, post_norm: bool = True, recompute: bool = False,
+                 num_classes: int = 0) -> None:
+        super().__init__()
+        if variant not in VARIANTS:
+            raise KeyError(f"Arch.backbone.variant '{variant}' unknown; expected one of {sorted(VARIANTS)}")
+        v = VARIANTS[variant]
+        embed_dim = int(embed_dim if embed_dim is not None else v["embed_dim"])
+        depths = list(depths if depths is not None else v["depths"])
+        num_heads = list(num_heads if num_heads is not None else v["num_heads"])
+        if len(depths) != len(num_heads):
+            raise ValueError(f"Arch.backbone: depths {depths} and num_heads {num_heads} differ in length")
+        self.variant = variant
+        self.img_size = img_size
+        self.patch_size = patch_size
+        self.embed_dim = embed_dim
+        self.depths = depths
+        self.num_heads = num_heads
+        self.window_size = window_size
+        self.mlp_ratio = mlp_ratio
+        self.post_norm = post_norm
+        self.num_layers = len(depths)
+        self.num_features = embed_dim * 2 ** (self.num_layers - 1)
+        self.num_classes = num_classes
+
+        self.patch_embed = PatchEmbed(patch_size, in_chans, embed_dim)
+        self.pos_drop = nn.Dropout(drop_rate)
+        dpr = np.linspace(0, drop_path_rate, sum(depths)).tolist()
+        self.layers = nn.LayerList()
+        for i in range(self.num_layers):
+            self.layers.append(BasicLayer(
+                dim=embed_dim * 2 ** i, depth=depths[i], num_heads=num_heads[i], window_size=window_size,
+                mlp_ratio=mlp_ratio, qkv_bias=qkv_bias, drop=drop_rate, attn_drop=attn_drop_rate,
+                drop_path=dpr[sum(depths[:i]):sum(depths[:i + 1])], downsample=i < self.num_layers - 1,
+                post_norm=post_norm, recompute=recompute))
+        self.norm = nn.LayerNorm(self.num_features)
+        self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else None
+        self._init_weights()
+
+    def _init_weights(self) -> None:
+        for m in self.sublayers():
+            if isinstance(m, nn.Linear):
+                _trunc_normal(m.weight)
+                if m.bias is not None:
+                    nn.initializer.Constant(0.0)(m.bias)
+
+    def forward_features(self, x: paddle.Tensor) -> paddle.Tensor:
+        """x ``[N, 3, H, W]`` (any H, W) -> pooled features ``[N, num_features]`` (final LN, mean over tokens)."""
+        x, h, w = self.patch_embed(x)
+        x = self.pos_drop(x)
+        for layer in self.layers:
+            x, h, w = layer(x, h, w)
+        return self.norm(x).mean(axis=1)
+
+    def forward(self, x: paddle.Tensor) -> paddle.Tensor:
+        """``[N, 3, H, W]`` -> logits ``[N, num_classes]``, or features when there is no classifier."""
+        f = self.forward_features(x)
+        return self.head(f) if self.head is not None else f
+
+    def stage_shapes(self, height: int, width: int) -> List[Tuple[int, int]]:
+        """Token grid (H, W) entering each stage for an image of ``height x width``."""
+        h = -(-height // self.patch_size)
+        w = -(-width // self.patch_size)
+        out = []
+        for _ in range(self.num_layers):
+            out.append((h, w))
+            h, w = -(-h // 2), -(-w // 2)
+        return out

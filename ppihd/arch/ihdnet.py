@@ -1,0 +1,94 @@
+"""IHDNet: Swin per slice + deep-supervision head 1 + sequence transformer + head 2 (Shang et al. 2022, Fig. 1)."""
+from __future__ import annotations
+
+import copy
+from typing import Any, Dict, Mapping, Optional, Union
+
+import numpy as np
+import paddle
+import paddle.nn as nn
+
+from ppihd.utils.registry import Registry
+
+from .backbone import BACKBONES
+from .sequence import SequenceTransformer
+
+ARCHS = Registry("arch")
+
+
+@ARCHS.register
+class IHDNet(nn.Layer):
+    """The whole model.
+
+    Args:
+        backbone: ``Arch.backbone`` (``name`` selects a registered backbone; the rest are its kwargs).
+        sequence: ``Arch.sequence`` kwargs of :class:`SequenceTransformer` (d_model = backbone features).
+        inter_slice: sequence transformer on (paper's InterExt); off = head 2 directly on slice features.
+        deep_supervision: auxiliary head 1 on every slice's features (paper's DS).
+        num_classes: 6 (RSNA labels, ``ppihd.LABELS`` order).
+        pretrained: ImageNet backbone weights loaded at build time (see :mod:`ppihd.arch.weights`).
+
+    ``forward(images [B, S, 3, H, W] float in [0, 1], mask bool [B, S] | None)``: in ``train()`` mode
+    ``{"logits": head 2 [B, S, 6], "aux_logits": head 1 [B, S, 6]}`` (no ``aux_logits`` without deep
+    supervision); in ``eval()`` mode head-2 logits ``[B, S, 6]``. Padded slices (mask False) are not run
+    through the backbone; their features are zero.
+    """
+
+    def __init__(self, backbone: Mapping[str, Any], sequence: Optional[Mapping[str, Any]] = None,
+                 inter_slice: bool = True, deep_supervision: bool = True, num_classes: int = 6,
+                 pretrained: Optional[str] = None) -> None:
+        super().__init__()
+        self.backbone = BACKBONES.build(dict(backbone))
+        d = int(self.backbone.num_features)
+        self.num_features = d
+        self.inter_slice = bool(inter_slice)
+        self.deep_supervision = bool(deep_supervision)
+        self.num_classes = int(num_classes)
+        self.head1 = nn.Linear(d, num_classes) if self.deep_supervision else None
+        self.sequence = SequenceTransformer(d_model=d, **dict(sequence or {})) if self.inter_slice else None
+        self.head2 = nn.Linear(d, num_classes)
+        self.load_report = None
+        if pretrained:
+            from .weights import load_backbone_pretrained
+            self.load_report = load_backbone_pretrained(self.backbone, pretrained)
+
+    def slice_features(self, images: paddle.Tensor, mask: Optional[paddle.Tensor] = None) -> paddle.Tensor:
+        """images ``[B, S, 3, H, W]`` -> backbone features ``[B, S, D]`` (zeros for padded slices)."""
+        b, s = images.shape[0], images.shape[1]
+        flat = images.reshape([b * s] + list(images.shape[2:]))
+        if mask is None:
+            return self.backbone.forward_features(flat).reshape([b, s, self.num_features])
+        m = mask.reshape([b * s]).astype("int64")
+        idx = paddle.nonzero(m).reshape([-1])  # real slices
+        n_real = idx.shape[0]
+        if n_real == 0:
+            return paddle.zeros([b, s, self.num_features], dtype=flat.dtype)
+        feats = self.backbone.forward_features(paddle.gather(flat, idx))  # [n_real, D]
+        feats = paddle.concat([feats, paddle.zeros([1, self.num_features], dtype=feats.dtype)], axis=0)
+        # position of each slot among the real slices; padded slots point at the zero row
+        rank = paddle.cumsum(m, axis=0) - 1
+        where = paddle.where(m > 0, rank, paddle.full_like(rank, n_real))
+        return paddle.gather(feats, where).reshape([b, s, self.num_features])
+
+    def forward(self, images: paddle.Tensor, mask: Optional[paddle.Tensor] = None
+                ) -> Union[paddle.Tensor, Dict[str, paddle.Tensor]]:
+        """See the class docstring."""
+        if len(images.shape) != 5:
+            raise ValueError(f"IHDNet expects images [B, S, 3, H, W], got shape {list(images.shape)}")
+        if mask is not None and mask.dtype != paddle.bool:
+            mask = mask.astype("bool")
+        feats = self.slice_features(images, mask)
+        seq = self.sequence(feats, mask) if self.sequence is not None else feats
+        logits = self.head2(seq)
+        if not self.training:
+            return logits
+        out = {"logits": logits}
+        if self.head1 is not None:
+            out["aux_logits"] = self.head1(feats)
+        return out
+
+
+def build_model(arch_cfg: Mapping[str, Any]) -> nn.Layer:
+    """Build the model from the ``Arch`` config section (``name`` selects the registered architecture)."""
+    cfg = copy.deepcopy(dict(arch_cfg))
+    return ARCHS.build(cfg)
