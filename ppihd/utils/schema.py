@@ -82,7 +82,7 @@ DEFAULTS: Dict[str, Any] = {
                 "blur_prob": 0.5,
                 "distortion": "grid",              # grid | elastic
                 "distortion_prob": 0.5,
-                "distortion_strength": 0.3,        # grid: max cell displacement / cell size; elastic: alpha / side
+                "distortion_strength": 0.3,        # max displacement as a fraction of one grid cell (side / grid_steps)
                 "grid_steps": 5,                   # grid distortion cells per side
                 "per_slice": True,                 # draw parameters per slice (False = one draw per series)
             },
