@@ -1,0 +1,104 @@
+"""FixMatch data path: pseudo-labelled test series from a (hand-made) cache, mixing, strong augmentation."""
+import os
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from ppihd import LABELS
+from ppihd.data.pseudo import MixedDataset, PseudoLabelDataset, with_pseudo_labels
+from ppihd.engine.pseudo_label import PseudoLabelError
+from ppihd.utils.config import load_config
+
+
+def _make_cache(root, size=16):
+    """Two test series (T1: 3 ok slices, T2: 2 ok + 1 failed) and one train series in the cache layout."""
+    cache = os.path.join(root, "cache")
+    os.makedirs(os.path.join(cache, "series"))
+    rng = np.random.default_rng(0)
+    rows = []
+    for sid, split, statuses in (("T1", "test", ["ok", "ok", "ok"]), ("T2", "test", ["ok", "bad pixels", "ok"]),
+                                 ("R1", "train", ["ok", "ok"])):
+        n_ok = statuses.count("ok")
+        arr = rng.integers(0, 256, size=(n_ok, size, size, 3), dtype=np.uint8)
+        arr[:, 4:10, 4:12] = 255
+        np.save(os.path.join(cache, "series", f"{sid}.npy"), arr)
+        k = 0
+        for j, st in enumerate(statuses):
+            rows.append({"path": f"/x/{sid}_{j}.dcm", "sop_uid": f"ID_{sid.lower()}{j}", "patient_id": "P",
+                         "study_uid": "S", "series_uid": f"U{sid}", "series_id": sid,
+                         "slice_idx": k if st == "ok" else -1, "position": 5.0 * j, "status": st, "split": split,
+                         **{lab: (0.0 if split == "train" else np.nan) for lab in LABELS}})
+            k += st == "ok"
+    pd.DataFrame(rows).to_csv(os.path.join(cache, "index.csv"), index=False)
+    return cache
+
+
+def _pseudo_csv(path, sops_labels):
+    recs = []
+    for i, (sop, labs) in enumerate(sops_labels):
+        recs.append({"patient_id": "P", "study_uid": "S", "series_uid": "U", "sop_uid": sop, "slice_idx": i,
+                     "position": 0.0, **dict(zip(LABELS, labs)), "confidence": 0.99})
+    pd.DataFrame(recs).to_csv(path, index=False)
+    return str(path)
+
+
+SDH = [0, 0, 0, 0, 1, 1]
+NEG = [0] * 6
+
+
+def _cfg(tmp_path, pseudo, extra=()):
+    cache = _make_cache(str(tmp_path))
+    return load_config(None, [f"Data.root={tmp_path}", f"Data.cache_dir={cache}", f"Data.pseudo_label_csv={pseudo}",
+                              *extra])
+
+
+def test_pseudo_dataset_items_keep_labels(tmp_path):
+    # T1 fully labelled; T2 has a pseudo-label on its first slice only (the failed slice is not cached)
+    p = _pseudo_csv(tmp_path / "pseudo.csv", [("ID_t10", NEG), ("ID_t11", SDH), ("ID_t12", NEG), ("ID_t20", SDH)])
+    cfg = _cfg(tmp_path, p)
+    ds = PseudoLabelDataset(cfg)
+    assert len(ds) == 2 and ds.num_slices == 5
+    it = ds.get(0, np.random.default_rng(0))
+    assert it["series_id"] == "T1" and it["is_pseudo"] is True
+    assert it["images"].shape == (3, 3, 16, 16) and it["images"].dtype == np.float32
+    assert 0.0 <= it["images"].min() and it["images"].max() <= 1.0
+    np.testing.assert_array_equal(it["labels"], np.array([NEG, SDH, NEG], np.float32))
+    np.testing.assert_array_equal(it["label_mask"], np.ones((3, 6), np.float32))
+    it2 = ds.get(1, np.random.default_rng(0))
+    assert it2["series_id"] == "T2" and it2["images"].shape[0] == 2  # the failed slice is not in the cache
+    np.testing.assert_array_equal(it2["labels"], np.array([SDH, NEG], np.float32))
+    np.testing.assert_array_equal(it2["label_mask"][:, 0], [1.0, 0.0])  # 2nd cached slice has no pseudo-label
+    # the strong augmentation changes pixels but not labels; without it the cache pixels come back exactly
+    raw = PseudoLabelDataset(cfg, transform=False).get(0, np.random.default_rng(0))
+    cache_arr = np.load(os.path.join(cfg["Data"]["cache_dir"], "series", "T1.npy"))
+    np.testing.assert_allclose(raw["images"], cache_arr.transpose(0, 3, 1, 2) / 255.0, atol=1e-7)
+    assert not np.allclose(raw["images"], it["images"])
+    np.testing.assert_array_equal(raw["labels"], it["labels"])
+
+
+def test_mixed_dataset_flags_is_pseudo(tmp_path):
+    p = _pseudo_csv(tmp_path / "pseudo.csv", [("ID_t10", NEG), ("ID_t11", SDH), ("ID_t12", NEG)])
+    cfg = _cfg(tmp_path, p)
+
+    class Labelled:
+        def __len__(self):
+            return 2
+
+        def get(self, i, rng):
+            return {"images": np.zeros((1, 3, 16, 16), np.float32), "labels": np.zeros((1, 6), np.float32),
+                    "label_mask": np.ones((1, 6), np.float32), "series_id": f"L{i}"}
+
+    mixed = with_pseudo_labels(cfg, Labelled())
+    assert isinstance(mixed, MixedDataset) and len(mixed) == 3
+    flags = [mixed.get(i, np.random.default_rng(i))["is_pseudo"] for i in range(3)]
+    assert flags == [False, False, True]
+    cfg2 = load_config(None, ["Data.pseudo_label_csv=null"])
+    lab = Labelled()
+    assert with_pseudo_labels(cfg2, lab) is lab
+
+
+def test_pseudo_csv_not_matching_cache_is_a_clear_error(tmp_path):
+    p = _pseudo_csv(tmp_path / "pseudo.csv", [("ID_zzz", NEG)])
+    with pytest.raises(PseudoLabelError, match="none of its 1 slices"):
+        PseudoLabelDataset(_cfg(tmp_path, p))
