@@ -1,0 +1,347 @@
+"""Read one DICOM file: a fast header (:func:`read_header`) and the pixels in HU (:func:`read_pixels_hu`).
+
+Everything that makes a file unusable raises :class:`DicomError` ``(path, reason)`` with a short human
+reason ("not DICOM", "not CT (Modality MR)", "truncated pixel data (8130 of 8192 bytes)",
+"JPEG-LS Lossless Image Compression needs a decoder plug-in: pip install pylibjpeg pylibjpeg-libjpeg
+(or pyjpegls, or python-gdcm)", ...). Callers record the reason and go on with the other files.
+
+Messy headers as found in RSNA: multi-valued / zero-padded WindowCenter strings, UIDs that are not valid
+UI VRs (pydicom's warnings are silenced here), missing RescaleSlope/Intercept (defaults 1 / 0),
+missing Modality (accepted, with a warning in ``SliceHeader.warnings``).
+"""
+from __future__ import annotations
+
+import logging
+import os
+import struct
+import warnings
+from dataclasses import dataclass, field
+from typing import Any, List, Optional, Tuple, Union
+
+import numpy as np
+import pydicom
+from pydicom.dataset import Dataset
+from pydicom.errors import InvalidDicomError
+
+from .transforms import to_hu
+
+log = logging.getLogger("ppihd")
+
+try:  # pydicom >= 3
+    from pydicom.pixels import get_decoder as _get_decoder  # type: ignore
+except Exception:  # pragma: no cover - pydicom 2.x: no up-front decoder check (decode errors are still caught)
+    _get_decoder = None
+
+# pydicom.config: do not raise on invalid VRs (RSNA's "ID_xxx" UIDs), just read them.
+try:
+    pydicom.config.settings.reading_validation_mode = pydicom.config.IGNORE
+except AttributeError:  # pragma: no cover - very old pydicom
+    pass
+
+PIXEL_DATA_TAG = 0x7FE00010
+DICOMDIR_SOP_CLASS = "1.2.840.10008.1.3.10"
+UNCOMPRESSED_SYNTAXES = {
+    "1.2.840.10008.1.2",       # Implicit VR Little Endian
+    "1.2.840.10008.1.2.1",     # Explicit VR Little Endian
+    "1.2.840.10008.1.2.1.99",  # Deflated Explicit VR Little Endian (pixels uncompressed once inflated)
+    "1.2.840.10008.1.2.2",     # Explicit VR Big Endian
+}
+# pip packages that decode each family of compressed transfer syntaxes (for the error message).
+_PLUGIN_HINTS = (
+    ("JPEG 2000", "pip install pylibjpeg pylibjpeg-openjpeg (or python-gdcm)"),
+    ("High-Throughput JPEG 2000", "pip install pylibjpeg pylibjpeg-openjpeg"),
+    ("JPEG-LS", "pip install pylibjpeg pylibjpeg-libjpeg (or pyjpegls, or python-gdcm)"),
+    ("JPEG", "pip install pylibjpeg pylibjpeg-libjpeg (or python-gdcm)"),
+    ("RLE", "pip install pylibjpeg pylibjpeg-rle"),
+)
+
+
+class DicomError(Exception):
+    """A file that cannot be used. ``path`` names the file, ``reason`` says why in a few words."""
+
+    def __init__(self, path: str, reason: str):
+        super().__init__(f"{path}: {reason}")
+        self.path = str(path)
+        self.reason = reason
+
+    def __reduce__(self):  # picklable across worker processes
+        return (DicomError, (self.path, self.reason))
+
+
+@dataclass
+class SliceHeader:
+    """What ppihd needs from one slice's header (no pixels). Positions in mm (patient LPS)."""
+
+    path: str
+    sop_uid: str
+    patient_id: str
+    study_uid: str
+    series_uid: str
+    modality: Optional[str]
+    position: Optional[Tuple[float, float, float]]      # ImagePositionPatient
+    orientation: Optional[Tuple[float, ...]]            # ImageOrientationPatient (row cosines, column cosines)
+    instance_number: Optional[int]
+    rows: int
+    cols: int
+    slope: float = 1.0                                  # RescaleSlope (default 1)
+    intercept: float = 0.0                              # RescaleIntercept (default 0), HU offset
+    bits_stored: Optional[int] = None
+    pixel_representation: Optional[int] = None          # 0 unsigned, 1 signed
+    window_center: Optional[float] = None               # first value of a multi-valued WindowCenter
+    window_width: Optional[float] = None
+    slice_thickness: Optional[float] = None
+    pixel_spacing: Optional[Tuple[float, float]] = None
+    transfer_syntax: str = ""
+    warnings: List[str] = field(default_factory=list)
+
+    @property
+    def key(self) -> Tuple[str, str, str]:
+        """The series key (PatientID, StudyInstanceUID, SeriesInstanceUID)."""
+        return (self.patient_id, self.study_uid, self.series_uid)
+
+
+# ----------------------------------------------------------------------------------------------- parsing
+def _first_number(value: Any) -> Optional[float]:
+    """First number of a DS/IS/str value that may be multi-valued ("00040\\00080") or padded; None if none."""
+    if value is None:
+        return None
+    if isinstance(value, (list, tuple)) or type(value).__name__ == "MultiValue":
+        value = value[0] if len(value) else None
+        if value is None:
+            return None
+    if isinstance(value, (bytes, bytearray)):
+        value = value.decode("ascii", "ignore")
+    try:
+        return float(str(value).strip().split("\\")[0])
+    except (TypeError, ValueError):
+        return None
+
+
+def _floats(value: Any, n: int) -> Optional[Tuple[float, ...]]:
+    if value is None:
+        return None
+    try:
+        vals = [float(v) for v in value]
+    except (TypeError, ValueError):
+        try:  # a single backslash-separated string
+            vals = [float(v) for v in str(value).split("\\")]
+        except (TypeError, ValueError):
+            return None
+    if len(vals) != n or not all(np.isfinite(vals)):
+        return None
+    return tuple(vals)
+
+
+def _str(ds: Dataset, keyword: str) -> str:
+    v = ds.get(keyword, None)
+    return "" if v is None else str(v).strip()
+
+
+def _open_dataset(path: str, fp, stop_before_pixels: bool) -> Dataset:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            return pydicom.dcmread(fp, stop_before_pixels=stop_before_pixels)
+        except InvalidDicomError:
+            pass
+        except Exception as e:  # corrupt header
+            raise DicomError(path, f"not DICOM (unreadable header: {type(e).__name__})") from None
+        # No 128-byte preamble + "DICM": some valid files omit it. Accept only if it parses as an image.
+        fp.seek(0)
+        try:
+            ds = pydicom.dcmread(fp, stop_before_pixels=stop_before_pixels, force=True)
+        except Exception:
+            raise DicomError(path, "not DICOM") from None
+        if "SOPInstanceUID" not in ds or "Rows" not in ds:
+            raise DicomError(path, "not DICOM")
+        return ds
+
+
+def _transfer_syntax(ds: Dataset) -> str:
+    meta = getattr(ds, "file_meta", None)
+    ts = meta.get("TransferSyntaxUID", None) if meta is not None else None
+    if ts is None:  # no meta: infer from how pydicom read it
+        enc = getattr(ds, "original_encoding", None) or (True, True)
+        implicit, little = enc
+        return "1.2.840.10008.1.2" if implicit else ("1.2.840.10008.1.2.1" if little else "1.2.840.10008.1.2.2")
+    return str(ts)
+
+
+def _syntax_name(ts: str) -> str:
+    try:
+        return pydicom.uid.UID(ts).name
+    except Exception:  # pragma: no cover
+        return ts
+
+
+def check_decoder(path: str, ts: str) -> None:
+    """Raise :class:`DicomError` naming the plug-in to install if pixels in syntax ``ts`` cannot be decoded."""
+    if ts in UNCOMPRESSED_SYNTAXES or _get_decoder is None:
+        return
+    name = _syntax_name(ts)
+    try:
+        dec = _get_decoder(ts)
+    except NotImplementedError:
+        raise DicomError(path, f"unsupported transfer syntax {name} ({ts})") from None
+    if dec.is_available:
+        return
+    hint = next((h for prefix, h in _PLUGIN_HINTS if name.startswith(prefix)), None)
+    if hint is None:
+        hint = "install one of: " + "; ".join(dec.missing_dependencies)
+    raise DicomError(path, f"{name} needs a decoder plug-in: {hint}")
+
+
+def _pixel_element_check(path: str, fp, ds: Dataset, ts: str, file_size: int) -> None:
+    """After a ``stop_before_pixels`` read, ``fp`` sits at the PixelData element: check it is present and whole."""
+    start = fp.tell()
+    head = fp.read(12)
+    implicit, little = getattr(ds, "original_encoding", None) or (ts == "1.2.840.10008.1.2", ts != "1.2.840.10008.1.2.2")
+    if implicit is None:  # pragma: no cover - defensive
+        implicit = ts == "1.2.840.10008.1.2"
+    end = "<" if little is not False else ">"
+    if len(head) < 8:
+        raise DicomError(path, "missing pixel data")
+    group, elem = struct.unpack(end + "HH", head[:4])
+    if (group << 16 | elem) != PIXEL_DATA_TAG:
+        if group == 0x7FE0:  # Float/Double Float Pixel Data: not a CT image
+            raise DicomError(path, "float pixel data is not supported")
+        raise DicomError(path, "missing pixel data")
+    if implicit:
+        (length,) = struct.unpack(end + "I", head[4:8])
+        value_start = start + 8
+    else:
+        if len(head) < 12:
+            raise DicomError(path, "truncated pixel data")
+        (length,) = struct.unpack(end + "I", head[8:12])
+        value_start = start + 12
+    if length == 0xFFFFFFFF:  # encapsulated (compressed): no cheap length check
+        return
+    available = file_size - value_start
+    rows, cols = int(ds.get("Rows", 0) or 0), int(ds.get("Columns", 0) or 0)
+    bits = int(ds.get("BitsAllocated", 16) or 16)
+    spp = int(ds.get("SamplesPerPixel", 1) or 1)
+    frames = int(_first_number(ds.get("NumberOfFrames", 1)) or 1)
+    expected = (rows * cols * spp * frames * bits + 7) // 8
+    have = min(length, available)
+    if have < expected:
+        raise DicomError(path, f"truncated pixel data ({have} of {expected} bytes)")
+
+
+def header_from_dataset(ds: Dataset, path: str = "<dataset>") -> SliceHeader:
+    """Build a :class:`SliceHeader` from an already read dataset; raises :class:`DicomError` if unusable."""
+    notes: List[str] = []
+    sop_class = _str(ds, "SOPClassUID") or str(getattr(getattr(ds, "file_meta", None), "MediaStorageSOPClassUID", ""))
+    if sop_class == DICOMDIR_SOP_CLASS or "DirectoryRecordSequence" in ds:
+        raise DicomError(path, "DICOMDIR (a directory index, not an image)")
+    modality = _str(ds, "Modality") or None
+    if modality is None:
+        notes.append("Modality missing: assumed CT")
+    elif modality.upper() != "CT":
+        raise DicomError(path, f"not CT (Modality {modality})")
+    rows, cols = ds.get("Rows", None), ds.get("Columns", None)
+    if not rows or not cols:
+        raise DicomError(path, "missing Rows/Columns (not an image)")
+    spp = int(ds.get("SamplesPerPixel", 1) or 1)
+    if spp != 1:
+        raise DicomError(path, f"colour image (SamplesPerPixel {spp}); CT must be greyscale")
+    frames = int(_first_number(ds.get("NumberOfFrames", 1)) or 1)
+    if frames != 1:
+        raise DicomError(path, f"multi-frame image ({frames} frames) is not supported; export single slices")
+    slope = _first_number(ds.get("RescaleSlope", None))
+    intercept = _first_number(ds.get("RescaleIntercept", None))
+    if slope is None or slope == 0:
+        slope = 1.0
+    if intercept is None:
+        intercept = 0.0
+    sop = _str(ds, "SOPInstanceUID") or os.path.splitext(os.path.basename(path))[0]
+    series_uid = _str(ds, "SeriesInstanceUID")
+    if not series_uid:  # group by folder rather than lump unrelated files together
+        series_uid = "dir:" + os.path.dirname(os.path.abspath(path))
+        notes.append("SeriesInstanceUID missing: grouped by folder")
+    inst = _first_number(ds.get("InstanceNumber", None))
+    spacing = _floats(ds.get("PixelSpacing", None), 2)
+    return SliceHeader(
+        path=str(path), sop_uid=sop, patient_id=_str(ds, "PatientID"), study_uid=_str(ds, "StudyInstanceUID"),
+        series_uid=series_uid, modality=modality,
+        position=_floats(ds.get("ImagePositionPatient", None), 3),
+        orientation=_floats(ds.get("ImageOrientationPatient", None), 6),
+        instance_number=None if inst is None else int(inst), rows=int(rows), cols=int(cols),
+        slope=float(slope), intercept=float(intercept),
+        bits_stored=None if ds.get("BitsStored", None) is None else int(ds.BitsStored),
+        pixel_representation=None if ds.get("PixelRepresentation", None) is None else int(ds.PixelRepresentation),
+        window_center=_first_number(ds.get("WindowCenter", None)),
+        window_width=_first_number(ds.get("WindowWidth", None)),
+        slice_thickness=_first_number(ds.get("SliceThickness", None)),
+        pixel_spacing=None if spacing is None else (spacing[0], spacing[1]),
+        transfer_syntax=_transfer_syntax(ds), warnings=notes)
+
+
+def read_header(path: str) -> SliceHeader:
+    """Read the header of one file (pixels not decoded) and check it is a usable single-frame CT image.
+
+    Checks done here so that a scan reports them up front: DICOM at all, Modality, presence and length of
+    the pixel data (truncated files), and that a decoder for a compressed transfer syntax is installed.
+    Raises :class:`DicomError` (path, reason).
+    """
+    path = str(path)
+    try:
+        size = os.path.getsize(path)
+        fp = open(path, "rb")
+    except OSError as e:
+        raise DicomError(path, f"cannot open file ({e.strerror or e})") from None
+    with fp:
+        if size < 132:
+            raise DicomError(path, "not DICOM (file too small)" if size else "not DICOM (empty file)")
+        ds = _open_dataset(path, fp, stop_before_pixels=True)
+        hdr = header_from_dataset(ds, path)
+        check_decoder(path, hdr.transfer_syntax)
+        _pixel_element_check(path, fp, ds, hdr.transfer_syntax, size)
+    return hdr
+
+
+def read_dataset(path: str) -> Dataset:
+    """Read a whole file (header and pixel data). Raises :class:`DicomError`."""
+    path = str(path)
+    try:
+        with open(path, "rb") as fp:
+            return _open_dataset(path, fp, stop_before_pixels=False)
+    except OSError as e:
+        raise DicomError(path, f"cannot open file ({e.strerror or e})") from None
+
+
+def read_raw_pixels(ds: Dataset, path: str = "<dataset>") -> np.ndarray:
+    """Stored pixel values [h, w] (int16/uint16/...) of a single-frame image; raises :class:`DicomError`."""
+    ts = _transfer_syntax(ds)
+    check_decoder(path, ts)
+    if "PixelData" not in ds:
+        raise DicomError(path, "missing pixel data")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            arr = ds.pixel_array
+        except ValueError as e:
+            msg = str(e)
+            if "less than expected" in msg or "truncat" in msg.lower():
+                raise DicomError(path, "truncated pixel data") from None
+            raise DicomError(path, f"cannot decode pixel data ({msg.splitlines()[0][:120]})") from None
+        except (RuntimeError, NotImplementedError, ImportError) as e:
+            raise DicomError(path, f"cannot decode {_syntax_name(ts)} pixel data ({str(e).splitlines()[0][:160]})") \
+                from None
+        except Exception as e:  # decoder plug-ins raise all sorts of things
+            raise DicomError(path, f"cannot decode pixel data ({type(e).__name__}: {str(e)[:120]})") from None
+    if arr.ndim != 2:
+        raise DicomError(path, f"expected a single greyscale frame, got pixel array of shape {arr.shape}")
+    return arr
+
+
+def read_pixels_hu(src: Union[str, Dataset], fix_intercept: bool = True) -> np.ndarray:
+    """Pixels of one slice in HU, float32 [h, w]: raw × RescaleSlope + RescaleIntercept.
+
+    With ``fix_intercept`` the RSNA corrupt-intercept fix (SPEC §2.1) is applied where its condition holds
+    (see :func:`ppihd.data.transforms.to_hu`). ``src`` is a path or a dataset read with pixel data.
+    """
+    path = src if isinstance(src, str) else str(getattr(src, "filename", None) or "<dataset>")
+    ds = read_dataset(src) if isinstance(src, str) else src
+    hdr = header_from_dataset(ds, path)
+    raw = read_raw_pixels(ds, path)
+    return to_hu(raw, hdr.slope, hdr.intercept, hdr.bits_stored, hdr.pixel_representation, fix_intercept)

@@ -1,0 +1,130 @@
+"""Per-slice preprocessing as small pure functions (SPEC §2): HU → windows → black-edge crop → resize.
+
+    hu = to_hu(raw, slope, intercept, bits_stored, pixel_representation)   # float32 [h, w], HU
+    img = apply_windows(hu, [[40, 80], [80, 200], [40, 380]])              # uint8 [h, w, 3]
+    img = remove_black_edges(img)                                          # uint8 [h', w', 3]
+    img = resize(img, 224)                                                 # uint8 [224, 224, 3]
+
+:func:`preprocess_slice` chains them from a config's ``Data`` section. The windows are in-place float32
+numpy ops: measured faster than a per-slice look-up table (raw value → 3 packed window bytes, one
+``np.take``) on 512² int16 slices (1.3 vs 1.7 ms for the whole slice), so there is no LUT path.
+
+Window rounding (exact): ``v = (clip(hu, c - w/2, c + w/2) - (c - w/2)) * float32(255 / w)`` in float32,
+then truncated toward zero (``astype(uint8)``, as the reference code does), so HU ``c + w/2`` → 255,
+``c - w/2`` → 0, and HU 40 in the (40, 80) brain window → 127 (127.5 truncated).
+"""
+from __future__ import annotations
+
+from typing import Any, Mapping, Optional, Sequence, Tuple
+
+import cv2
+import numpy as np
+
+#: SPEC §2.2: (center, width) of the brain, blood/subdural and soft-tissue windows, in HU.
+DEFAULT_WINDOWS = ((40.0, 80.0), (80.0, 200.0), (40.0, 380.0))
+
+
+# ------------------------------------------------------------------------------------------------- HU
+def needs_intercept_fix(bits_stored: Optional[int], pixel_representation: Optional[int], intercept: float) -> bool:
+    """SPEC §2.1 condition of the corrupt RSNA files: BitsStored 12, unsigned pixels, intercept > -100."""
+    return bits_stored == 12 and pixel_representation == 0 and float(intercept) > -100.0
+
+
+def to_hu(raw: np.ndarray, slope: float = 1.0, intercept: float = 0.0, bits_stored: Optional[int] = None,
+          pixel_representation: Optional[int] = None, fix_intercept: bool = True) -> np.ndarray:
+    """Stored values → HU, float32, same shape: ``raw × slope + intercept``.
+
+    With ``fix_intercept`` and :func:`needs_intercept_fix` true (the corrupt RSNA files), first
+    ``raw + 1000``, values ≥ 4096 lose 4096, and the intercept becomes -1000 (SPEC §2.1).
+    """
+    if fix_intercept and needs_intercept_fix(bits_stored, pixel_representation, intercept):
+        x = raw.astype(np.int32) + 1000
+        x[x >= 4096] -= 4096
+        raw, intercept = x, -1000.0
+    hu = raw.astype(np.float32)
+    if float(slope) != 1.0:
+        hu *= np.float32(slope)
+    if float(intercept) != 0.0:
+        hu += np.float32(intercept)
+    return hu
+
+
+# --------------------------------------------------------------------------------------------- windows
+def apply_windows(hu: np.ndarray, windows: Sequence[Sequence[float]] = DEFAULT_WINDOWS) -> np.ndarray:
+    """HU [...] → uint8 [..., len(windows)]: each (center, width) window clipped and scaled to 0..255.
+
+    Rounding as stated in the module docstring (float32, truncation).
+    """
+    hu = np.asarray(hu, dtype=np.float32)
+    out = np.empty(hu.shape + (len(windows),), dtype=np.uint8)
+    for k, (c, w) in enumerate(windows):
+        if w <= 0:
+            raise ValueError(f"Data.windows[{k}] = ({c}, {w}): width must be > 0")
+        lo, hi = np.float32(c - w / 2.0), np.float32(c + w / 2.0)
+        v = np.clip(hu, lo, hi)
+        v -= lo
+        v *= np.float32(255.0 / w)
+        out[..., k] = v  # float → uint8 assignment truncates
+    return out
+
+
+
+# ------------------------------------------------------------------------------------------ black edges
+def black_edge_box(channel: np.ndarray, kernel: int = 5, iterations: int = 3,
+                   inclusive: bool = True) -> Optional[Tuple[int, int, int, int]]:
+    """Bounding box ``(y0, y1, x0, x1)`` (half-open, for ``img[y0:y1, x0:x1]``) of the non-zero pixels of
+    ``channel`` (uint8 [h, w], the brain window) after a morphological opening with a ``kernel``×``kernel``
+    ellipse, ``iterations`` times (SPEC §2.3).
+
+    ``inclusive=False`` reproduces the reference code, whose box ends one row/column early
+    (``y1 = last non-zero row``). Returns None when nothing survives the opening (or the box is empty).
+    """
+    ch = np.ascontiguousarray(channel)
+    if iterations > 0 and kernel > 1:
+        k = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (int(kernel), int(kernel)))
+        ch = cv2.morphologyEx(ch, cv2.MORPH_OPEN, k, iterations=int(iterations))
+    rows = np.flatnonzero(ch.any(axis=1))
+    if rows.size == 0:
+        return None
+    cols = np.flatnonzero(ch.any(axis=0))
+    extra = 1 if inclusive else 0
+    y0, y1, x0, x1 = int(rows[0]), int(rows[-1]) + extra, int(cols[0]), int(cols[-1]) + extra
+    if y1 <= y0 or x1 <= x0:
+        return None
+    return y0, y1, x0, x1
+
+
+def remove_black_edges(img: np.ndarray, kernel: int = 5, iterations: int = 3, inclusive: bool = True,
+                       channel: int = 0) -> np.ndarray:
+    """Crop uint8 [h, w, C] to :func:`black_edge_box` of ``img[..., channel]``; an all-zero slice (no box)
+    is returned whole, so it stays all-zero after resizing."""
+    box = black_edge_box(img[..., channel], kernel, iterations, inclusive)
+    if box is None:
+        return img
+    y0, y1, x0, x1 = box
+    return img[y0:y1, x0:x1]
+
+
+def resize(img: np.ndarray, size: int, interpolation: int = cv2.INTER_LINEAR) -> np.ndarray:
+    """Resize uint8 [h, w, C] to [size, size, C] (aspect ratio not kept; bilinear by default)."""
+    if img.shape[0] == size and img.shape[1] == size:
+        return np.ascontiguousarray(img)
+    out = cv2.resize(np.ascontiguousarray(img), (int(size), int(size)), interpolation=interpolation)
+    return out.reshape(size, size, img.shape[2]) if out.ndim == 2 else out
+
+
+# --------------------------------------------------------------------------------------------- pipeline
+def _crop_resize(img: np.ndarray, data_cfg: Mapping[str, Any]) -> np.ndarray:
+    if data_cfg.get("remove_black_edges", True):
+        img = remove_black_edges(img, int(data_cfg.get("opening_kernel", 5)),
+                                 int(data_cfg.get("opening_iterations", 3)),
+                                 bool(data_cfg.get("crop_inclusive", True)))
+    return resize(img, int(data_cfg.get("image_size", 224)))
+
+
+def preprocess_slice(hu: np.ndarray, data_cfg: Mapping[str, Any]) -> np.ndarray:
+    """float32 HU [h, w] → uint8 [H, W, 3] (channels in ``Data.windows`` order), H = W = ``Data.image_size``:
+    windows, black-edge crop (if ``Data.remove_black_edges``), bilinear resize."""
+    img = apply_windows(hu, data_cfg.get("windows", DEFAULT_WINDOWS))
+    return _crop_resize(img, data_cfg)
+
