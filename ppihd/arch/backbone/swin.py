@@ -230,6 +230,9 @@ class SwinTransformerBlock(nn.Layer):
 
     def _mask(self, height: int, width: int, shift: int) -> Optional[paddle.Tensor]:
         key = (height, width, shift)
+        if not paddle.in_dynamic_mode():  # to_static tracing: a fresh constant per program, never cached
+            m = window_attention_mask(height, width, self.window_size, shift)
+            return None if m is None else paddle.to_tensor(m)
         if key not in self._mask_cache:
             m = window_attention_mask(height, width, self.window_size, shift)
             self._mask_cache[key] = None if m is None else paddle.to_tensor(m)

@@ -1,0 +1,158 @@
+"""IHDNet and the sequence transformer: contract shapes, masking, switches, end-to-end gradients."""
+import math
+
+import numpy as np
+import paddle
+import pytest
+
+from ppihd.arch import IHDNet, SequenceTransformer, build_model, sinusoidal_encoding
+from ppihd.utils.config import load_config
+
+IMG = 32  # tiny images keep the micro model fast
+
+
+def micro_cfg(*overrides):
+    cfg = load_config("configs/swin_b_seq.yaml",
+                      ["Arch.backbone.variant=micro", "Arch.backbone.drop_path_rate=0.0", *overrides])
+    return cfg["Arch"]
+
+
+def make(*overrides, seed=0):
+    paddle.seed(seed)
+    return build_model(micro_cfg(*overrides))
+
+
+def rand(*shape, seed=0):
+    return paddle.to_tensor(np.random.default_rng(seed).random(shape).astype("float32"))
+
+
+def test_contract_shapes_train_and_eval():
+    m = make()
+    assert isinstance(m, IHDNet)
+    x = rand(2, 4, 3, IMG, IMG)
+    mask = paddle.to_tensor([[True, True, True, False], [True] * 4])
+    m.train()
+    out = m(x, mask)
+    assert set(out) == {"logits", "aux_logits"}
+    assert list(out["logits"].shape) == [2, 4, 6] and list(out["aux_logits"].shape) == [2, 4, 6]
+    m.eval()
+    y = m(x, mask)
+    assert isinstance(y, paddle.Tensor) and list(y.shape) == [2, 4, 6]
+    assert list(m(x).shape) == [2, 4, 6]  # mask None
+
+
+def test_switches():
+    m = make("Arch.deep_supervision=false")
+    m.train()
+    out = m(rand(1, 3, 3, IMG, IMG))
+    assert set(out) == {"logits"} and m.head1 is None
+    m = make("Arch.inter_slice=false")
+    assert m.sequence is None
+    m.eval()
+    x = rand(1, 3, 3, IMG, IMG)
+    feats = m.backbone.forward_features(x.reshape([3, 3, IMG, IMG]))
+    np.testing.assert_allclose(m(x).numpy()[0], m.head2(feats).numpy(), rtol=1e-5, atol=1e-5)
+    m = make("Arch.backbone.post_norm=false")
+    assert all(not b.post_norm for layer in m.backbone.layers for b in layer.blocks)
+    m = make()
+    assert all(b.post_norm for layer in m.backbone.layers for b in layer.blocks)
+
+
+def test_padded_batch_equals_each_series_alone():
+    m = make()
+    m.eval()
+    a, b = rand(1, 3, 3, IMG, IMG, seed=1), rand(1, 5, 3, IMG, IMG, seed=2)
+    batch = paddle.concat([paddle.concat([a, rand(1, 2, 3, IMG, IMG, seed=3)], axis=1), b], axis=0)
+    mask = paddle.to_tensor([[True] * 3 + [False] * 2, [True] * 5])
+    y = m(batch, mask).numpy()
+    np.testing.assert_allclose(y[0, :3], m(a).numpy()[0], rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(y[1], m(b).numpy()[0], rtol=1e-5, atol=1e-5)
+    # without the mask the padded slices take part, so the short series changes
+    assert np.abs(m(batch).numpy()[0, :3] - y[0, :3]).max() > 1e-4
+
+
+def test_masked_slices_pixels_change_nothing():
+    m = make()
+    m.eval()
+    x = rand(2, 4, 3, IMG, IMG, seed=4)
+    mask = paddle.to_tensor([[True, True, False, False], [True, True, True, False]])
+    y1 = m(x, mask).numpy()
+    x2 = x.numpy().copy()
+    x2[0, 2:] = 1.0
+    x2[1, 3] = np.random.default_rng(9).random((3, IMG, IMG))
+    y2 = m(paddle.to_tensor(x2), mask).numpy()
+    real = mask.numpy()
+    np.testing.assert_array_equal(y1[real], y2[real])
+    assert np.isfinite(y1).all()
+
+
+def test_reference_mode_without_padding_mask_attends_padding():
+    m = make("Arch.sequence.padding_mask=false")
+    m.eval()
+    a = rand(1, 3, 3, IMG, IMG, seed=1)
+    batch = paddle.concat([a, rand(1, 2, 3, IMG, IMG, seed=3)], axis=1)
+    y = m(batch, paddle.to_tensor([[True] * 3 + [False] * 2])).numpy()
+    assert np.abs(y[0, :3] - m(a).numpy()[0]).max() > 1e-4
+
+
+def test_gradients_reach_patch_embed_from_head2_alone():
+    m = make()
+    m.train()
+    out = m(rand(1, 3, 3, IMG, IMG), paddle.to_tensor([[True, True, False]]))
+    out["logits"].sum().backward()  # head 2 only
+    g = m.backbone.patch_embed.proj.weight.grad
+    assert g is not None and float(paddle.abs(g).sum()) > 0
+    assert m.head1.weight.grad is None or float(paddle.abs(m.head1.weight.grad).sum()) == 0
+
+
+@pytest.mark.parametrize("S", [1, 300])
+def test_sequence_lengths(S):
+    m = make()
+    m.eval()
+    y = m(rand(1, S, 3, 16, 16))
+    assert list(y.shape) == [1, S, 6] and np.isfinite(y.numpy()).all()
+
+
+def test_sinusoidal_encoding_closed_form():
+    d = 16
+    pos = paddle.to_tensor(np.array([[0, 1, 2, 59, 60, 299]], dtype="float32"))
+    pe = sinusoidal_encoding(pos, d).numpy()[0]
+    for r, p in enumerate([0, 1, 2, 59, 60, 299]):
+        for i in range(d // 2):
+            ang = p / 10000 ** (2 * i / d)
+            assert math.isclose(pe[r, 2 * i], math.sin(ang), abs_tol=2e-4)
+            assert math.isclose(pe[r, 2 * i + 1], math.cos(ang), abs_tol=2e-4)
+
+
+def test_sequence_key_padding_mask_equals_truncated_sequence():
+    paddle.seed(0)
+    seq = SequenceTransformer(d_model=16, num_layers=2, num_heads=2, dim_feedforward=20)
+    seq.eval()
+    x = rand(1, 6, 16, seed=7)
+    mask = paddle.to_tensor([[True] * 4 + [False] * 2])
+    y = seq(x, mask).numpy()
+    np.testing.assert_allclose(y[0, :4], seq(x[:, :4]).numpy()[0], rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(y[0, 4:], 0.0)
+    # padding in front is handled too: positions count only real slices
+    xf = paddle.concat([rand(1, 2, 16, seed=8), x[:, :4]], axis=1)
+    yf = seq(xf, paddle.to_tensor([[False] * 2 + [True] * 4])).numpy()
+    np.testing.assert_allclose(yf[0, 2:], y[0, :4], rtol=1e-5, atol=1e-5)
+
+
+def test_paper_config_builds_swin_b():
+    cfg = load_config("configs/swin_b_seq.yaml")
+    m = build_model(cfg["Arch"])
+    bb = m.backbone
+    assert (bb.embed_dim, bb.depths, bb.num_heads, bb.window_size) == (128, [2, 2, 18, 2], [4, 8, 16, 32], 7)
+    assert m.num_features == 1024
+    enc = m.sequence.encoder
+    assert len(enc.layers) == 2
+    lay = enc.layers[0]
+    assert lay.self_attn.num_heads == 2 and lay.linear1.weight.shape == [1024, 200]
+    assert not lay.normalize_before
+    assert list(m.head1.weight.shape) == [1024, 6] and list(m.head2.weight.shape) == [1024, 6]
+
+
+def test_unknown_variant_is_a_clear_error():
+    with pytest.raises(KeyError, match="variant"):
+        build_model(micro_cfg("Arch.backbone.variant=huge"))

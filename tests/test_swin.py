@@ -1,0 +1,224 @@
+"""Swin backbone: relative positions, shifted-window masks, attention and post/pre-norm against numpy."""
+import math
+
+import numpy as np
+import paddle
+import pytest
+
+from ppihd.arch.backbone.swin import (MASK_VALUE, PatchMerging, SwinTransformer, SwinTransformerBlock,
+                                      relative_position_index, window_attention_mask)
+
+
+# ---------------------------------------------------------------------------------------------- numpy helpers
+def ln(x, g, b, eps=1e-5):
+    mu = x.mean(-1, keepdims=True)
+    var = ((x - mu) ** 2).mean(-1, keepdims=True)
+    return (x - mu) / np.sqrt(var + eps) * g + b
+
+
+def gelu(x):
+    return 0.5 * x * (1.0 + np.vectorize(math.erf)(x / math.sqrt(2.0)))
+
+
+def softmax(x):
+    e = np.exp(x - x.max(-1, keepdims=True))
+    return e / e.sum(-1, keepdims=True)
+
+
+def params(layer):
+    return {k: v.numpy().astype(np.float64) for k, v in layer.state_dict().items()}
+
+
+def brute_force_attention(x, p, H, W, window, shift, heads):
+    """Window attention for every real token by definition: a token attends to the real tokens that share
+    its window in the cyclically shifted (padded) frame and did not wrap differently. x [H*W, C]."""
+    C = x.shape[-1]
+    d = C // heads
+    Hp, Wp = -(-H // window) * window, -(-W // window) * window
+    qkv = x @ p["attn.qkv.weight"] + p["attn.qkv.bias"]
+    q, k, v = qkv[:, :C], qkv[:, C:2 * C], qkv[:, 2 * C:]
+    table = p["attn.relative_position_bias_table"]
+    out = np.zeros_like(x)
+    tokens = [(r, c) for r in range(H) for c in range(W)]
+
+    def shifted(r, c):
+        return (r - shift) % Hp, (c - shift) % Wp
+
+    for a, (r, c) in enumerate(tokens):
+        i, j = shifted(r, c)
+        keys, bias_rows = [], []
+        for b, (r2, c2) in enumerate(tokens):
+            i2, j2 = shifted(r2, c2)
+            same_window = (i // window, j // window) == (i2 // window, j2 // window)
+            same_wrap = (i >= Hp - shift) == (i2 >= Hp - shift) and (j >= Wp - shift) == (j2 >= Wp - shift)
+            if shift == 0:
+                same_wrap = True
+            if same_window and same_wrap:
+                keys.append(b)
+                bias_rows.append((i - i2 + window - 1) * (2 * window - 1) + (j - j2 + window - 1))
+        for h in range(heads):
+            sl = slice(h * d, (h + 1) * d)
+            logits = (q[a, sl] * d ** -0.5) @ k[keys, sl].T + table[bias_rows, h]
+            out[a, sl] = softmax(logits) @ v[keys, sl]
+    return out @ p["attn.proj.weight"] + p["attn.proj.bias"]
+
+
+def randomize(layer, seed=0, scale=0.3):
+    rng = np.random.default_rng(seed)
+    for _, prm in layer.named_parameters():
+        prm.set_value((rng.standard_normal(prm.shape) * scale).astype("float32"))
+
+
+# ---------------------------------------------------------------------------------------------- tests
+@pytest.mark.parametrize("w", [2, 3, 7])
+def test_relative_position_index_brute_force(w):
+    idx = relative_position_index(w)
+    assert idx.shape == (w * w, w * w)
+    for a in range(w * w):
+        for b in range(w * w):
+            (r1, c1), (r2, c2) = divmod(a, w), divmod(b, w)
+            assert idx[a, b] == (r1 - r2 + w - 1) * (2 * w - 1) + (c1 - c2 + w - 1)
+    assert idx.min() == 0 and idx.max() == (2 * w - 1) ** 2 - 1
+    assert idx[0, 0] == (2 * w - 1) ** 2 // 2  # zero offset sits in the middle of the table
+
+
+@pytest.mark.parametrize("H,W,w,s", [(56, 56, 7, 3), (14, 14, 7, 3), (8, 8, 4, 2), (5, 7, 3, 1), (10, 6, 4, 2),
+                                     (9, 9, 7, 0), (7, 7, 7, 0)])
+def test_window_mask_matches_brute_force_regions(H, W, w, s):
+    mask = window_attention_mask(H, W, w, s)
+    Hp, Wp = -(-H // w) * w, -(-W // w) * w
+    if s == 0 and (Hp, Wp) == (H, W):
+        assert mask is None
+        return
+    # brute force: region id of each position of the shifted padded grid = (wrapped rows?, wrapped cols?),
+    # validity = the original position it came from lies inside the H x W map
+    nwh, nww = Hp // w, Wp // w
+    assert mask.shape == (nwh * nww, w * w, w * w)
+    for wi in range(nwh):
+        for wj in range(nww):
+            cells = [(wi * w + a, wj * w + b) for a in range(w) for b in range(w)]
+            region = [((i + s >= Hp) if s else False, (j + s >= Wp) if s else False) for i, j in cells]
+            valid = [((i + s) % Hp) < H and ((j + s) % Wp) < W for i, j in cells]
+            exp = np.zeros((w * w, w * w))
+            for p in range(w * w):
+                for q in range(w * w):
+                    exp[p, q] = (MASK_VALUE if region[p] != region[q] else 0) + (0 if valid[q] else MASK_VALUE)
+            np.testing.assert_array_equal(mask[wi * nww + wj], exp)
+
+
+def test_mask_56_equals_official_three_slices_count():
+    # at 56x56 / window 7 / shift 3 only the last row and column of windows are split (official Swin)
+    m = window_attention_mask(56, 56, 7, 3)
+    split = [(m[k] != 0).any() for k in range(64)]
+    assert sum(split) == 8 + 8 - 1
+    assert not (m == 2 * MASK_VALUE).any()  # no padding at 56
+
+
+@pytest.mark.parametrize("H,W,w,s", [(4, 4, 2, 1), (5, 5, 3, 1), (3, 5, 2, 1), (2, 2, 3, 1)])
+def test_block_attention_matches_brute_force(H, W, w, s):
+    paddle.seed(0)
+    blk = SwinTransformerBlock(dim=8, num_heads=2, window_size=w, shift_size=s, drop_path=0.0)
+    randomize(blk, seed=H * 10 + W)
+    blk.eval()
+    x = np.random.default_rng(1).standard_normal((1, H * W, 8)).astype("float32")
+    got = blk._attention(paddle.to_tensor(x), H, W).numpy()[0]
+    shift = blk.effective_shift(H, W)
+    assert shift == (0 if min(H, W) <= w else s)
+    exp = brute_force_attention(x[0].astype(np.float64), params(blk), H, W, w, shift, 2)
+    np.testing.assert_allclose(got, exp, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("post_norm", [True, False])
+def test_post_norm_and_pre_norm_differ_only_in_norm_placement(post_norm):
+    paddle.seed(0)
+    blk = SwinTransformerBlock(dim=8, num_heads=2, window_size=2, shift_size=0, post_norm=post_norm)
+    randomize(blk, seed=3)
+    blk.eval()
+    H = W = 2
+    x = np.random.default_rng(2).standard_normal((1, 4, 8)).astype("float32")
+    p = params(blk)
+    x64 = x[0].astype(np.float64)
+
+    def attn(t):
+        return brute_force_attention(t, p, H, W, 2, 0, 2)
+
+    def mlp(t):
+        return gelu(t @ p["mlp.fc1.weight"] + p["mlp.fc1.bias"]) @ p["mlp.fc2.weight"] + p["mlp.fc2.bias"]
+
+    n1 = lambda t: ln(t, p["norm1.weight"], p["norm1.bias"])  # noqa: E731
+    n2 = lambda t: ln(t, p["norm2.weight"], p["norm2.bias"])  # noqa: E731
+    if post_norm:  # x = x + LN(attn(x)); x = x + LN(mlp(x))
+        y = x64 + n1(attn(x64))
+        y = y + n2(mlp(y))
+    else:          # x = x + attn(LN(x)); x = x + mlp(LN(x))
+        y = x64 + attn(n1(x64))
+        y = y + mlp(n2(y))
+    got = blk(paddle.to_tensor(x), H, W).numpy()[0]
+    np.testing.assert_allclose(got, y, rtol=1e-4, atol=1e-4)
+
+
+def test_post_and_pre_norm_share_parameter_names_and_shapes():
+    a = SwinTransformer("micro", post_norm=True).state_dict()
+    b = SwinTransformer("micro", post_norm=False).state_dict()
+    assert {k: list(v.shape) for k, v in a.items()} == {k: list(v.shape) for k, v in b.items()}
+
+
+def test_patch_merging_order_and_odd_padding():
+    pm = PatchMerging(dim=1)
+    # identity-like: reduction picks channel j of the 4C concat into output j (2C = 2 outputs: x0, x1)
+    pm.norm.weight.set_value(np.ones(4, "float32"))
+    pm.norm.bias.set_value(np.zeros(4, "float32"))
+    red = np.zeros((4, 2), "float32")
+    red[1, 0] = 1.0  # x1 = x[1::2, 0::2]
+    red[2, 1] = 1.0  # x2 = x[0::2, 1::2]
+    pm.reduction.weight.set_value(red)
+    img = np.arange(9, dtype="float32").reshape(3, 3)  # odd size -> zero padded to 4x4
+    y, h, w = pm(paddle.to_tensor(img.reshape(1, 9, 1)), 3, 3)
+    assert (h, w) == (2, 2)
+    pad = np.zeros((4, 4), "float32")
+    pad[:3, :3] = img
+    quads = np.stack([pad[0::2, 0::2], pad[1::2, 0::2], pad[0::2, 1::2], pad[1::2, 1::2]], -1).reshape(4, 4)
+    normed = ln(quads.astype(np.float64), 1.0, 0.0)
+    np.testing.assert_allclose(y.numpy()[0], normed[:, [1, 2]], rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("size", [(64, 64), (100, 100), (112, 112), (64, 96), (30, 45)])
+def test_any_image_size(size):
+    paddle.seed(0)
+    m = SwinTransformer("micro", drop_path_rate=0.0)
+    m.eval()
+    y = m.forward_features(paddle.rand([2, 3, *size]))
+    assert list(y.shape) == [2, m.num_features] == [2, 256]
+    assert np.isfinite(y.numpy()).all()
+
+
+def test_variants_and_drop_path_schedule():
+    m = SwinTransformer("base", drop_path_rate=0.5)
+    assert m.num_features == 1024 and m.embed_dim == 128
+    assert [len(layer.blocks) for layer in m.layers] == [2, 2, 18, 2]
+    assert [layer.blocks[0].attn.num_heads for layer in m.layers] == [4, 8, 16, 32]
+    rates = [b.drop_path.drop_prob for layer in m.layers for b in layer.blocks]
+    np.testing.assert_allclose(rates, np.arange(24) * 0.5 / 23)
+    # shift: odd blocks shift by 3; at 224 the 7x7 last stage has no shift
+    assert m.layers[2].blocks[1].shift_size == 3
+    assert m.stage_shapes(224, 224) == [(56, 56), (28, 28), (14, 14), (7, 7)]
+    assert m.layers[3].blocks[1].effective_shift(7, 7) == 0
+    assert m.layers[2].blocks[1].effective_shift(14, 14) == 3
+    n = sum(int(np.prod(p.shape)) for p in m.parameters())
+    assert abs(n - 86.7e6) < 0.05e6
+    t = SwinTransformer("tiny")
+    assert t.num_features == 768
+
+
+def test_recompute_gives_same_gradients():
+    x = np.random.default_rng(0).random((2, 3, 64, 64)).astype("float32")
+    grads = []
+    for rc in (False, True):
+        paddle.seed(0)
+        m = SwinTransformer("micro", drop_path_rate=0.0, recompute=rc)
+        m.train()
+        xt = paddle.to_tensor(x)
+        xt.stop_gradient = False
+        (m.forward_features(xt) ** 2).sum().backward()
+        grads.append(m.patch_embed.proj.weight.grad.numpy().copy())
+    np.testing.assert_allclose(grads[0], grads[1], rtol=1e-4, atol=1e-6)
