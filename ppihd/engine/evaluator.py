@@ -1,0 +1,189 @@
+"""Validation: run the model over a labelled series dataset and score it with the competition metric (SPEC §8).
+
+    result = evaluate(model, dataset, cfg)          # {"head2": metrics, "head1": metrics | None, ...}
+    preds = result["predictions"]                    # per-slice rows (series_id, slice_idx, labels, probabilities)
+
+Slices whose six labels are not all known (``label_mask``) are predicted but not scored.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
+
+import numpy as np
+
+from .. import LABELS
+from ..metric import compute_metrics, prior_probabilities, weighted_log_loss
+
+
+def _unwrap(model: Any) -> Any:
+    return getattr(model, "_layers", model)  # paddle.DataParallel keeps the layer in _layers
+
+
+def forward_heads(model: Any, images: Any, mask: Any) -> tuple:
+    """Eval-mode logits of head 2 and (when the model has deep supervision) head 1, each [B, S, 6].
+
+    Uses ``model.forward_heads`` if present, else IHDNet's parts (``slice_features``, ``sequence``, ``head1``,
+    ``head2``) so the backbone runs once; any other model gives head 2 only.
+    """
+    m = _unwrap(model)
+    if hasattr(m, "forward_heads"):
+        return m.forward_heads(images, mask)
+    if getattr(m, "head1", None) is not None and hasattr(m, "slice_features") and hasattr(m, "head2"):
+        feats = m.slice_features(images, mask)
+        seq = m.sequence(feats, mask) if getattr(m, "sequence", None) is not None else feats
+        return m.head2(seq), m.head1(feats)
+    out = m(images, mask)
+    if isinstance(out, Mapping):
+        return out["logits"], out.get("aux_logits")
+    return out, None
+
+
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-x))
+
+
+def predict_dataset(model: Any, dataset: Any, batch_series: int = 1, max_series: Optional[int] = None,
+                    collate_fn: Optional[Callable] = None, progress: bool = True, desc: str = "eval"
+                    ) -> Dict[str, Any]:
+    """Per-slice probabilities of every real slice.
+
+    Returns ``{"series_id": [N], "slice_idx": int [N], "labels": [N, 6], "label_mask": [N, 6],
+    "prob2": [N, 6], "prob1": [N, 6] | None}`` (numpy, float64 probabilities).
+    """
+    import paddle
+    from tqdm import tqdm
+
+    if collate_fn is None:
+        from ..data.dataset import collate_series as collate_fn
+    n = len(dataset) if max_series is None else min(len(dataset), int(max_series))
+    m = _unwrap(model)
+    was_training = m.training
+    m.eval()
+    sids: List[str] = []
+    sidx: List[np.ndarray] = []
+    labels, lmask, p2, p1 = [], [], [], []
+    has_head1 = True
+    try:
+        with paddle.no_grad():
+            for start in tqdm(range(0, n, batch_series), desc=desc, disable=not progress, leave=False):
+                batch = collate_fn([dataset[i] for i in range(start, min(start + batch_series, n))])
+                images = paddle.to_tensor(np.asarray(batch["images"], dtype="float32"))
+                mask_np = np.asarray(batch["mask"], dtype=bool)
+                l2, l1 = forward_heads(m, images, paddle.to_tensor(mask_np))
+                l2 = l2.astype("float32").numpy()
+                l1 = l1.astype("float32").numpy() if l1 is not None else None
+                has_head1 = has_head1 and l1 is not None
+                for b in range(mask_np.shape[0]):
+                    real = np.nonzero(mask_np[b])[0]
+                    sids.extend([batch["series_id"][b]] * len(real))
+                    sidx.append(real)
+                    labels.append(np.asarray(batch["labels"])[b, real])
+                    lm = batch.get("label_mask")
+                    lmask.append(np.asarray(lm)[b, real] if lm is not None else np.ones((len(real), 6)))
+                    p2.append(_sigmoid(l2[b, real].astype(np.float64)))
+                    if l1 is not None:
+                        p1.append(_sigmoid(l1[b, real].astype(np.float64)))
+    finally:
+        if was_training:
+            m.train()
+    cat = (lambda xs, w: np.concatenate(xs, axis=0) if xs else np.zeros((0, w)))
+    return {"series_id": sids, "slice_idx": np.concatenate(sidx) if sidx else np.zeros(0, int),
+            "labels": cat(labels, 6), "label_mask": cat(lmask, 6), "prob2": cat(p2, 6),
+            "prob1": cat(p1, 6) if has_head1 and p1 else None}
+
+
+def score_predictions(preds: Mapping[str, Any], weights: Sequence[float], eps: float,
+                      prior: Optional[Sequence[float]] = None) -> Dict[str, Any]:
+    """Metrics of head 2 / head 1 on the fully labelled slices, plus the constant-prior baseline if ``prior``."""
+    keep = np.asarray(preds["label_mask"]).min(axis=1) > 0 if len(preds["label_mask"]) else np.zeros(0, bool)
+    y = np.asarray(preds["labels"])[keep]
+    out: Dict[str, Any] = {"n_slices": int(keep.sum()), "n_series": len(set(np.asarray(preds["series_id"])[keep]))
+                           if keep.any() else 0, "labels": list(LABELS)}
+    if not keep.any():
+        out.update(head2=None, head1=None, baseline=None)
+        return out
+    out["head2"] = compute_metrics(y, np.asarray(preds["prob2"])[keep], weights, eps)
+    out["head1"] = (compute_metrics(y, np.asarray(preds["prob1"])[keep], weights, eps)
+                    if preds.get("prob1") is not None else None)
+    if prior is not None:
+        pr = np.clip(np.asarray(prior, dtype=np.float64), 0.0, 1.0)
+        out["baseline"] = {"prior": [float(v) for v in pr],
+                           "weighted_log_loss": weighted_log_loss(y, np.tile(pr, (len(y), 1)), weights, eps)}
+    else:
+        out["baseline"] = None
+    return out
+
+
+def evaluate(model: Any, dataset: Any, cfg: Mapping[str, Any], max_series: Optional[int] = None,
+             prior: Optional[Sequence[float]] = None, collate_fn: Optional[Callable] = None,
+             progress: Optional[bool] = None) -> Dict[str, Any]:
+    """Predict ``dataset`` and score it; ``result["predictions"]`` holds the per-slice rows."""
+    g = cfg["Global"]
+    preds = predict_dataset(model, dataset, int(cfg["DataLoader"]["Eval"]["batch_series"]), max_series,
+                            collate_fn, bool(g.get("progress_bar", True)) if progress is None else progress)
+    res = score_predictions(preds, cfg["Metric"]["class_weights"], float(cfg["Metric"]["eps"]), prior)
+    res["predictions"] = preds
+    return res
+
+
+def dataset_prior(dataset: Any) -> Optional[np.ndarray]:
+    """Positive rate of each class over a dataset's known labels (the constant-prior model), or None.
+
+    Uses ``dataset.label_matrix()`` ([N, 6] with NaN for unknown) if available, else reads every item.
+    """
+    if hasattr(dataset, "label_matrix"):
+        y = np.asarray(dataset.label_matrix(), dtype=np.float64)
+    else:
+        rows = []
+        for i in range(len(dataset)):
+            it = dataset[i]
+            lab = np.asarray(it["labels"], dtype=np.float64).copy()
+            lab[np.asarray(it.get("label_mask", np.ones_like(lab))) <= 0] = np.nan
+            rows.append(lab)
+        y = np.concatenate(rows) if rows else np.zeros((0, 6))
+    if y.size == 0:
+        return None
+    p = prior_probabilities(y)
+    return None if np.any(~np.isfinite(p)) else p
+
+
+def write_predictions_csv(preds: Mapping[str, Any], path: str) -> str:
+    """One row per slice: series_id, slice_idx, the six labels (empty when unknown), the six head-2 (and head-1)
+    probabilities."""
+    import pandas as pd
+
+    df = pd.DataFrame({"series_id": preds["series_id"], "slice_idx": preds["slice_idx"]})
+    lab = np.asarray(preds["labels"], dtype=np.float64).copy()
+    lab[np.asarray(preds["label_mask"]) <= 0] = np.nan
+    for c, name in enumerate(LABELS):
+        df[f"label_{name}"] = lab[:, c]
+    for c, name in enumerate(LABELS):
+        df[f"prob_{name}"] = np.asarray(preds["prob2"])[:, c]
+    if preds.get("prob1") is not None:
+        for c, name in enumerate(LABELS):
+            df[f"prob1_{name}"] = np.asarray(preds["prob1"])[:, c]
+    tmp = path + ".tmp"
+    df.to_csv(tmp, index=False, float_format="%.6g")
+    import os
+    os.replace(tmp, path)
+    return path
+
+
+def format_metrics(res: Mapping[str, Any]) -> str:
+    """Human-readable table of the metrics, with the constant-prior baseline next to head 2."""
+    lines = [f"validation: {res.get('n_series', 0)} series, {res.get('n_slices', 0)} labelled slices"]
+    base = res.get("baseline")
+    for head in ("head2", "head1"):
+        m = res.get(head)
+        if not m:
+            continue
+        line = f"  {head}: weighted log loss {m['weighted_log_loss']:.5f}"
+        if head == "head2" and base:
+            ratio = m["weighted_log_loss"] / base["weighted_log_loss"] if base["weighted_log_loss"] > 0 else math.nan
+            line += f"   (constant-prior baseline {base['weighted_log_loss']:.5f}; ratio {ratio:.3f})"
+        lines.append(line)
+        lines.append("    " + "  ".join(f"{n[:6]}: ll {m['log_loss'][n]:.4f} auc "
+                                         f"{'n/a' if m['auc'][n] is None else format(m['auc'][n], '.3f')}"
+                                         for n in LABELS))
+    return "\n".join(lines)
