@@ -156,3 +156,70 @@ def test_paper_config_builds_swin_b():
 def test_unknown_variant_is_a_clear_error():
     with pytest.raises(KeyError, match="variant"):
         build_model(micro_cfg("Arch.backbone.variant=huge"))
+
+
+# ---------------------------------------------------------------------------------------------- size report
+def swin_params_closed_form(C0, depths, heads, window=7, ncls=0):
+    """Parameter count from the layer shapes: LN(C) = 2C, Linear(a, b) = ab + b, table (2w-1)^2 x heads."""
+    t = (2 * window - 1) ** 2
+    n = C0 * 3 * 16 + C0 + 2 * C0  # patch conv + LN
+    C = C0
+    for i, (d, h) in enumerate(zip(depths, heads)):
+        block = 2 * C + t * h + (3 * C * C + 3 * C) + (C * C + C) + 2 * C + (4 * C * C + 4 * C) + (4 * C * C + C)
+        n += d * block
+        if i < len(depths) - 1:
+            n += 2 * 4 * C + 4 * C * 2 * C
+            C *= 2
+    n += 2 * C
+    return n + (C * ncls + ncls if ncls else 0)
+
+
+def test_swin_b_size_matches_paper_numbers():
+    from ppihd.arch.summary import model_summary, swin_macs
+
+    expected = swin_params_closed_form(128, [2, 2, 18, 2], [4, 8, 16, 32])
+    assert expected == 86_743_224
+    s = model_summary(build_model(load_config("configs/swin_b_seq.yaml")["Arch"]), 224, 224)
+    assert s["params"]["backbone"] == expected  # ~86.7 M without a classifier
+    assert s["backbone_params_with_imagenet_head"] == swin_params_closed_form(128, [2, 2, 18, 2], [4, 8, 16, 32],
+                                                                              ncls=1000)
+    assert round(s["backbone_params_with_imagenet_head"] / 1e6, 1) == 87.8
+    assert s["params"]["head1"] == s["params"]["head2"] == 1024 * 6 + 6
+    # sequence: 2 x (q,k,v,out 4(d^2+d) + FF d*200+200 + 200*d+d + two LNs 4d)
+    assert s["params"]["sequence"] == 2 * (4 * (1024 ** 2 + 1024) + 1024 * 200 + 200 + 200 * 1024 + 1024 + 4 * 1024)
+    # MACs at 224: by hand, stage by stage (N tokens, C channels, 49 tokens per window):
+    # 12 N C^2 + 2 * 49 N C per block; merges N/4 * 4C * 2C; patch conv 56^2 * 128 * 48
+    by_hand = (56 * 56 * 128 * 48
+               + 2 * (12 * 3136 * 128 ** 2 + 2 * 49 * 3136 * 128) + 784 * 512 * 256
+               + 2 * (12 * 784 * 256 ** 2 + 2 * 49 * 784 * 256) + 196 * 1024 * 512
+               + 18 * (12 * 196 * 512 ** 2 + 2 * 49 * 196 * 512) + 49 * 2048 * 1024
+               + 2 * (12 * 49 * 1024 ** 2 + 2 * 49 * 49 * 1024))
+    assert by_hand == 15_429_922_816
+    assert s["macs_per_slice"]["backbone"] == by_hand  # ~15.4 GMACs
+    assert swin_macs(128, [2, 2, 18, 2], [4, 8, 16, 32], 7, 224, 224)["total"] == by_hand
+
+
+def test_tiny_macs_closed_form_and_hooks():
+    from ppihd.arch.backbone.swin import SwinTransformer
+    from ppihd.arch.summary import backbone_macs, measure_linear_macs
+
+    # embed 8, depths [2, 2], window 2, 32x32 image: 8x8 then 4x4 tokens, no padding
+    bb = SwinTransformer("micro", embed_dim=8, depths=[2, 2], num_heads=[1, 2], window_size=2)
+    m = backbone_macs(bb, 32, 32)
+    closed = (64 * 8 * 48 + 2 * (12 * 64 * 8 ** 2 + 2 * 4 * 64 * 8) + 16 * 32 * 16
+              + 2 * (12 * 16 * 16 ** 2 + 2 * 4 * 16 * 16))
+    assert m["total"] == closed
+    assert measure_linear_macs(bb, paddle.zeros([1, 3, 32, 32])) == closed - m["attn_qk"] - m["attn_v"]
+    # padded sizes: the analytic count follows what is computed
+    mic = SwinTransformer("micro")
+    m = backbone_macs(mic, 100, 100)
+    assert measure_linear_macs(mic, paddle.zeros([1, 3, 100, 100])) == m["total"] - m["attn_qk"] - m["attn_v"]
+
+
+def test_model_summary_tool_runs(capsys):
+    from tools.model_summary import main
+
+    assert main(["-c", "configs/swin_b_seq.yaml", "-o", "Arch.backbone.variant=micro", "-o", "Data.image_size=64",
+                 "-o", "Global.num_threads=2", "--verify"]) == 0
+    out = capsys.readouterr().out
+    assert "backbone" in out and "(match)" in out
