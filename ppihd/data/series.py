@@ -111,10 +111,10 @@ def scan(inputs: Union[str, Sequence[str]], num_workers: int = 1, progress: bool
 
 # ------------------------------------------------------------------------------------------- grouping
 def make_series_id(key: Sequence[str]) -> str:
-    """Filesystem-safe deterministic id: the SeriesInstanceUID tail (≤ 12 safe chars) + a 10-hex hash of
+    """Filesystem-safe deterministic id: the SeriesInstanceUID tail (≤ 16 safe chars) + a 10-hex hash of
     the whole (patient, study, series) key, e.g. ``"ID_5c8b5d701-3f2a9c1b0d"``."""
     digest = hashlib.sha1("\x1f".join(key).encode("utf-8")).hexdigest()[:10]
-    tail = re.sub(r"[^A-Za-z0-9_]+", "_", key[2])[-12:].strip("_") or "series"
+    tail = re.sub(r"[^A-Za-z0-9_]+", "_", key[2])[-16:].strip("_") or "series"
     return f"{tail}-{digest}"
 
 

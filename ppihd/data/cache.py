@@ -1,0 +1,326 @@
+"""Preprocess once, train many times: the per-series uint8 cache and the slice index (SPEC §2).
+
+Layout of ``<cache_dir>`` (default ``<Data.root>/cache_<Data.image_size>``)::
+
+    settings.json          preprocessing settings the cache was built with (a mismatch is refused)
+    config.yaml            the resolved config of the last run
+    series/<series_id>.npy uint8 [S, H, W, 3] per series, memory-mappable (np.load(..., mmap_mode="r"))
+    series/<series_id>.json per-series record: slice SOP UIDs in order and each slice's status
+    index.csv              one row per slice (INDEX_COLUMNS)
+    errors.csv             path, reason for every file or slice left out
+    summary.json           counts of the last run
+
+Each slice costs ``H × W × 3`` bytes (224² → 150,528 B). Crash safety: every file is written to a temporary
+name and ``os.replace``d, the ``.json`` record last; a series counts as finished only when its record exists
+and its ``.npy`` opens with the recorded shape. So a re-run skips finished series, a ``kill -9`` loses at
+most the series in flight, and a stray temporary or truncated ``.npy`` is redone, never read.
+"""
+from __future__ import annotations
+
+import glob
+import json
+import logging
+import os
+import time
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+
+import numpy as np
+import pandas as pd
+
+from .. import LABELS
+from .labels import read_labels, split_series
+from .series import Series, Skipped, _pool, group_series, load_series, scan
+
+log = logging.getLogger("ppihd")
+
+CACHE_VERSION = 1
+#: Data keys that change the cached pixels or the slice order: the cache is keyed by them.
+SETTINGS_KEYS = ("windows", "fix_intercept", "remove_black_edges", "opening_kernel", "opening_iterations",
+                 "crop_inclusive", "image_size", "slice_order")
+INDEX_COLUMNS = ["path", "sop_uid", "patient_id", "study_uid", "series_uid", "series_id", "slice_idx",
+                 "position", *LABELS, "status", "split"]
+
+
+class CacheError(RuntimeError):
+    """The cache cannot be used as asked (settings mismatch, missing inputs)."""
+
+
+# ------------------------------------------------------------------------------------------------ paths
+def bytes_per_slice(image_size: int = 224, channels: int = 3) -> int:
+    """Bytes of one cached slice: ``image_size² × channels`` (uint8). 224 → 150,528."""
+    return int(image_size) * int(image_size) * int(channels)
+
+
+def resolve_cache_dir(cfg: Mapping[str, Any]) -> str:
+    """``Data.cache_dir`` or ``<Data.root>/cache_<Data.image_size>``."""
+    d = cfg["Data"]
+    return d.get("cache_dir") or os.path.join(d["root"], f"cache_{int(d['image_size'])}")
+
+
+def resolve_index_file(cfg: Mapping[str, Any]) -> str:
+    """``Data.index_file`` or ``<cache_dir>/index.csv``."""
+    return cfg["Data"].get("index_file") or os.path.join(resolve_cache_dir(cfg), "index.csv")
+
+
+def series_file(cache_dir: str, series_id: str) -> str:
+    return os.path.join(cache_dir, "series", f"{series_id}.npy")
+
+
+def _record_file(cache_dir: str, series_id: str) -> str:
+    return os.path.join(cache_dir, "series", f"{series_id}.json")
+
+
+def cache_settings(data_cfg: Mapping[str, Any]) -> Dict[str, Any]:
+    """The settings that key a cache (JSON-normalised)."""
+    s = {k: data_cfg.get(k) for k in SETTINGS_KEYS}
+    s["windows"] = [[float(c), float(w)] for c, w in s["windows"]]
+    s["cache_version"] = CACHE_VERSION
+    return json.loads(json.dumps(s))
+
+
+# ---------------------------------------------------------------------------------------- atomic writes
+def _tmp_name(path: str) -> str:
+    return f"{path}.tmp{os.getpid()}"
+
+
+def atomic_write_text(path: str, text: str) -> None:
+    tmp = _tmp_name(path)
+    with open(tmp, "w", encoding="utf-8", newline="") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+def atomic_save_npy(path: str, arr: np.ndarray) -> None:
+    tmp = _tmp_name(path)
+    with open(tmp, "wb") as f:
+        np.save(f, np.ascontiguousarray(arr))
+    os.replace(tmp, path)
+
+
+def atomic_write_csv(path: str, df: pd.DataFrame) -> None:
+    tmp = _tmp_name(path)
+    df.to_csv(tmp, index=False)
+    os.replace(tmp, path)
+
+
+def clean_stray_temps(cache_dir: str) -> List[str]:
+    """Delete temporary files left by a killed run (``*.tmp<pid>``). Returns what was deleted."""
+    gone = []
+    for p in glob.glob(os.path.join(cache_dir, "series", "*.tmp*")) + glob.glob(os.path.join(cache_dir, "*.tmp*")):
+        try:
+            os.remove(p)
+            gone.append(p)
+        except OSError:  # pragma: no cover
+            pass
+    return gone
+
+
+def check_settings(cache_dir: str, settings: Mapping[str, Any], rebuild: bool = False) -> None:
+    """Write ``settings.json`` into a new cache; refuse a cache built with other settings
+    (:class:`CacheError` naming the differing keys) unless ``rebuild``, which empties ``series/``."""
+    os.makedirs(os.path.join(cache_dir, "series"), exist_ok=True)
+    path = os.path.join(cache_dir, "settings.json")
+    if os.path.isfile(path):
+        try:
+            with open(path, encoding="utf-8") as f:
+                old = json.load(f)
+        except (OSError, ValueError):
+            old = {}
+        diff = sorted(k for k in set(old) | set(settings) if old.get(k) != settings.get(k))
+        if diff and not rebuild:
+            detail = "; ".join(f"{k}: cache {old.get(k)!r} vs config {settings.get(k)!r}" for k in diff)
+            raise CacheError(f"{cache_dir} was built with other preprocessing settings ({detail}). "
+                             "Use another Data.cache_dir, or --rebuild to delete and redo this cache.")
+        if diff:
+            for p in glob.glob(os.path.join(cache_dir, "series", "*")):
+                os.remove(p)
+            log.warning("rebuilding %s: settings changed (%s)", cache_dir, ", ".join(diff))
+        elif not rebuild:
+            return
+    atomic_write_text(path, json.dumps(dict(settings), indent=2))
+
+
+# -------------------------------------------------------------------------------------------- one series
+def _slice_uids(series: Series) -> List[str]:
+    return [s.sop_uid for s in series.slices]
+
+
+def finished_record(cache_dir: str, series: Series, image_size: int) -> Optional[Dict[str, Any]]:
+    """The record of a finished series whose ``.npy`` is intact and matches, else None (to be redone)."""
+    rec_path = _record_file(cache_dir, series.series_id)
+    npy = series_file(cache_dir, series.series_id)
+    if not (os.path.isfile(rec_path) and os.path.isfile(npy)):
+        return None
+    try:
+        with open(rec_path, encoding="utf-8") as f:
+            rec = json.load(f)
+        if rec.get("sop_uids") != _slice_uids(series):
+            return None
+        n_ok = sum(1 for st in rec["status"] if st == "ok")
+        arr = np.load(npy, mmap_mode="r")
+        if arr.dtype != np.uint8 or tuple(arr.shape[:3]) != (n_ok, image_size, image_size):
+            return None
+        return rec
+    except Exception:  # truncated / corrupt .npy or record
+        return None
+
+
+def process_series(series: Series, data_cfg: Mapping[str, Any], cache_dir: str) -> Dict[str, Any]:
+    """Preprocess one series into ``series/<series_id>.npy`` (+ its ``.json`` record, written last)."""
+    arr, skipped = load_series(series, data_cfg)
+    reasons = dict(skipped)
+    status = ["ok" if s.path not in reasons else reasons[s.path] for s in series.slices]
+    if arr.shape[0] != sum(st == "ok" for st in status):  # pragma: no cover - defensive
+        raise RuntimeError(f"{series.series_id}: slice count mismatch")
+    rec = {"series_id": series.series_id, "sop_uids": _slice_uids(series), "status": status,
+           "shape": list(arr.shape), "warnings": list(series.warnings)}
+    if arr.shape[0] > 0:
+        atomic_save_npy(series_file(cache_dir, series.series_id), arr)
+        atomic_write_text(_record_file(cache_dir, series.series_id), json.dumps(rec))
+    return rec
+
+
+def _process_job(job: Tuple[Series, Mapping[str, Any], str]) -> Dict[str, Any]:
+    series, data_cfg, cache_dir = job
+    try:
+        return process_series(series, data_cfg, cache_dir)
+    except Exception as e:  # one bad series never stops the run
+        reason = f"series failed ({type(e).__name__}: {str(e)[:160]})"
+        return {"series_id": series.series_id, "sop_uids": _slice_uids(series),
+                "status": [reason] * len(series.slices), "shape": [0], "warnings": list(series.warnings)}
+
+
+# ------------------------------------------------------------------------------------------------ build
+def _index_rows(series: Series, rec: Mapping[str, Any], split: str) -> List[Dict[str, Any]]:
+    rows, k = [], 0
+    for h, pos, st in zip(series.slices, series.positions, rec["status"]):
+        ok = st == "ok"
+        rows.append({"path": h.path, "sop_uid": h.sop_uid, "patient_id": h.patient_id, "study_uid": h.study_uid,
+                     "series_uid": h.series_uid, "series_id": series.series_id, "slice_idx": k if ok else -1,
+                     "position": pos, "status": st, "split": split})
+        k += int(ok)
+    return rows
+
+
+def build_cache(cfg: Mapping[str, Any], num_workers: Optional[int] = None, progress: bool = True,
+                rebuild: bool = False) -> Dict[str, Any]:
+    """DICOM folders → cache + index for ``Data.root`` (``train_dir`` with ``label_csv``, ``test_dir``).
+
+    Header scan and series preprocessing run in ``num_workers`` processes (default ``Data.num_workers``).
+    Returns the summary written to ``summary.json`` (counts, paths). Raises :class:`CacheError` when no
+    input folder exists or the cache was built with other settings.
+    """
+    from tqdm import tqdm
+
+    from ..utils.config import save_config
+
+    t0 = time.time()
+    data = cfg["Data"]
+    workers = int(num_workers if num_workers is not None else data.get("num_workers", 1) or 1)
+    root = data["root"]
+    train_dir, test_dir = os.path.join(root, data["train_dir"]), os.path.join(root, data["test_dir"])
+    if not os.path.isdir(train_dir) and not os.path.isdir(test_dir):
+        raise CacheError(f"neither Data.train_dir ({train_dir}) nor Data.test_dir ({test_dir}) exists; "
+                         "set Data.root (e.g. -o Data.root=data/demo)")
+    cache_dir = resolve_cache_dir(cfg)
+    check_settings(cache_dir, cache_settings(data), rebuild=rebuild)
+    stray = clean_stray_temps(cache_dir)
+    if stray:
+        log.info("removed %d temporary file(s) left by an interrupted run", len(stray))
+    save_config({k: v for k, v in cfg.items() if k != "_source_"}, os.path.join(cache_dir, "config.yaml"))
+
+    errors: Skipped = []
+    parts: List[Tuple[str, List[Series]]] = []
+    for name, folder in (("train", train_dir), ("test", test_dir)):
+        if not os.path.isdir(folder):
+            log.warning("%s folder %s not found: skipped", name, folder)
+            continue
+        headers, skipped = scan(folder, workers, progress=progress, desc=f"scan {name}")
+        errors.extend(skipped)
+        parts.append((name, group_series(headers, order=data.get("slice_order", "normal"))))
+        log.info("%s: %d usable files in %d series, %d files skipped", name, len(headers), len(parts[-1][1]),
+                 len(skipped))
+
+    # split: train series -> train/val (series- or patient-consistent), test series -> test
+    split_of: Dict[str, str] = {}
+    for name, ser in parts:
+        if name == "test":
+            for s in ser:
+                if s.series_id in split_of:
+                    log.warning("series %s is in both %s and %s; kept in train", s.series_id, train_dir, test_dir)
+                else:
+                    split_of[s.series_id] = "test"
+        else:
+            tab = pd.DataFrame({"series_id": [s.series_id for s in ser], "patient_id": [s.key[0] for s in ser]})
+            split_of.update(split_series(tab, float(data.get("val_fraction", 0.1)), int(data.get("split_seed", 42)),
+                                         bool(data.get("group_by_patient", False))).to_dict())
+    all_series = [s for name, ser in parts for s in ser if not (name == "test" and split_of[s.series_id] != "test")]
+    seen = set()
+    all_series = [s for s in all_series if not (s.series_id in seen or seen.add(s.series_id))]
+
+    # preprocess the series not finished yet
+    size = int(data["image_size"])
+    records: Dict[str, Dict[str, Any]] = {}
+    todo: List[Series] = []
+    for s in all_series:
+        rec = finished_record(cache_dir, s, size)
+        if rec is None:
+            todo.append(s)
+        else:
+            records[s.series_id] = rec
+    log.info("cache %s: %d series finished earlier, %d to do", cache_dir, len(records), len(todo))
+    data_plain = dict(data)
+    jobs = [(s, data_plain, cache_dir) for s in sorted(todo, key=len, reverse=True)]
+    bar = dict(total=len(jobs), desc="preprocess series", unit="series", disable=not progress)
+    if workers > 1 and len(jobs) > 1:
+        with _pool(workers) as pool:
+            for rec in tqdm(pool.imap_unordered(_process_job, jobs), **bar):
+                records[rec["series_id"]] = rec
+    else:
+        for job in tqdm(jobs, **bar):
+            rec = _process_job(job)
+            records[rec["series_id"]] = rec
+
+    # index + errors
+    rows: List[Dict[str, Any]] = []
+    for s in all_series:
+        rec = records[s.series_id]
+        rows.extend(_index_rows(s, rec, split_of[s.series_id]))
+        errors.extend((h.path, st) for h, st in zip(s.slices, rec["status"]) if st != "ok")
+    index = pd.DataFrame(rows, columns=[c for c in INDEX_COLUMNS if c not in LABELS])
+    label_csv = os.path.join(root, data["label_csv"]) if data.get("label_csv") else None
+    label_report = None
+    if label_csv and os.path.isfile(label_csv):
+        labels, label_report = read_labels(label_csv)
+        log.info("labels %s: %s", label_csv, label_report.summary())
+        index = index.merge(labels, how="left", left_on="sop_uid", right_index=True)
+        index.loc[index["split"] == "test", list(LABELS)] = np.nan
+    else:
+        if any(n == "train" for n, _ in parts):
+            log.warning("label file %s not found: train slices have unknown labels", label_csv)
+        for c in LABELS:
+            index[c] = np.nan
+    index = index[INDEX_COLUMNS]
+    index_file = resolve_index_file(cfg)
+    os.makedirs(os.path.dirname(os.path.abspath(index_file)), exist_ok=True)
+    atomic_write_csv(index_file, index)
+    errors_file = os.path.join(cache_dir, "errors.csv")
+    atomic_write_csv(errors_file, pd.DataFrame(errors, columns=["path", "reason"]))
+
+    ok = index["status"] == "ok"
+    summary = {
+        "cache_dir": os.path.abspath(cache_dir), "index_file": os.path.abspath(index_file),
+        "errors_file": os.path.abspath(errors_file),
+        "series": {sp: int(index.loc[ok & (index["split"] == sp), "series_id"].nunique())
+                   for sp in ("train", "val", "test")},
+        "slices": {sp: int((ok & (index["split"] == sp)).sum()) for sp in ("train", "val", "test")},
+        "slices_with_labels": int((ok & index["any"].notna()).sum()),
+        "errors": len(errors), "series_processed_now": len(todo), "series_reused": len(all_series) - len(todo),
+        "bytes_per_slice": bytes_per_slice(size, len(data["windows"])),
+        "cache_bytes": int(ok.sum()) * bytes_per_slice(size, len(data["windows"])),
+        "series_warnings": {s.series_id: s.warnings for s in all_series if s.warnings},
+        "label_report": None if label_report is None else label_report.summary(),
+        "seconds": round(time.time() - t0, 2),
+    }
+    atomic_write_text(os.path.join(cache_dir, "summary.json"), json.dumps(summary, indent=2))
+    return summary

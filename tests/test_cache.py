@@ -1,0 +1,154 @@
+"""The per-series cache and slice index: contents, labels, splits, errors, resume and crash safety."""
+import json
+import os
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+from ppihd import LABELS
+from ppihd.data.cache import (INDEX_COLUMNS, CacheError, build_cache, bytes_per_slice, resolve_cache_dir,
+                              series_file)
+from rsna_tiny import corner_value, make_tiny_rsna, tiny_cfg
+
+
+@pytest.fixture()
+def tiny(tmp_path):
+    info = make_tiny_rsna(str(tmp_path), n_train=3, n_test=1, slices=4)
+    return str(tmp_path), info
+
+
+def test_bytes_per_slice():
+    assert bytes_per_slice(224) == 150528 == 224 * 224 * 3
+    # full RSNA stage 2: 752,803 train + 121,232 test images
+    assert bytes_per_slice(224) * (752803 + 121232) == 131_566_740_480   # 131.6 GB (122.5 GiB)
+
+
+def test_build_cache_contents(tiny):
+    root, info = tiny
+    cfg = tiny_cfg(root)
+    summary = build_cache(cfg, progress=False)
+    cache = resolve_cache_dir(cfg)
+    assert cache == os.path.join(root, "cache_128")
+    idx = pd.read_csv(summary["index_file"], dtype={"sop_uid": str, "series_id": str})
+    assert list(idx.columns) == INDEX_COLUMNS and len(idx) == 16
+    # splits: 3 train series -> round(0.34 * 3) = 1 val; the test folder -> test
+    per_split = idx.groupby("split")["series_id"].nunique().to_dict()
+    assert per_split == {"train": 2, "val": 1, "test": 1}
+    assert summary["series"] == per_split and summary["slices"] == {"train": 8, "val": 4, "test": 4}
+    # every series: slices in anatomical order (written with z = 5 + 5k), labels from the CSV
+    for part in ("train", "test"):
+        for series_uid, sops in info[part].items():
+            rows = idx[idx["series_uid"] == series_uid].sort_values("slice_idx")
+            assert rows["sop_uid"].tolist() == sops and rows["slice_idx"].tolist() == [0, 1, 2, 3]
+            assert np.all(np.diff(rows["position"]) > 0)
+            arr = np.load(series_file(cache, rows["series_id"].iloc[0]), mmap_mode="r")
+            assert arr.shape == (4, 128, 128, 3) and arr.dtype == np.uint8
+            # corner patch of slice k is HU 8k -> brain window floor(25.5 k), no crop, no resize
+            assert [int(arr[k, 2, 2, 0]) for k in range(4)] == [corner_value(k) for k in range(4)] == [0, 25, 51, 76]
+            lab = rows[list(LABELS)].to_numpy()
+            if part == "test":
+                assert np.isnan(lab).all()
+            else:
+                np.testing.assert_array_equal(lab, [info["labels"][s] for s in sops])
+    errors = pd.read_csv(summary["errors_file"])
+    got = {os.path.basename(p): r for p, r in zip(errors["path"], errors["reason"])}
+    assert got == {"notes.txt": "not DICOM", "ID_mr0000000.dcm": "not CT (Modality MR)"}
+    with open(os.path.join(cache, "settings.json")) as f:
+        settings = json.load(f)
+    assert settings["image_size"] == 128 and settings["windows"] == [[40.0, 80.0], [80.0, 200.0], [40.0, 380.0]]
+    with open(os.path.join(cache, "config.yaml")) as f:
+        assert yaml.safe_load(f)["Data"]["root"] == root
+
+
+def test_resume_skips_finished_and_redoes_broken(tiny):
+    root, _ = tiny
+    cfg = tiny_cfg(root)
+    first = build_cache(cfg, progress=False)
+    cache = resolve_cache_dir(cfg)
+    idx = pd.read_csv(first["index_file"], dtype={"series_id": str})
+    sids = sorted(idx["series_id"].unique())
+    good = np.load(series_file(cache, sids[0])).copy()
+    again = build_cache(cfg, progress=False)
+    assert again["series_processed_now"] == 0 and again["series_reused"] == 4
+    # a kill -9 leaves a temp file; a broken disk copy leaves a truncated .npy: both are handled
+    stray = series_file(cache, sids[1]) + ".tmp99999"
+    with open(stray, "wb") as f:
+        f.write(b"\x93NUMPY half written")
+    path0 = series_file(cache, sids[0])
+    data = open(path0, "rb").read()
+    with open(path0, "wb") as f:
+        f.write(data[: len(data) // 2])
+    os.remove(series_file(cache, sids[2]).replace(".npy", ".json"))   # killed between .npy and its record
+    third = build_cache(cfg, progress=False)
+    assert third["series_processed_now"] == 2 and third["series_reused"] == 2
+    assert not os.path.exists(stray)
+    np.testing.assert_array_equal(np.load(path0), good)
+    pd.testing.assert_frame_equal(pd.read_csv(third["index_file"], dtype={"series_id": str}), idx)
+
+
+def test_unreadable_slice_recorded_and_series_continues(tiny):
+    root, info = tiny
+    uid = sorted(info["train"])[0]
+    bad_sop = info["train"][uid][2]
+    p = os.path.join(root, "stage_2_train", f"{bad_sop}.dcm")
+    data = open(p, "rb").read()
+    cfg = tiny_cfg(root)
+    with open(p, "wb") as f:   # truncated: the header scan records it, the series goes on with 3 slices
+        f.write(data[:-5000])
+    summary = build_cache(cfg, progress=False)
+    idx = pd.read_csv(summary["index_file"], dtype={"sop_uid": str})
+    rows = idx[idx["series_uid"] == uid].sort_values("slice_idx")
+    assert len(rows) == 3 and bad_sop not in rows["sop_uid"].tolist() and rows["slice_idx"].tolist() == [0, 1, 2]
+    errors = pd.read_csv(summary["errors_file"])
+    assert errors.loc[errors["path"] == p, "reason"].str.startswith("truncated pixel data").all()
+    assert (errors["path"] == p).sum() == 1
+
+
+def test_settings_mismatch_refused_then_rebuilt(tiny):
+    root, _ = tiny
+    build_cache(tiny_cfg(root), progress=False)
+    other = tiny_cfg(root, crop_inclusive="false")
+    with pytest.raises(CacheError, match="crop_inclusive: cache True vs config False"):
+        build_cache(other, progress=False)
+    s = build_cache(other, progress=False, rebuild=True)
+    assert s["series_processed_now"] == 4
+    with open(os.path.join(resolve_cache_dir(other), "settings.json")) as f:
+        assert json.load(f)["crop_inclusive"] is False
+
+
+def test_parallel_build_matches_serial(tmp_path):
+    make_tiny_rsna(str(tmp_path / "a"), n_train=3, n_test=1, slices=3)
+    make_tiny_rsna(str(tmp_path / "b"), n_train=3, n_test=1, slices=3)
+    s1 = build_cache(tiny_cfg(str(tmp_path / "a")), num_workers=1, progress=False)
+    s2 = build_cache(tiny_cfg(str(tmp_path / "b")), num_workers=2, progress=False)
+    i1 = pd.read_csv(s1["index_file"]).drop(columns=["path"])
+    i2 = pd.read_csv(s2["index_file"]).drop(columns=["path"])
+    pd.testing.assert_frame_equal(i1, i2)
+    for sid in i1["series_id"].unique():
+        a = np.load(series_file(s1["cache_dir"], sid))
+        b = np.load(series_file(s2["cache_dir"], sid))
+        np.testing.assert_array_equal(a, b)
+
+
+def test_missing_inputs_error(tmp_path):
+    with pytest.raises(CacheError, match="neither Data.train_dir"):
+        build_cache(tiny_cfg(str(tmp_path / "nowhere")), progress=False)
+
+
+def test_preprocess_cli(tiny, capsys):
+    import importlib.util
+
+    root, _ = tiny
+    spec = importlib.util.spec_from_file_location(
+        "preprocess_tool", os.path.join(os.path.dirname(os.path.dirname(__file__)), "tools", "preprocess.py"))
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    rc = tool.main(["-c", os.path.join(os.path.dirname(os.path.dirname(__file__)), "configs", "swin_b_seq.yaml"),
+                    "-o", f"Data.root={root}", "-o", "Data.image_size=32", "-o", "Data.num_workers=1",
+                    "--no-progress"])
+    assert rc == 0
+    idx = pd.read_csv(os.path.join(root, "cache_32", "index.csv"))
+    assert len(idx) == 16 and (idx["status"] == "ok").all()
+    assert tool.main(["-c", "configs/swin_b_seq.yaml", "-o", "Data.nope=1"]) == 2

@@ -1,0 +1,56 @@
+"""DICOM → per-series uint8 cache + slice index, once, before training.
+
+    python tools/preprocess.py -c configs/swin_b_seq.yaml -o Data.root=data/rsna -o Data.num_workers=8
+
+Reads ``Data.root/Data.train_dir`` (+ ``Data.label_csv``) and ``Data.root/Data.test_dir``; writes the cache
+described in ``ppihd/data/cache.py`` (default ``<Data.root>/cache_<image_size>``). Re-running resumes.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from ppihd.utils.env import get_logger, setup_threads  # noqa: E402
+
+
+def main(argv=None) -> int:
+    from ppihd.utils.config import ConfigError, add_config_args, load_config
+
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_config_args(parser)
+    parser.add_argument("--rebuild", action="store_true",
+                        help="delete and redo a cache built with other preprocessing settings")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    args = parser.parse_args(argv)
+    setup_threads(1)  # one thread per worker process; parallelism comes from Data.num_workers
+    logger = get_logger()
+    try:
+        cfg = load_config(args.config, args.override)
+    except ConfigError as e:
+        logger.error(str(e))
+        return 2
+    from ppihd.data.cache import CacheError, build_cache
+    from ppihd.data.labels import LabelError
+
+    try:
+        summary = build_cache(cfg, progress=not (args.no_progress or not cfg["Global"].get("progress_bar", True)),
+                              rebuild=args.rebuild)
+    except (CacheError, LabelError) as e:
+        logger.error(str(e))
+        return 2
+    warn = summary.pop("series_warnings")
+    for sid, notes in list(warn.items())[:10]:
+        logger.warning("series %s: %s", sid, "; ".join(notes))
+    logger.info("preprocess done in %.1f s: %s", summary["seconds"],
+                json.dumps({k: summary[k] for k in ("series", "slices", "errors", "series_reused")}))
+    logger.info("index: %s | errors: %s (%d rows) | cache: %.1f MB at %d B/slice", summary["index_file"],
+                summary["errors_file"], summary["errors"], summary["cache_bytes"] / 1e6, summary["bytes_per_slice"])
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
