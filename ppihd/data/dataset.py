@@ -1,0 +1,233 @@
+"""Series datasets over the cache (one item = one whole series) and the padding collate.
+
+    ds = SeriesDataset(cfg, "train", transform=augment)      # reads <cache_dir>/index.csv + series/*.npy
+    item = ds.get(0, np.random.default_rng(0))               # or ds[0] (rng from seed, epoch, index)
+    batch = collate_series([ds[0], ds[1]])
+    loader = build_dataloader(cfg, ds, train=True)          # paddle.io.DataLoader yielding batches
+
+Item: ``{"images": float32 [S, 3, H, W] in [0, 1], "labels": float32 [S, 6], "label_mask": float32 [S, 6]
+(0 where a label is unknown, e.g. test series), "series_id": str, "slice_idx": int64 [S]}`` where
+``slice_idx`` are the rows of the series' cache array (0..S-1 unless ``Data.max_slices`` cropped it).
+Transforms see uint8 [S, H, W, 3] and a ``numpy.random.Generator``: ``transform(slices, rng) -> slices``.
+"""
+from __future__ import annotations
+
+import os
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Union
+
+import numpy as np
+import pandas as pd
+
+from .. import LABELS
+from .cache import resolve_cache_dir, resolve_index_file, series_file
+
+try:  # the datasets are paddle.io.Dataset when paddle is there (it always is at run time)
+    from paddle.io import Dataset as _Base  # type: ignore
+except Exception:  # pragma: no cover
+    _Base = object
+
+Transform = Callable[[np.ndarray, np.random.Generator], np.ndarray]
+SPLITS = ("train", "val", "test")
+
+
+def read_index(path: str) -> pd.DataFrame:
+    """Read a slice index written by ``tools/preprocess.py`` (string UIDs, float labels)."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"cache index not found: {path}; run tools/preprocess.py -c <config> first")
+    dtypes = {c: str for c in ("path", "sop_uid", "patient_id", "study_uid", "series_uid", "series_id", "status",
+                               "split")}
+    idx = pd.read_csv(path, dtype=dtypes, keep_default_na=False, na_values={c: [""] for c in LABELS})
+    missing = [c for c in ("series_id", "slice_idx", "status", "split", *LABELS) if c not in idx.columns]
+    if missing:
+        raise ValueError(f"{path}: not a ppihd slice index (missing columns {missing})")
+    return idx
+
+
+class SeriesDataset(_Base):
+    """Cached series of one or more splits.
+
+    Args:
+        cfg: the resolved config (uses ``Data`` and ``Global.seed``).
+        split: ``"train"``, ``"val"``, ``"test"``, ``"all"`` or a list of them.
+        transform: ``transform(uint8 [S, H, W, 3], rng) -> same`` (training augmentation), or None.
+        index: an already loaded index DataFrame (default: read ``Data.index_file`` / ``<cache_dir>/index.csv``).
+
+    ``Data.max_slices`` (None = all) keeps a contiguous window of that many slices: at a random start drawn
+    from the item's rng for ``train``, centred otherwise. ``set_epoch(e)`` changes the per-item rng of
+    ``ds[i]`` (``default_rng([Global.seed, epoch, i])``), so runs are reproducible whatever the worker count.
+    """
+
+    def __init__(self, cfg: Mapping[str, Any], split: Union[str, Sequence[str]] = "train",
+                 transform: Optional[Transform] = None, index: Optional[pd.DataFrame] = None) -> None:
+        data = cfg["Data"]
+        splits = list(SPLITS) if split == "all" else ([split] if isinstance(split, str) else list(split))
+        bad = [s for s in splits if s not in SPLITS]
+        if bad:
+            raise ValueError(f"unknown split(s) {bad}; expected one of {SPLITS} or 'all'")
+        self.cache_dir = resolve_cache_dir(cfg)
+        index_file = resolve_index_file(cfg)
+        idx = read_index(index_file) if index is None else index
+        rows = idx[(idx["status"] == "ok") & idx["split"].isin(splits)]
+        self.split = split
+        self.train = splits == ["train"]
+        self.transform = transform
+        self.seed = int(cfg.get("Global", {}).get("seed", 42))
+        self.max_slices = data.get("max_slices")
+        self.image_size = int(data["image_size"])
+        self.epoch = 0
+        self.items: List[Dict[str, Any]] = []
+        for sid, g in rows.sort_values(["series_id", "slice_idx"]).groupby("series_id", sort=True):
+            lab = g[list(LABELS)].to_numpy(dtype=np.float64)
+            known = np.isfinite(lab)
+            self.items.append({"series_id": str(sid), "slice_idx": g["slice_idx"].to_numpy(dtype=np.int64),
+                               "sop_uids": g["sop_uid"].tolist(),
+                               "labels": np.where(known, lab, 0.0).astype(np.float32),
+                               "label_mask": known.astype(np.float32)})
+        self._by_id = {it["series_id"]: i for i, it in enumerate(self.items)}
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    @property
+    def num_slices(self) -> int:
+        return int(sum(len(it["slice_idx"]) for it in self.items))
+
+    def series_ids(self) -> List[str]:
+        return [it["series_id"] for it in self.items]
+
+    def sop_uids(self, series_id: str) -> List[str]:
+        """SOP UIDs of a series' cached slices, in slice order (row ``slice_idx`` of its cache array)."""
+        return list(self.items[self._by_id[series_id]]["sop_uids"])
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def rng_for(self, index: int) -> np.random.Generator:
+        """The generator ``ds[index]`` uses: ``default_rng([Global.seed, epoch, index])``."""
+        return np.random.default_rng([self.seed, self.epoch, int(index)])
+
+    def _window(self, n: int, rng: np.random.Generator) -> slice:
+        m = self.max_slices
+        if m is None or int(m) <= 0 or n <= int(m):
+            return slice(0, n)
+        m = int(m)
+        start = int(rng.integers(0, n - m + 1)) if self.train else (n - m) // 2
+        return slice(start, start + m)
+
+    def get(self, index: int, rng: np.random.Generator) -> Dict[str, Any]:
+        """Item ``index`` with randomness (window, transform) drawn from ``rng``."""
+        it = self.items[index]
+        path = series_file(self.cache_dir, it["series_id"])
+        arr = np.load(path, mmap_mode="r")
+        sel = self._window(len(it["slice_idx"]), rng)
+        rows = it["slice_idx"][sel]
+        if arr.ndim != 4 or arr.shape[1:3] != (self.image_size, self.image_size) or rows.max() >= arr.shape[0]:
+            raise ValueError(f"{path}: cache array of shape {arr.shape} does not match the index "
+                             f"({len(it['slice_idx'])} slices of {self.image_size}²); re-run tools/preprocess.py")
+        contiguous = len(rows) > 0 and rows[-1] - rows[0] == len(rows) - 1
+        slices = np.array(arr[rows[0]:rows[-1] + 1] if contiguous else arr[rows])
+        if self.transform is not None:
+            slices = self.transform(slices, rng)
+        images = slices.astype(np.float32).transpose(0, 3, 1, 2)
+        images *= np.float32(1.0 / 255.0)
+        return {"images": np.ascontiguousarray(images), "labels": it["labels"][sel].copy(),
+                "label_mask": it["label_mask"][sel].copy(), "series_id": it["series_id"],
+                "slice_idx": rows.copy()}
+
+    def __getitem__(self, index: int) -> Dict[str, Any]:
+        return self.get(index, self.rng_for(index))
+
+
+def collate_series(items: Sequence[Mapping[str, Any]]) -> Dict[str, Any]:
+    """Pad B series to the longest: ``images [B, S_max, 3, H, W]``, ``labels``/``label_mask [B, S_max, 6]``,
+    ``mask`` bool [B, S_max] (True = real slice), ``series_id`` list [B], ``slice_idx`` int64 [B, S_max]
+    (-1 on padding) and any other per-series key (e.g. ``is_pseudo``) as an array [B]. All numpy."""
+    if not items:
+        raise ValueError("collate_series: empty batch")
+    b = len(items)
+    lens = [int(np.asarray(it["images"]).shape[0]) for it in items]
+    s_max = max(lens)
+    first = np.asarray(items[0]["images"])
+    images = np.zeros((b, s_max) + first.shape[1:], dtype=np.float32)
+    n_cls = np.asarray(items[0]["labels"]).shape[-1]
+    labels = np.zeros((b, s_max, n_cls), dtype=np.float32)
+    label_mask = np.zeros((b, s_max, n_cls), dtype=np.float32)
+    mask = np.zeros((b, s_max), dtype=bool)
+    slice_idx = np.full((b, s_max), -1, dtype=np.int64)
+    for i, (it, n) in enumerate(zip(items, lens)):
+        images[i, :n] = it["images"]
+        labels[i, :n] = it["labels"]
+        label_mask[i, :n] = it.get("label_mask", np.ones((n, n_cls), np.float32))
+        mask[i, :n] = True
+        slice_idx[i, :n] = it["slice_idx"] if "slice_idx" in it else np.arange(n)
+    out: Dict[str, Any] = {"images": images, "labels": labels, "label_mask": label_mask, "mask": mask,
+                           "series_id": [str(it.get("series_id", "")) for it in items], "slice_idx": slice_idx}
+    for key in items[0]:
+        if key not in out:
+            out[key] = np.asarray([it.get(key) for it in items])
+    return out
+
+
+# ------------------------------------------------------------------------------------------ data loader
+class SeededBatchSampler:
+    """Batches of series indices; with ``shuffle`` a permutation from ``default_rng([seed, epoch])``.
+    Call ``set_epoch(e)`` each epoch (also forwarded to the dataset's per-item rng)."""
+
+    def __init__(self, dataset: Any, batch_size: int = 1, shuffle: bool = True, seed: int = 42,
+                 drop_last: bool = False) -> None:
+        self.dataset, self.batch_size, self.shuffle = dataset, int(batch_size), bool(shuffle)
+        self.seed, self.drop_last, self.epoch = int(seed), bool(drop_last), 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+        if hasattr(self.dataset, "set_epoch"):
+            self.dataset.set_epoch(epoch)
+
+    def __iter__(self):
+        n = len(self.dataset)
+        order = np.random.default_rng([self.seed, self.epoch]).permutation(n) if self.shuffle else np.arange(n)
+        for s in range(0, n, self.batch_size):
+            batch = order[s:s + self.batch_size].tolist()
+            if len(batch) == self.batch_size or not self.drop_last:
+                yield batch
+
+    def __len__(self) -> int:
+        n = len(self.dataset)
+        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+
+
+def worker_init_fn(worker_id: int) -> None:
+    """Seed numpy/random in a loader worker from the worker id and the parent's seed (deterministic)."""
+    import random
+
+    base = int(os.environ.get("PPIHD_SEED", "42"))
+    seq = np.random.SeedSequence([base, worker_id])
+    np.random.seed(int(seq.generate_state(1)[0]))
+    random.seed(int(seq.generate_state(2)[1]))
+
+
+def build_dataloader(cfg: Mapping[str, Any], dataset: Any, train: bool = True,
+                     collate_fn: Optional[Callable] = collate_series):
+    """A ``paddle.io.DataLoader`` over ``dataset`` with ``DataLoader.Train`` / ``DataLoader.Eval`` settings
+    (``num_workers``, ``batch_series``, ``shuffle``). With more than one process (``paddle.distributed``
+    world size > 1) the batches come from ``paddle.io.DistributedBatchSampler``, else from
+    :class:`SeededBatchSampler`. Call ``loader.batch_sampler.set_epoch(e)`` every epoch."""
+    import paddle
+
+    sect = cfg["DataLoader"]["Train" if train else "Eval"]
+    bs = int(sect.get("batch_series", 1))
+    shuffle = bool(sect.get("shuffle", True)) if train else False
+    seed = int(cfg.get("Global", {}).get("seed", 42))
+    os.environ["PPIHD_SEED"] = str(seed)
+    try:
+        world = paddle.distributed.get_world_size()
+    except Exception:  # pragma: no cover
+        world = 1
+    if world > 1:
+        sampler = paddle.io.DistributedBatchSampler(dataset, batch_size=bs, shuffle=shuffle, drop_last=False)
+    else:
+        sampler = SeededBatchSampler(dataset, batch_size=bs, shuffle=shuffle, seed=seed)
+    workers = int(sect.get("num_workers", 0))
+    return paddle.io.DataLoader(dataset, batch_sampler=sampler, collate_fn=collate_fn, num_workers=workers,
+                                worker_init_fn=worker_init_fn if workers > 0 else None, return_list=True,
+                                use_shared_memory=False)
