@@ -52,6 +52,7 @@ IMPLEMENTATION_UID = "1.2.826.0.1.3680043.8.498.1"
 
 SLICE_STEP_MM = 5.0        # ImagePositionPatient steps 5 mm along the (tilted) slice normal
 BLOOD_HU = (50.0, 90.0)    # acute blood drawn in this range (before noise / partial volume)
+MIN_LESION_MM2 = 10.0      # smaller blood remnants on a slice are neither drawn nor labelled
 MANIFEST_VERSION = 1
 _MARKER = "synthetic.json"
 
@@ -164,10 +165,10 @@ class SeriesPhantom:
         self.cx, self.cy = float(r.uniform(-6, 6)), float(r.uniform(-8, 4))
         self.h0, self.h1 = float(r.uniform(-0.02, 0.12)), float(r.uniform(0.88, 1.0))
         self.grey = float(r.uniform(35.0, 41.0))
-        self.white = float(r.uniform(23.0, 31.0))
+        self.white = float(r.uniform(25.0, 32.0))
         self.csf = float(r.uniform(2.0, 10.0))
         self.atrophy = float(r.beta(1.5, 3.0))
-        self.sigma = float(r.uniform(3.0, 9.0))                     # HU noise std
+        self.sigma = float(r.uniform(2.5, 7.0))                     # HU noise std
         self.bone_table = float(r.uniform(1100.0, 1500.0))
         self.bone_diploe = float(r.uniform(500.0, 850.0))
         self.scalp_hu = float(r.uniform(20.0, 45.0))
@@ -194,7 +195,8 @@ class SeriesPhantom:
             hemorrhage = True
         if hemorrhage:
             self._draw_lesions(r, list(subtypes) if subtypes else None)
-        self.min_lesion_pixels = max(6, int(math.ceil(6.0 / self.ps ** 2)))  # >= 6 mm^2 and >= 6 pixels
+        #: a subtype is drawn / labelled on a slice only if its blood covers >= 10 mm^2 and >= 8 pixels
+        self.min_lesion_pixels = max(8, int(math.ceil(MIN_LESION_MM2 / self.ps ** 2)))
 
     # ---------------------------------------------------------------------------------------------------
     @staticmethod
@@ -867,7 +869,7 @@ def _write_csv(path: str, header: Sequence[str], rows: Iterable[Sequence[object]
 # ---------------------------------------------------------------------------------------------------------
 # figure
 # ---------------------------------------------------------------------------------------------------------
-def save_montage(path: str, seed: int = 0, size: int = 256, per_subtype: int = 3) -> str:
+def save_montage(path: str, seed: int = 0, size: int = 512, per_subtype: int = 3) -> str:
     """Brain-window (40/80) montage (PNG): one row per subtype with ``per_subtype`` positive slices as
     written (noise included) plus the first one again with the ground-truth blood outlined in red; a last
     row of normal slices at several heights."""
