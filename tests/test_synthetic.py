@@ -322,3 +322,71 @@ def test_cli_writes_layout(tmp_path):
                         "--series", "0", "--test-series", "0", "--no-progress"],
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and "at least one series" in r.stderr
+
+
+# ------------------------------------------------------------- the package's own reader on this data
+def test_reader_groups_and_orders_the_synthetic_series(dataset):
+    from ppihd.data.series import group_series, scan
+
+    headers, skipped = scan([os.path.join(dataset, "stage_2_train"), os.path.join(dataset, "stage_2_test")],
+                            num_workers=1, progress=False)
+    assert skipped == []
+    man = _manifest(dataset)
+    assert len(headers) == len(man)
+    series = group_series(headers)
+    truth = {}
+    for r in man:
+        truth.setdefault((r["patient"], r["study"], r["series"]), []).append(r)
+    assert {s.key for s in series} == set(truth)
+    for s in series:
+        want = [r["sop"] for r in sorted(truth[s.key], key=lambda r: int(r["slice_index"]))]
+        assert [h.sop_uid for h in s.slices] == want               # files were written in shuffled order
+        assert s.order_method == "normal"
+        np.testing.assert_allclose(np.diff(s.positions), 5.0, atol=1e-4)
+        assert s.warnings == []
+
+
+def test_reader_hu_with_intercept_fix_matches_phantom(dataset):
+    from ppihd.data.dicom import read_pixels_hu
+
+    tasks, _ = syn.plan_dataset(dataset, **ARGS)
+    t = next(t for t in tasks if t.encoding == "corrupt")
+    ph = syn.task_phantom(t)
+    k = t.n_slices // 2
+    path = os.path.join(t.out_dir, t.sops[k] + ".dcm")
+    want = np.clip(np.rint(ph.render(k).hu), -1000, 3095)
+    np.testing.assert_array_equal(read_pixels_hu(path, fix_intercept=True), want)
+    assert not np.array_equal(read_pixels_hu(path, fix_intercept=False), want)
+    t = next(t for t in tasks if t.encoding == "s16")
+    ph = syn.task_phantom(t)
+    np.testing.assert_array_equal(read_pixels_hu(os.path.join(t.out_dir, t.sops[0] + ".dcm")),
+                                  np.clip(np.rint(ph.render(0).hu), -3024, 3071))
+
+
+def test_label_parser_reads_the_synthetic_csv(dataset):
+    from ppihd.data.labels import read_labels
+
+    wide, rep = read_labels(os.path.join(dataset, "stage_2_train.csv"))
+    man = [r for r in _manifest(dataset) if r["split"] == "train"]
+    assert rep.duplicate_rows_dropped == 12
+    assert rep.images == len(man) and rep.conflicting_ids == [] and rep.inconsistent_any == []
+    assert rep.incomplete_images == []
+    for r in man:
+        assert wide.loc[r["sop"]].tolist() == [float(r[lab]) for lab in LABELS]
+
+
+def test_patient_grouped_split_keeps_patients_together(tmp_path):
+    import pandas as pd
+
+    from ppihd.data.labels import split_series
+    from ppihd.data.series import group_series, scan
+
+    out = str(tmp_path / "pg")
+    syn.generate_dataset(out, 10, 0, seed=2, size=48, slices_min=2, slices_max=2, patients=4, progress=False)
+    headers, _ = scan(os.path.join(out, "stage_2_train"), progress=False)
+    series = group_series(headers)
+    tab = pd.DataFrame({"series_id": [s.series_id for s in series], "patient_id": [s.key[0] for s in series]})
+    assert tab["patient_id"].nunique() == 4
+    split = split_series(tab, val_fraction=0.3, seed=0, group_by_patient=True)
+    per_patient = tab.assign(split=tab["series_id"].map(split)).groupby("patient_id")["split"].nunique()
+    assert (per_patient == 1).all() and set(split) == {"train", "val"}
