@@ -223,3 +223,19 @@ def test_model_summary_tool_runs(capsys):
                  "-o", "Global.num_threads=2", "--verify"]) == 0
     out = capsys.readouterr().out
     assert "backbone" in out and "(match)" in out
+
+
+def test_to_static_with_dynamic_batch_and_slices_matches_dygraph():
+    from paddle.static import InputSpec
+
+    m = make()
+    m.eval()
+    x = rand(2, 3, 3, IMG, IMG, seed=5)
+    ref = m(x).numpy()
+    spec = [InputSpec([None, None, 3, IMG, IMG], "float32")]
+    try:
+        st = paddle.jit.to_static(m, input_spec=spec, full_graph=True)
+    except TypeError:  # Paddle 2.6 has no full_graph
+        st = paddle.jit.to_static(m, input_spec=spec)
+    np.testing.assert_allclose(st(x).numpy(), ref, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(st(x[:1, :2]).numpy(), m(x[:1, :2]).numpy(), rtol=1e-5, atol=1e-5)

@@ -55,20 +55,27 @@ class IHDNet(nn.Layer):
     def slice_features(self, images: paddle.Tensor, mask: Optional[paddle.Tensor] = None) -> paddle.Tensor:
         """images ``[B, S, 3, H, W]`` -> backbone features ``[B, S, D]`` (zeros for padded slices)."""
         b, s = images.shape[0], images.shape[1]
-        flat = images.reshape([b * s] + list(images.shape[2:]))
+        flat = images.reshape([-1] + list(images.shape[2:]))
+        if s is not None and s >= 0:
+            out_shape = [-1, s, self.num_features]
+        elif b is not None and b >= 0:
+            out_shape = [b, -1, self.num_features]
+        else:  # both dynamic (static graph): take them from the tensor
+            shp = paddle.shape(images)
+            out_shape = [shp[0], shp[1], self.num_features]
         if mask is None:
-            return self.backbone.forward_features(flat).reshape([b, s, self.num_features])
-        m = mask.reshape([b * s]).astype("int64")
+            return self.backbone.forward_features(flat).reshape(out_shape)
+        m = mask.reshape([-1]).astype("int64")
         idx = paddle.nonzero(m).reshape([-1])  # real slices
         n_real = idx.shape[0]
         if n_real == 0:
-            return paddle.zeros([b, s, self.num_features], dtype=flat.dtype)
+            return paddle.zeros([b, s, self.num_features], dtype=flat.dtype)  # (dygraph only: all padding)
         feats = self.backbone.forward_features(paddle.gather(flat, idx))  # [n_real, D]
         feats = paddle.concat([feats, paddle.zeros([1, self.num_features], dtype=feats.dtype)], axis=0)
         # position of each slot among the real slices; padded slots point at the zero row
         rank = paddle.cumsum(m, axis=0) - 1
         where = paddle.where(m > 0, rank, paddle.full_like(rank, n_real))
-        return paddle.gather(feats, where).reshape([b, s, self.num_features])
+        return paddle.gather(feats, where).reshape(out_shape)
 
     def forward(self, images: paddle.Tensor, mask: Optional[paddle.Tensor] = None
                 ) -> Union[paddle.Tensor, Dict[str, paddle.Tensor]]:

@@ -23,14 +23,15 @@ def sinusoidal_encoding(positions: paddle.Tensor, dim: int) -> paddle.Tensor:
     inv = paddle.exp(i * (-math.log(10000.0) / dim))  # [dim/2]
     ang = positions.astype("float32").unsqueeze(-1) * inv  # [B, S, dim/2]
     pe = paddle.stack([paddle.sin(ang), paddle.cos(ang)], axis=-1)  # [B, S, dim/2, 2]
-    return pe.reshape([positions.shape[0], positions.shape[1], dim])
+    return pe.reshape([0, 0, dim])  # 0 = keep that dim (works when S is dynamic in a static graph)
 
 
-def slice_positions(mask: Optional[paddle.Tensor], batch: int, length: int) -> paddle.Tensor:
+def slice_positions(mask: Optional[paddle.Tensor], like: paddle.Tensor) -> paddle.Tensor:
     """Position of each slice within its series: ``0..S-1``, or with a mask the rank among the real
-    slices (so a series gets the same encodings however it is padded). float ``[B, S]``."""
-    if mask is None:
-        return paddle.arange(length, dtype="float32").unsqueeze(0).expand([batch, length])
+    slices (so a series gets the same encodings however it is padded). ``like``: features ``[B, S, D]``.
+    float ``[B, S]``."""
+    if mask is None:  # static-graph safe: no Python shape values (S is -1 in an exported graph)
+        return paddle.cumsum(paddle.ones_like(like[:, :, 0]), axis=1) - 1.0
     pos = paddle.cumsum(mask.astype("float32"), axis=1) - 1.0
     return paddle.clip(pos, min=0.0)
 
@@ -60,8 +61,7 @@ class SequenceTransformer(nn.Layer):
 
         With a mask, padded slices are not attended (when ``padding_mask``) and their outputs are zero.
         """
-        b, s, _ = x.shape
-        x = x + sinusoidal_encoding(slice_positions(mask, b, s), self.d_model)
+        x = x + sinusoidal_encoding(slice_positions(mask, x), self.d_model)
         x = self.pos_drop(x)
         attn_mask = None
         if mask is not None and self.padding_mask:
