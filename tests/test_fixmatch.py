@@ -50,6 +50,7 @@ NEG = [0] * 6
 def _cfg(tmp_path, pseudo, extra=()):
     cache = _make_cache(str(tmp_path))
     return load_config(None, [f"Data.root={tmp_path}", f"Data.cache_dir={cache}", f"Data.pseudo_label_csv={pseudo}",
+                              "Data.image_size=16",
                               *extra])
 
 
@@ -67,6 +68,7 @@ def test_pseudo_dataset_items_keep_labels(tmp_path):
     np.testing.assert_array_equal(it["label_mask"], np.ones((3, 6), np.float32))
     it2 = ds.get(1, np.random.default_rng(0))
     assert it2["series_id"] == "T2" and it2["images"].shape[0] == 2  # the failed slice is not in the cache
+    assert it2["slice_idx"].tolist() == [0, 1] and it2["is_pseudo"] is True
     np.testing.assert_array_equal(it2["labels"], np.array([SDH, NEG], np.float32))
     np.testing.assert_array_equal(it2["label_mask"][:, 0], [1.0, 0.0])  # 2nd cached slice has no pseudo-label
     # the strong augmentation changes pixels but not labels; without it the cache pixels come back exactly
