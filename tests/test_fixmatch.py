@@ -104,3 +104,69 @@ def test_pseudo_csv_not_matching_cache_is_a_clear_error(tmp_path):
     p = _pseudo_csv(tmp_path / "pseudo.csv", [("ID_zzz", NEG)])
     with pytest.raises(PseudoLabelError, match="none of its 1 slices"):
         PseudoLabelDataset(_cfg(tmp_path, p))
+
+
+def _make_train_cache(root, size=32):
+    """Labelled train/val series and two test series, in the cache layout, with a bright 'lesion' on positives."""
+    cache = os.path.join(root, "cache")
+    os.makedirs(os.path.join(cache, "series"))
+    rng = np.random.default_rng(1)
+    rows = []
+    for sid, split, pos in (("R1", "train", True), ("R2", "train", False), ("V1", "val", True),
+                            ("T1", "test", True), ("T2", "test", False)):
+        arr = rng.integers(0, 60, size=(3, size, size, 3), dtype=np.uint8)
+        if pos:
+            arr[1, 10:20, 10:20] = 250
+        np.save(os.path.join(cache, "series", f"{sid}.npy"), arr)
+        for j in range(3):
+            lab = SDH if (pos and j == 1) else NEG
+            rows.append({"path": f"/x/{sid}_{j}.dcm", "sop_uid": f"ID_{sid.lower()}{j}", "patient_id": "P",
+                         "study_uid": "S", "series_uid": f"U{sid}", "series_id": sid, "slice_idx": j,
+                         "position": 5.0 * j, "status": "ok", "split": split,
+                         **{l: (np.nan if split == "test" else float(v)) for l, v in zip(LABELS, lab)}})
+    pd.DataFrame(rows).to_csv(os.path.join(cache, "index.csv"), index=False)
+    return cache
+
+
+@pytest.mark.slow
+def test_fixmatch_training_logs_l1_l2_and_lu(tmp_path):
+    """A few FixMatch iterations on CPU: tiny Swin, 2 labelled + 2 pseudo-labelled series; all three terms logged."""
+    import paddle  # noqa: F401
+
+    from ppihd.arch import build_model
+    from ppihd.data.augment import build_train_augment
+    from ppihd.data.dataset import SeriesDataset
+    from ppihd.engine.trainer import Trainer
+    from ppihd.loss import build_loss
+    from ppihd.optimizer import build_lr_scheduler, build_optimizer
+    from ppihd.utils.env import seed_everything
+
+    cache = _make_train_cache(str(tmp_path))
+    p = _pseudo_csv(tmp_path / "pseudo.csv", [("ID_t10", NEG), ("ID_t11", SDH), ("ID_t12", NEG),
+                                              ("ID_t20", NEG), ("ID_t21", NEG), ("ID_t22", NEG)])
+    cfg = load_config(os.path.join(os.path.dirname(os.path.dirname(__file__)), "configs", "swin_b_seq.yaml"), [
+        "Global.device=cpu", f"Global.output_dir={tmp_path / 'out'}", "Global.iters=4", "Global.log_interval=1",
+        "Global.eval_interval=0", "Global.save_interval=0", "Global.progress_bar=false",
+        f"Data.root={tmp_path}", f"Data.cache_dir={cache}", "Data.image_size=32", f"Data.pseudo_label_csv={p}",
+        "DataLoader.Train.num_workers=0", "DataLoader.Train.batch_series=2",
+        "Arch.backbone.variant=micro", "Arch.backbone.img_size=32", "Arch.backbone.drop_path_rate=0.0",
+        "Optimizer.lr.warmup_steps=1", "Loss.unlabeled_weight=0.5"])
+    seed_everything(0)
+    train_set = with_pseudo_labels(cfg, SeriesDataset(cfg, "train", transform=build_train_augment(cfg)))
+    assert isinstance(train_set, MixedDataset) and len(train_set) == 4
+    model = build_model(cfg["Arch"])
+    sched = build_lr_scheduler(cfg["Optimizer"], 4)
+    opt = build_optimizer(cfg["Optimizer"], model.parameters(), sched, None)
+    loss_fn = build_loss(cfg["Loss"], deep_supervision=True)
+    trainer = Trainer(cfg, model, loss_fn, opt, sched, train_set, SeriesDataset(cfg, "val"))
+    hist = trainer.train()
+    rows = hist["train"]
+    assert len(rows) == 4
+    for r in rows:
+        assert {"loss", "l2", "l1", "lu"} <= set(r) and all(np.isfinite(r[k]) for k in ("loss", "l2", "l1", "lu"))
+        # total = 2 L2 + 1 L1 + 0.5 L_u (the logged terms are per-iteration values; batch_series 2, no accumulation)
+        assert r["loss"] == pytest.approx(2 * r["l2"] + r["l1"] + 0.5 * r["lu"], rel=1e-4)
+    # two epochs of the four series: some batch held a pseudo-labelled series, some a labelled one
+    assert max(r["lu"] for r in rows) > 0 and max(r["l2"] for r in rows) > 0
+    log = open(os.path.join(cfg["Global"]["output_dir"], "train.log")).read()
+    assert " l2 " in log and " l1 " in log and " lu " in log
