@@ -24,7 +24,7 @@ demo: install demo-data demo-preprocess
 	@echo "make demo: finished; outputs in $(DEMO_DATA) and $(DEMO)"
 
 demo-data: install
-	$(PY) tools/make_demo_data.py --out $(DEMO_DATA) --series 48 --test-series 8 --seed 0
+	$(PY) tools/make_demo_data.py --out $(DEMO_DATA) --series 48 --test-series 8 --seed 0 --workers $(JOBS)
 
 demo-preprocess: install
 	$(PY) tools/preprocess.py -c $(DEMO_CFG) -o Data.root=$(DEMO_DATA) -o Data.num_workers=$(JOBS)
