@@ -12,7 +12,6 @@ incompatible shape.
 """
 from __future__ import annotations
 
-import logging
 import os
 import re
 from dataclasses import dataclass, field
@@ -23,7 +22,11 @@ import paddle
 import paddle.nn as nn
 import paddle.nn.functional as F
 
-_LOG = logging.getLogger("ppihd")
+
+
+def _log(report: "LoadReport") -> None:
+    from ppihd.utils.env import get_logger  # a stream handler, so the report is shown without set-up
+    get_logger("ppihd").info("%s", report)
 
 #: Buffers other Swin implementations save in their state dicts; ours rebuilds them, so they are ignored.
 BUFFER_SUFFIXES = ("relative_position_index", "attn_mask", "relative_coords_table")
@@ -178,7 +181,7 @@ def load_backbone_pretrained(backbone: nn.Layer, src: StateLike, log: bool = Tru
     _assign(backbone, state, report)
     report.unexpected.extend(sorted(state))
     if log:
-        _LOG.info("%s", report)
+        _log(report)
     if report.missing:
         raise WeightLoadError(f"{name}: {len(report.missing)} backbone weight(s) missing, e.g. "
                               f"{', '.join(report.missing[:8])}. Is this a Swin checkpoint with PaddleClas names "
@@ -204,7 +207,7 @@ def load_model_weights(model: nn.Layer, src: StateLike, strict: bool = True, log
     _assign(model, state, report)
     report.unexpected.extend(sorted(state))
     if log:
-        _LOG.info("%s", report)
+        _log(report)
     if strict and (report.missing or report.unexpected):
         raise WeightLoadError(f"{name} does not match the model (Arch config differs?): "
                               f"missing {report.missing[:8]}, unexpected {report.unexpected[:8]}\n{report}")
