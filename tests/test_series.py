@@ -154,3 +154,33 @@ def test_load_series_fixture_and_unreadable_slice(shuffled_fixture, tmp_path):
     assert arr2.shape[0] == 27 and dropped2 == [(str(bad), "truncated pixel data")]
     np.testing.assert_array_equal(arr2[:5], arr[:5])
     np.testing.assert_array_equal(arr2[5:], arr[6:])
+
+
+def test_native_fast_read_equals_pydicom(tmp_path, fixture_series_dir):
+    """The direct numpy read of native pixel data gives pydicom's values (incl. unused-bit correction)."""
+    import pydicom
+    from ppihd.data.dicom import read_native_pixels
+
+    files = [os.path.join(fixture_series_dir, "01.dcm"), get_testdata_file("CT_small.dcm")]
+    # 12 bits stored in 16: garbage in the unused high bits must be masked (unsigned) / sign-extended (signed)
+    ds = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
+    raw = ds.pixel_array.astype(np.int16)
+    for rep, name in ((0, "u12.dcm"), (1, "s12.dcm")):
+        d = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
+        d.BitsStored, d.HighBit, d.PixelRepresentation = 12, 11, rep
+        vals = (raw.astype(np.int32) & 0x0FFF) | 0xF000   # high nibble set on purpose
+        d.PixelData = vals.astype(np.uint16).tobytes()
+        d.save_as(tmp_path / name)
+        files.append(str(tmp_path / name))
+    d = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
+    d.file_meta.TransferSyntaxUID = pydicom.uid.ImplicitVRLittleEndian
+    d.save_as(tmp_path / "implicit.dcm", implicit_vr=True, little_endian=True)
+    files.append(str(tmp_path / "implicit.dcm"))
+    for f in files:
+        h = read_header(f)
+        fast = read_native_pixels(h)
+        ref = pydicom.dcmread(f).pixel_array
+        assert fast is not None and fast.dtype == ref.dtype, f
+        np.testing.assert_array_equal(fast, ref, err_msg=f)
+    u12 = read_native_pixels(read_header(files[2]))
+    assert u12.max() <= 4095 and u12.min() >= 0

@@ -107,3 +107,15 @@ def test_preprocess_slice_end_to_end():
     # without black-edge removal the air border (0, 0, 0) is still there
     raw = T.preprocess_slice(hu, dict(CFG, remove_black_edges=False))
     assert raw.shape == (16, 16, 3) and (raw[0, 0] == 0).all() and (raw[8, 8] == [127, 76, 127]).all()
+
+
+def test_preprocess_slice_equals_plain_composition():
+    # crop-first windowing must equal windows -> crop -> resize on a random-ish head-like slice
+    rng = np.random.default_rng(0)
+    hu = np.full((60, 50), -2000.0, np.float32)
+    hu[5:55, 8:45] = rng.normal(30, 40, (50, 37)).astype(np.float32)
+    hu[20:22, 10:40] = 1500.0
+    for inclusive in (True, False):
+        cfg = dict(CFG, image_size=24, crop_inclusive=inclusive)
+        ref = T.resize(T.remove_black_edges(T.apply_windows(hu, cfg["windows"]), 5, 3, inclusive), 24)
+        np.testing.assert_array_equal(T.preprocess_slice(hu, cfg), ref)

@@ -92,6 +92,8 @@ class SliceHeader:
     slice_thickness: Optional[float] = None
     pixel_spacing: Optional[Tuple[float, float]] = None
     transfer_syntax: str = ""
+    bits_allocated: int = 16
+    pixel_offset: Optional[int] = None                  # byte offset of native (uncompressed) pixel values
     warnings: List[str] = field(default_factory=list)
 
     @property
@@ -191,8 +193,9 @@ def check_decoder(path: str, ts: str) -> None:
     raise DicomError(path, f"{name} needs a decoder plug-in: {hint}")
 
 
-def _pixel_element_check(path: str, fp, ds: Dataset, ts: str, file_size: int) -> None:
-    """After a ``stop_before_pixels`` read, ``fp`` sits at the PixelData element: check it is present and whole."""
+def _pixel_element_check(path: str, fp, ds: Dataset, ts: str, file_size: int) -> Optional[int]:
+    """After a ``stop_before_pixels`` read, ``fp`` sits at the PixelData element: check it is present and whole.
+    Returns the byte offset of the pixel values for native data, None for encapsulated (compressed) data."""
     start = fp.tell()
     head = fp.read(12)
     implicit, little = getattr(ds, "original_encoding", None) or (ts == "1.2.840.10008.1.2", ts != "1.2.840.10008.1.2.2")
@@ -215,7 +218,7 @@ def _pixel_element_check(path: str, fp, ds: Dataset, ts: str, file_size: int) ->
         (length,) = struct.unpack(end + "I", head[8:12])
         value_start = start + 12
     if length == 0xFFFFFFFF:  # encapsulated (compressed): no cheap length check
-        return
+        return None
     available = file_size - value_start
     rows, cols = int(ds.get("Rows", 0) or 0), int(ds.get("Columns", 0) or 0)
     bits = int(ds.get("BitsAllocated", 16) or 16)
@@ -225,6 +228,43 @@ def _pixel_element_check(path: str, fp, ds: Dataset, ts: str, file_size: int) ->
     have = min(length, available)
     if have < expected:
         raise DicomError(path, f"truncated pixel data ({have} of {expected} bytes)")
+    return value_start
+
+
+NATIVE_FAST = {"1.2.840.10008.1.2": "<", "1.2.840.10008.1.2.1": "<", "1.2.840.10008.1.2.2": ">"}
+
+
+def read_native_pixels(header: SliceHeader) -> Optional[np.ndarray]:
+    """Stored values [rows, cols] read straight from the file at ``header.pixel_offset`` (native syntaxes
+    only; None otherwise, then use :func:`read_raw_pixels`). Unused high bits are corrected exactly as
+    pydicom 3 does (shift left then right by BitsAllocated - BitsStored). Raises :class:`DicomError`."""
+    end = NATIVE_FAST.get(header.transfer_syntax)
+    if end is None or header.pixel_offset is None or header.bits_allocated not in (8, 16):
+        return None
+    signed = header.pixel_representation == 1
+    dtype = np.dtype(f"{end}{'i' if signed else 'u'}{header.bits_allocated // 8}")
+    count = header.rows * header.cols
+    try:
+        with open(header.path, "rb") as f:
+            want = struct.pack(end + "HH", 0x7FE0, 0x0010)
+            back = 8 if header.transfer_syntax == "1.2.840.10008.1.2" else 12   # implicit / explicit VR header
+            f.seek(max(0, header.pixel_offset - back))
+            if f.read(4) != want:
+                raise DicomError(header.path, "file changed since it was scanned (pixel data moved)")
+            f.seek(header.pixel_offset)
+            arr = np.fromfile(f, dtype=dtype, count=count)
+    except OSError as e:
+        raise DicomError(header.path, f"cannot open file ({e.strerror or e})") from None
+    if arr.size < count:
+        raise DicomError(header.path, "truncated pixel data")
+    if not dtype.isnative:
+        arr = arr.astype(dtype.newbyteorder("="))
+    bits = header.bits_stored or header.bits_allocated
+    shift = header.bits_allocated - bits
+    if 0 < shift < header.bits_allocated:
+        np.left_shift(arr, shift, out=arr)
+        np.right_shift(arr, shift, out=arr)
+    return arr.reshape(header.rows, header.cols)
 
 
 def header_from_dataset(ds: Dataset, path: str = "<dataset>") -> SliceHeader:
@@ -273,7 +313,8 @@ def header_from_dataset(ds: Dataset, path: str = "<dataset>") -> SliceHeader:
         window_width=_first_number(ds.get("WindowWidth", None)),
         slice_thickness=_first_number(ds.get("SliceThickness", None)),
         pixel_spacing=None if spacing is None else (spacing[0], spacing[1]),
-        transfer_syntax=_transfer_syntax(ds), warnings=notes)
+        transfer_syntax=_transfer_syntax(ds), bits_allocated=int(ds.get("BitsAllocated", 16) or 16),
+        warnings=notes)
 
 
 def read_header(path: str) -> SliceHeader:
@@ -295,7 +336,7 @@ def read_header(path: str) -> SliceHeader:
         ds = _open_dataset(path, fp, stop_before_pixels=True)
         hdr = header_from_dataset(ds, path)
         check_decoder(path, hdr.transfer_syntax)
-        _pixel_element_check(path, fp, ds, hdr.transfer_syntax, size)
+        hdr.pixel_offset = _pixel_element_check(path, fp, ds, hdr.transfer_syntax, size)
     return hdr
 
 

@@ -18,7 +18,8 @@ from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
-from .dicom import DicomError, SliceHeader, header_from_dataset, read_dataset, read_header, read_raw_pixels
+from .dicom import (DicomError, SliceHeader, header_from_dataset, read_dataset, read_header, read_native_pixels,
+                    read_raw_pixels)
 from .transforms import preprocess_slice, to_hu
 
 Skipped = List[Tuple[str, str]]
@@ -212,10 +213,16 @@ def group_series(headers: Iterable[SliceHeader], order: str = "normal") -> List[
 
 # -------------------------------------------------------------------------------------------- loading
 def load_slice(header: SliceHeader, data_cfg: Mapping[str, Any]) -> np.ndarray:
-    """Read and preprocess one slice → uint8 [H, W, 3]. Raises :class:`DicomError`."""
-    ds = read_dataset(header.path)
-    h = header_from_dataset(ds, header.path)
-    raw = read_raw_pixels(ds, header.path)
+    """Read and preprocess one slice → uint8 [H, W, 3]. Raises :class:`DicomError`.
+
+    Native (uncompressed) files whose pixel offset the scan recorded are read straight with numpy
+    (:func:`~ppihd.data.dicom.read_native_pixels`, same values as pydicom); others go through pydicom."""
+    raw = read_native_pixels(header)
+    h = header
+    if raw is None:
+        ds = read_dataset(header.path)
+        h = header_from_dataset(ds, header.path)
+        raw = read_raw_pixels(ds, header.path)
     hu = to_hu(raw, h.slope, h.intercept, h.bits_stored, h.pixel_representation,
                bool(data_cfg.get("fix_intercept", True)))
     return preprocess_slice(hu, data_cfg)
