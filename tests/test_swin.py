@@ -222,3 +222,52 @@ def test_recompute_gives_same_gradients():
         (m.forward_features(xt) ** 2).sum().backward()
         grads.append(m.patch_embed.proj.weight.grad.numpy().copy())
     np.testing.assert_allclose(grads[0], grads[1], rtol=1e-4, atol=1e-6)
+
+
+def numpy_swin_features(p, x, embed, depths, heads, window, post_norm):
+    """Independent numpy Swin forward (PaddleClas key semantics, Linear weights [in, out]) for an image whose
+    feature maps are all multiples of the window or not larger than it. x [3, H, W] -> [C_last]."""
+    C = embed
+    w_conv = p["patch_embed.proj.weight"]  # [C, 3, 4, 4]
+    _, H, W = x.shape
+    h, w = H // 4, W // 4
+    patches = x.reshape(3, h, 4, w, 4).transpose(1, 3, 0, 2, 4).reshape(h * w, 48)
+    t = patches @ w_conv.reshape(C, 48).T + p["patch_embed.proj.bias"]
+    t = ln(t, p["patch_embed.norm.weight"], p["patch_embed.norm.bias"])
+    for i, depth in enumerate(depths):
+        for j in range(depth):
+            q = {k[len(f"layers.{i}.blocks.{j}."):]: v for k, v in p.items() if k.startswith(f"layers.{i}.blocks.{j}.")}
+            shift = 0 if (j % 2 == 0 or min(h, w) <= window) else window // 2
+            n1 = lambda a: ln(a, q["norm1.weight"], q["norm1.bias"])  # noqa: E731
+            n2 = lambda a: ln(a, q["norm2.weight"], q["norm2.bias"])  # noqa: E731
+            mlp = lambda a: gelu(a @ q["mlp.fc1.weight"] + q["mlp.fc1.bias"]) @ q["mlp.fc2.weight"] + q["mlp.fc2.bias"]  # noqa: E731,E501
+            att = lambda a: brute_force_attention(a, q, h, w, window, shift, heads[i])  # noqa: E731
+            if post_norm:
+                t = t + n1(att(t))
+                t = t + n2(mlp(t))
+            else:
+                t = t + att(n1(t))
+                t = t + mlp(n2(t))
+        if i < len(depths) - 1:
+            g = t.reshape(h, w, C)
+            cat = np.concatenate([g[0::2, 0::2], g[1::2, 0::2], g[0::2, 1::2], g[1::2, 1::2]], -1)
+            h, w = h // 2, w // 2
+            cat = ln(cat.reshape(h * w, 4 * C), p[f"layers.{i}.downsample.norm.weight"],
+                     p[f"layers.{i}.downsample.norm.bias"])
+            t = cat @ p[f"layers.{i}.downsample.reduction.weight"]
+            C *= 2
+    return ln(t, p["norm.weight"], p["norm.bias"]).mean(0)
+
+
+@pytest.mark.parametrize("post_norm", [False, True])
+def test_full_backbone_matches_independent_numpy_forward(post_norm):
+    embed, depths, heads, window = 8, [2, 2, 2], [1, 2, 2], 2
+    paddle.seed(0)
+    m = SwinTransformer("micro", embed_dim=embed, depths=depths, num_heads=heads, window_size=window,
+                        post_norm=post_norm, drop_path_rate=0.3)  # drop path inactive in eval
+    randomize(m, seed=11, scale=0.2)
+    m.eval()
+    x = np.random.default_rng(4).random((1, 3, 32, 32)).astype("float32")  # maps 8x8, 4x4, 2x2
+    got = m.forward_features(paddle.to_tensor(x)).numpy()[0]
+    exp = numpy_swin_features(params(m), x[0].astype(np.float64), embed, depths, heads, window, post_norm)
+    np.testing.assert_allclose(got, exp, rtol=1e-4, atol=1e-4)
