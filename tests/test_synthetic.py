@@ -390,3 +390,14 @@ def test_patient_grouped_split_keeps_patients_together(tmp_path):
     split = split_series(tab, val_fraction=0.3, seed=0, group_by_patient=True)
     per_patient = tab.assign(split=tab["series_id"].map(split)).groupby("patient_id")["split"].nunique()
     assert (per_patient == 1).all() and set(split) == {"train", "val"}
+
+
+def test_overwrite_replaces_data_and_derived_caches(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)                                    # relative --out, as in the Makefile
+    kw = dict(size=48, slices_min=2, slices_max=2, progress=False)
+    syn.generate_dataset("d", 2, 0, seed=0, **kw)
+    old = set(os.listdir("d/stage_2_train"))
+    os.makedirs("d/cache_32/series")
+    syn.generate_dataset("d", 2, 0, seed=1, overwrite=True, **kw)
+    new = set(os.listdir("d/stage_2_train"))
+    assert len(new) == 4 and not old & new and not os.path.exists("d/cache_32")

@@ -24,6 +24,7 @@ the ground-truth lesion and anatomy masks. Everything is deterministic for a see
 from __future__ import annotations
 
 import csv
+import glob
 import json
 import math
 import os
@@ -623,7 +624,12 @@ def write_slice(path: str, phantom: SeriesPhantom, hu: np.ndarray, k: int, uids:
         ds.RescaleIntercept = enc["RescaleIntercept"]
         ds.RescaleSlope = "1.0"
         ds.PixelData = raw.astype(raw.dtype.newbyteorder("<")).tobytes()
-        ds.save_as(path, enforce_file_format=True)
+        if int(pydicom.__version__.split(".")[0]) >= 3:
+            ds.save_as(path, enforce_file_format=True)              # encoding from TransferSyntaxUID
+        else:  # pragma: no cover - pydicom 2.x
+            ds.is_little_endian = True
+            ds.is_implicit_VR = phantom.transfer_syntax == IMPLICIT_VR_LE
+            ds.save_as(path, write_like_original=False)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -700,9 +706,10 @@ def _check_out_dir(out_dir: str, args: Dict[str, object], overwrite: bool) -> bo
             raise FileExistsError(
                 f"{out_dir} already holds a synthetic data set made with different arguments "
                 f"({old.get('args')}); pass --overwrite to replace it or choose another --out")
-        # ours (complete with --overwrite, or an interrupted run): remove what we wrote
-        for d in ("stage_2_train", "stage_2_test"):
-            shutil.rmtree(os.path.join(out_dir, d), ignore_errors=True)
+        # ours (complete with --overwrite, or an interrupted run): remove what we wrote and caches built from it
+        olds = [os.path.join(out_dir, d) for d in ("stage_2_train", "stage_2_test")]
+        for d in olds + sorted(glob.glob(os.path.join(out_dir, "cache_*"))):
+            shutil.rmtree(d, ignore_errors=True)
         return False
     for d in ("stage_2_train", "stage_2_test"):
         p = os.path.join(out_dir, d)
