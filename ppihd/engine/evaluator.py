@@ -77,7 +77,8 @@ def predict_dataset(model: Any, dataset: Any, batch_series: int = 1, max_series:
                 for b in range(mask_np.shape[0]):
                     real = np.nonzero(mask_np[b])[0]
                     sids.extend([batch["series_id"][b]] * len(real))
-                    sidx.append(real)
+                    si = batch.get("slice_idx")
+                    sidx.append(np.asarray(si)[b, real] if si is not None else real)
                     labels.append(np.asarray(batch["labels"])[b, real])
                     lm = batch.get("label_mask")
                     lmask.append(np.asarray(lm)[b, real] if lm is not None else np.ones((len(real), 6)))
@@ -130,10 +131,17 @@ def evaluate(model: Any, dataset: Any, cfg: Mapping[str, Any], max_series: Optio
 def dataset_prior(dataset: Any) -> Optional[np.ndarray]:
     """Positive rate of each class over a dataset's known labels (the constant-prior model), or None.
 
-    Uses ``dataset.label_matrix()`` ([N, 6] with NaN for unknown) if available, else reads every item.
+    Uses ``dataset.items[i]["labels" / "label_mask"]`` (SeriesDataset, no image I/O) if available, else reads
+    every item.
     """
-    if hasattr(dataset, "label_matrix"):
-        y = np.asarray(dataset.label_matrix(), dtype=np.float64)
+    items = getattr(dataset, "items", None)
+    if isinstance(items, list) and items and isinstance(items[0], dict) and "labels" in items[0]:
+        rows = []
+        for it in items:
+            lab = np.asarray(it["labels"], dtype=np.float64).copy()
+            lab[np.asarray(it.get("label_mask", np.ones_like(lab))) <= 0] = np.nan
+            rows.append(lab)
+        y = np.concatenate(rows) if rows else np.zeros((0, 6))
     else:
         rows = []
         for i in range(len(dataset)):

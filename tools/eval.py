@@ -1,0 +1,74 @@
+"""Score a checkpoint on the validation split with the competition metric (SPEC §8).
+
+    python tools/eval.py -c CONFIG -o Global.pretrained_model=output/x/best_model [--output DIR] [--split val]
+
+Writes DIR/metrics.json (weighted log loss, per-class log loss and ROC-AUC for head 2 and head 1, the constant-prior
+baseline) and DIR/predictions.csv (one row per slice); DIR defaults to <Global.output_dir>/eval.
+Prints the metric next to the constant-prior baseline (each class's training-set positive rate).
+Exit status: 0 done, 2 bad command line / config / data / checkpoint.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def main(argv=None) -> int:
+    from ppihd.utils.config import ConfigError, add_config_args, load_config
+    from ppihd.utils.env import get_logger, setup_threads
+
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_config_args(p)
+    p.add_argument("--output", default=None, help="output folder (default <Global.output_dir>/eval)")
+    p.add_argument("--split", default="val", help="split to score (default val)")
+    args = p.parse_args(argv)
+    log = get_logger()
+    try:
+        cfg = load_config(args.config, args.override)
+        if not cfg["Global"]["pretrained_model"]:
+            raise ConfigError("Global.pretrained_model is not set: pass -o Global.pretrained_model=PATH "
+                              "(e.g. output/demo/best_model)")
+    except ConfigError as e:
+        log.error("%s", e)
+        return 2
+    setup_threads(cfg["Global"]["num_threads"])
+
+    from ppihd.arch import build_model
+    from ppihd.data.dataset import SeriesDataset
+    from ppihd.engine.evaluator import dataset_prior, evaluate, format_metrics, write_predictions_csv
+    from ppihd.utils.checkpoint import load_weights
+    from ppihd.utils.env import setup_runtime
+
+    try:
+        setup_runtime(cfg)
+        model = build_model(cfg["Arch"])
+        load_weights(model, cfg["Global"]["pretrained_model"])
+        data = SeriesDataset(cfg, args.split)
+        if len(data) == 0:
+            raise ValueError(f"split '{args.split}' of the cache index is empty (Data.root={cfg['Data']['root']})")
+        prior = dataset_prior(SeriesDataset(cfg, "train"))
+    except (ConfigError, FileNotFoundError, ValueError, KeyError, RuntimeError) as e:
+        log.error("%s", e)
+        return 2
+    res = evaluate(model, data, cfg, prior=prior)
+    out = args.output or os.path.join(cfg["Global"]["output_dir"], "eval")
+    os.makedirs(out, exist_ok=True)
+    preds = res.pop("predictions")
+    write_predictions_csv(preds, os.path.join(out, "predictions.csv"))
+    res.update(split=args.split, checkpoint=cfg["Global"]["pretrained_model"], config=cfg.get("_source_"))
+    tmp = os.path.join(out, "metrics.json.tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(res, f, indent=1)
+    os.replace(tmp, os.path.join(out, "metrics.json"))
+    print(format_metrics(res))
+    print(f"wrote {os.path.join(out, 'metrics.json')} and {os.path.join(out, 'predictions.csv')}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

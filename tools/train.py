@@ -1,0 +1,81 @@
+"""Train the model the paper's way (SPEC §5) on the preprocessed cache.
+
+    python tools/train.py -c configs/swin_b_seq.yaml [-o Global.iters=1000 ...]
+    python tools/train.py -c CONFIG -o Global.checkpoints=output/x/latest        # resume exactly
+    python tools/train.py -c CONFIG -o Global.pretrained_model=output/x/best_model  # start from weights only
+    python -m paddle.distributed.launch --gpus 0,1,2,3 tools/train.py -c CONFIG  # data-parallel
+
+Writes <Global.output_dir>/{config.yaml, train.log, latest.*, best_model.*, history.json, curves.png}.
+Exit status: 0 done, 2 bad command line / config / data / checkpoint. See docs/training.md.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def main(argv=None) -> int:
+    from ppihd.utils.config import ConfigError, add_config_args, load_config, save_config
+    from ppihd.utils.env import get_logger, setup_threads
+
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_config_args(p)
+    args = p.parse_args(argv)
+    log = get_logger()
+    try:
+        cfg = load_config(args.config, args.override)
+    except ConfigError as e:
+        log.error("%s", e)
+        return 2
+    setup_threads(cfg["Global"]["num_threads"])  # before paddle is imported
+
+    import paddle
+
+    from ppihd.arch import build_model
+    from ppihd.data.augment import build_train_augment
+    from ppihd.data.dataset import SeriesDataset
+    from ppihd.engine.trainer import Trainer
+    from ppihd.loss import build_loss
+    from ppihd.optimizer import build_lr_scheduler, build_optimizer
+    from ppihd.utils.env import setup_runtime
+
+    g = cfg["Global"]
+    try:
+        setup_runtime(cfg)
+        world = paddle.distributed.get_world_size()
+        if world > 1:
+            paddle.distributed.init_parallel_env()
+        rank = paddle.distributed.get_rank()
+        train_set = SeriesDataset(cfg, "train", transform=build_train_augment(cfg))
+        if cfg["Data"].get("pseudo_label_csv"):  # FixMatch: labelled + strong-augmented pseudo-labelled series
+            from ppihd.data.pseudo import MixedDataset, PseudoLabelDataset
+            train_set = MixedDataset(train_set, PseudoLabelDataset(cfg))
+        val_set = SeriesDataset(cfg, "val")
+        model = build_model(cfg["Arch"])
+        if world > 1:
+            model = paddle.DataParallel(model)
+        sched = build_lr_scheduler(cfg["Optimizer"], g["iters"])
+        opt = build_optimizer(cfg["Optimizer"], model.parameters(), sched, g["grad_clip"])
+        loss_fn = build_loss(cfg["Loss"], deep_supervision=bool(cfg["Arch"]["deep_supervision"]))
+        trainer = Trainer(cfg, model, loss_fn, opt, sched, train_set, val_set, rank=rank, world_size=world,
+                          logger=get_logger("ppihd.train", os.path.join(g["output_dir"], "train.log")
+                                            if rank == 0 else None))
+        if g.get("checkpoints"):
+            trainer.resume(g["checkpoints"])
+        elif g.get("pretrained_model"):
+            trainer.load_pretrained(g["pretrained_model"])
+    except (ConfigError, FileNotFoundError, ValueError, KeyError, RuntimeError) as e:
+        log.error("%s", e)
+        return 2
+    if rank == 0:
+        save_config(cfg, os.path.join(g["output_dir"], "config.yaml"))
+    trainer.train()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
