@@ -184,7 +184,7 @@ class WindowAttention(nn.Layer):
         bw, n, c = x.shape
         h = self.num_heads
         qkv = self.qkv(x).reshape([bw, n, 3, h, c // h]).transpose([2, 0, 3, 1, 4])
-        q, k, v = qkv[0], qkv[1], qkv[2]  # [B*nW, h, N, d]
+        q, k, v = paddle.unbind(qkv, axis=0)  # [B*nW, h, N, d]; unbind's backward is cheaper than slicing
         attn = paddle.matmul(q * self.scale, k, transpose_y=True)
         attn = attn + self.relative_bias().unsqueeze(0)
         if mask is not None:
