@@ -20,7 +20,7 @@ $(STAMP): requirements.txt requirements-dev.txt setup.py
 	$(PIP) install --no-deps -e .
 	touch $(STAMP)
 
-demo: install demo-data demo-preprocess
+demo: install demo-data demo-preprocess demo-train demo-eval
 	@echo "make demo: finished; outputs in $(DEMO_DATA) and $(DEMO)"
 
 demo-data: install
@@ -28,6 +28,16 @@ demo-data: install
 
 demo-preprocess: install
 	$(PY) tools/preprocess.py -c $(DEMO_CFG) -o Data.root=$(DEMO_DATA) -o Data.num_workers=$(JOBS)
+
+# train the CPU demo model on the synthetic cache (resumes from $(DEMO)/latest if a previous run was stopped)
+demo-train: install
+	$(PY) tools/train.py -c $(DEMO_CFG) -o Data.root=$(DEMO_DATA) -o Global.output_dir=$(DEMO) \
+		$(if $(wildcard $(DEMO)/latest.json),-o Global.checkpoints=$(DEMO)/latest)
+
+# score best_model on the held-out (val) synthetic series, next to the constant-prior baseline
+demo-eval: install
+	$(PY) tools/eval.py -c $(DEMO_CFG) -o Data.root=$(DEMO_DATA) -o Global.output_dir=$(DEMO) \
+		-o Global.pretrained_model=$(DEMO)/best_model --output $(DEMO)/eval
 
 test: install
 	$(PY) -m pytest -q tests
