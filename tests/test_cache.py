@@ -184,3 +184,55 @@ def test_synthetic_rsna_end_to_end(tmp_path):
         hu = read_pixels_hu(p)
         assert hu.min() == -1000.0 and (hu > 2000).mean() < 0.01
         assert (read_pixels_hu(p, fix_intercept=False) > 2000).mean() > 0.3   # unfixed: air reads as ~3000 HU
+
+
+_KILLER = r'''
+import os, signal, sys
+sys.path.insert(0, {root!r}); sys.path.insert(0, {tests!r})
+import numpy as np
+from ppihd.data import cache as C
+from rsna_tiny import tiny_cfg
+mode, calls = {mode!r}, [0]
+real_save = C.atomic_save_npy
+def dying_save(path, arr):
+    calls[0] += 1
+    if calls[0] == 2 and mode == "mid-write":       # die half-way through writing the temp file
+        tmp = C._tmp_name(path)
+        with open(tmp, "wb") as f:
+            np.save(f, arr[: max(1, len(arr) // 2)])
+        os.kill(os.getpid(), signal.SIGKILL)
+    real_save(path, arr)
+    if calls[0] == 2 and mode == "after-npy":       # die between the .npy and its record
+        os.kill(os.getpid(), signal.SIGKILL)
+C.atomic_save_npy = dying_save
+C.build_cache(tiny_cfg({data!r}), num_workers=1, progress=False)
+'''
+
+
+@pytest.mark.parametrize("mode", ["mid-write", "after-npy"])
+def test_kill_9_then_resume(tmp_path, mode):
+    """A real SIGKILL during the cache build loses at most the series in flight; the re-run completes it."""
+    import subprocess
+    import sys
+
+    here = os.path.dirname(os.path.abspath(__file__))
+    data = str(tmp_path / "killed")
+    make_tiny_rsna(data, n_train=3, n_test=1, slices=3)
+    script = _KILLER.format(root=os.path.dirname(here), tests=here, mode=mode, data=data)
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == -9, proc.stderr[-2000:]
+    cache = os.path.join(data, "cache_128")
+    assert not os.path.exists(os.path.join(cache, "index.csv"))            # index only at the very end
+    if mode == "mid-write":
+        assert any(".tmp" in f for f in os.listdir(os.path.join(cache, "series")))
+    resumed = build_cache(tiny_cfg(data), progress=False)
+    assert resumed["series_reused"] == 1 and resumed["series_processed_now"] == 3
+    assert not any(".tmp" in f for f in os.listdir(os.path.join(cache, "series")))
+    clean_root = str(tmp_path / "clean")
+    make_tiny_rsna(clean_root, n_train=3, n_test=1, slices=3)
+    clean = build_cache(tiny_cfg(clean_root), progress=False)
+    a = pd.read_csv(resumed["index_file"]).drop(columns=["path"])
+    b = pd.read_csv(clean["index_file"]).drop(columns=["path"])
+    pd.testing.assert_frame_equal(a, b)
+    for sid in a["series_id"].unique():
+        np.testing.assert_array_equal(np.load(series_file(cache, sid)), np.load(series_file(clean["cache_dir"], sid)))
