@@ -239,3 +239,12 @@ def test_to_static_with_dynamic_batch_and_slices_matches_dygraph():
         st = paddle.jit.to_static(m, input_spec=spec)
     np.testing.assert_allclose(st(x).numpy(), ref, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(st(x[:1, :2]).numpy(), m(x[:1, :2]).numpy(), rtol=1e-5, atol=1e-5)
+
+
+def test_bad_input_shapes_are_clear_errors():
+    m = make()
+    m.eval()
+    with pytest.raises(ValueError, match=r"\[B, S, 3, H, W\]"):
+        m(rand(2, 3, IMG, IMG))
+    with pytest.raises(ValueError, match="mask shape"):
+        m(rand(1, 3, 3, IMG, IMG), paddle.to_tensor([[True, False]]))

@@ -82,8 +82,12 @@ class IHDNet(nn.Layer):
         """See the class docstring."""
         if len(images.shape) != 5:
             raise ValueError(f"IHDNet expects images [B, S, 3, H, W], got shape {list(images.shape)}")
-        if mask is not None and mask.dtype != paddle.bool:
-            mask = mask.astype("bool")
+        if mask is not None:
+            if list(mask.shape) != list(images.shape[:2]) and -1 not in list(images.shape[:2]):
+                raise ValueError(f"IHDNet: mask shape {list(mask.shape)} does not match images [B, S] = "
+                                 f"{list(images.shape[:2])}")
+            if mask.dtype != paddle.bool:
+                mask = mask.astype("bool")
         feats = self.slice_features(images, mask)
         seq = self.sequence(feats, mask) if self.sequence is not None else feats
         logits = self.head2(seq)
