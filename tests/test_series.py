@@ -184,3 +184,12 @@ def test_native_fast_read_equals_pydicom(tmp_path, fixture_series_dir):
         np.testing.assert_array_equal(fast, ref, err_msg=f)
     u12 = read_native_pixels(read_header(files[2]))
     assert u12.max() <= 4095 and u12.min() >= 0
+
+
+def test_parallel_scan_after_paddle_import(shuffled_fixture):
+    """With paddle imported (its threads make fork unsafe) the pool uses forkserver; results are the same."""
+    import paddle  # noqa: F401
+
+    h1, _ = scan(shuffled_fixture, num_workers=1, progress=False)
+    h2, _ = scan(shuffled_fixture, num_workers=2, progress=False)
+    assert [h.sop_uid for h in h1] == [h.sop_uid for h in h2] and len(h2) == 28

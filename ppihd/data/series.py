@@ -13,6 +13,7 @@ import hashlib
 import multiprocessing as mp
 import os
 import re
+import sys
 from dataclasses import dataclass, field
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
 
@@ -78,7 +79,13 @@ def _scan_one(path: str) -> Union[SliceHeader, Tuple[str, str]]:
 
 
 def _pool(num_workers: int):
-    ctx = mp.get_context("fork") if "fork" in mp.get_all_start_methods() else mp.get_context()
+    """A process pool: ``fork`` (fast start) unless paddle is already imported in this process, whose threads
+    make forking unsafe; then ``forkserver`` (or the platform default)."""
+    methods = mp.get_all_start_methods()
+    if "paddle" in sys.modules:
+        ctx = mp.get_context("forkserver") if "forkserver" in methods else mp.get_context()
+    else:
+        ctx = mp.get_context("fork") if "fork" in methods else mp.get_context()
     return ctx.Pool(num_workers)
 
 
