@@ -281,7 +281,6 @@ class SeriesPhantom:
             if not subtypes:
                 subtypes = [str(r.choice(SUBTYPES, p=[0.1, 0.25, 0.15, 0.25, 0.25]))]
         lo, hi = self._slices_with_brain()
-        step = (self.h1 - self.h0) / max(1, self.n_slices - 1)      # height per slice
         for st in subtypes:
             subtle = r.random() < 0.2
             hu = float(r.uniform(50.0, 60.0) if subtle else r.uniform(58.0, 85.0))
@@ -316,7 +315,6 @@ class SeriesPhantom:
             else:
                 kc = float(r.uniform(lo, hi))
             self.lesions.append(Lesion(st, kc, half, hu, p))
-        self._height_step = step
 
     # ---------------------------------------------------------------------------------------------------
     def _ventricles(self, h: float, depth: np.ndarray) -> np.ndarray:
