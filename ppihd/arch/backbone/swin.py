@@ -244,7 +244,7 @@ class SwinTransformerBlock(nn.Layer):
         x = x.reshape([b, height, width, c])
         pad_b, pad_r = (w - height % w) % w, (w - width % w) % w
         if pad_b or pad_r:
-            x = F.pad(x, [0, pad_r, 0, pad_b], data_format="NHWC")
+            x = F.pad(x, [0, 0, 0, pad_b, 0, pad_r, 0, 0])  # full-rank pad: NHWC pad3d crashes oneDNN (Paddle 3.3)
         hp, wp = height + pad_b, width + pad_r
         shift = self.effective_shift(height, width)
         if shift:
@@ -287,7 +287,7 @@ class PatchMerging(nn.Layer):
         b, _, c = x.shape
         x = x.reshape([b, height, width, c])
         if height % 2 or width % 2:
-            x = F.pad(x, [0, width % 2, 0, height % 2], data_format="NHWC")
+            x = F.pad(x, [0, 0, 0, height % 2, 0, width % 2, 0, 0])  # full-rank pad (oneDNN-safe)
         x0 = x[:, 0::2, 0::2, :]
         x1 = x[:, 1::2, 0::2, :]
         x2 = x[:, 0::2, 1::2, :]
@@ -311,7 +311,7 @@ class PatchEmbed(nn.Layer):
         p = self.patch_size
         h, w = x.shape[2], x.shape[3]
         if h % p or w % p:
-            x = F.pad(x, [0, (p - w % p) % p, 0, (p - h % p) % p], data_format="NCHW")
+            x = F.pad(x, [0, 0, 0, 0, 0, (p - h % p) % p, 0, (p - w % p) % p])  # full-rank pad (oneDNN-safe)
         x = self.proj(x)
         hh, ww = x.shape[2], x.shape[3]
         x = x.flatten(2).transpose([0, 2, 1])
