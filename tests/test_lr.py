@@ -103,3 +103,16 @@ def test_global_norm_clip():
     p, opt = _one_param_opt(False, 0.0, clip=1.0)
     _step(p, opt, [3.0, 4.0])  # |g| = 5 -> clipped to (0.6, 0.8)
     np.testing.assert_allclose(p.numpy(), [1.0 - 0.06, -2.0 - 0.08], rtol=1e-5)
+
+
+def test_adamw_option_first_step_by_hand():
+    # not the paper's optimizer (demo option): first Adam step moves each weight by lr * sign(g), decoupled decay
+    p = paddle.create_parameter([2], "float32", default_initializer=paddle.nn.initializer.Assign(
+        np.array([1.0, -2.0], dtype="float32")))
+    opt_cfg = {"name": "AdamW", "momentum": 0.9, "nesterov": False, "weight_decay": 0.1,
+               "lr": {"name": "CosineWarmup", "learning_rate": 0.01, "warmup_steps": 0, "warmup_start_lr": 0.0,
+                      "end_lr": 0.01}}
+    opt = build_optimizer(opt_cfg, [p], build_lr_scheduler(opt_cfg, 10))
+    _step(p, opt, [0.5, -3.0])
+    x = np.array([1.0, -2.0]) * (1 - 0.01 * 0.1) - 0.01 * np.sign([0.5, -3.0])
+    np.testing.assert_allclose(p.numpy(), x, rtol=1e-4)

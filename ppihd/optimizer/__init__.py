@@ -27,6 +27,16 @@ def _momentum(parameters: Iterable[Any], learning_rate: Any, momentum: float = 0
                                      weight_decay=reg, grad_clip=grad_clip)
 
 
+@OPTIMIZERS.register(name="AdamW")
+def _adamw(parameters: Iterable[Any], learning_rate: Any, weight_decay: Optional[float] = 1e-4,
+           grad_clip: Any = None, momentum: float = 0.9, nesterov: bool = False) -> paddle.optimizer.Optimizer:
+    """Not the paper's: AdamW (decoupled decay ``weight_decay``; beta1 = ``momentum``, ``nesterov`` ignored).
+    Used by the CPU demo, which trains from scratch in a few hundred steps."""
+    return paddle.optimizer.AdamW(learning_rate=learning_rate, beta1=float(momentum), beta2=0.999,
+                                  parameters=list(parameters), weight_decay=float(weight_decay or 0.0),
+                                  grad_clip=grad_clip)
+
+
 def build_lr_scheduler(opt_cfg: Mapping[str, Any], total_steps: int) -> CosineWarmup:
     """The ``Optimizer.lr`` schedule over ``total_steps`` (= ``Global.iters``) optimizer steps."""
     lr_cfg = dict(opt_cfg["lr"])
