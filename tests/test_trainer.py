@@ -240,3 +240,50 @@ def test_eval_head1_matches_manual_forward(tmp_path, data):
 def test_amp_on_cpu_is_refused(tmp_path, data):
     with pytest.raises(ValueError, match="needs a GPU"):
         build(make_cfg(str(tmp_path), **{"Global.amp": "fp16"}), *data)
+
+
+@pytest.mark.slow
+def test_tools_train_resume_eval_end_to_end(tmp_path):
+    """tools/train.py on a tiny synthetic cache with the real IHDNet (micro), resume, then tools/eval.py."""
+    import subprocess
+    import sys
+
+    import pandas as pd
+
+    from ppihd.data.synthetic import generate_dataset
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    data, out = str(tmp_path / "data"), str(tmp_path / "out")
+    generate_dataset(data, n_train=10, n_test=1, size=64, slices_min=3, slices_max=5, progress=False)
+    cfg = os.path.join(root, "configs", "demo", "swin_micro_seq.yaml")
+    common = ["-o", f"Data.root={data}", "-o", "Data.image_size=32", "-o", "Arch.backbone.img_size=32",
+              "-o", f"Global.output_dir={out}", "-o", "Global.progress_bar=false", "-o", "Global.log_interval=1",
+              "-o", "Global.eval_interval=2", "-o", "Global.save_interval=2", "-o", "Data.num_workers=1"]
+
+    def run(tool, *args):
+        r = subprocess.run([sys.executable, os.path.join(root, "tools", tool), "-c", cfg, *common, *args],
+                           capture_output=True, text=True, timeout=600)
+        assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+        return r
+
+    run("preprocess.py", "--no-progress")
+    run("train.py", "-o", "Global.iters=2")
+    assert read_manifest(os.path.join(out, "latest"))["iteration"] == 2
+    # continue the same run to 4 iterations from latest (the schedule length changes, the state carries over)
+    run("train.py", "-o", "Global.iters=4", "-o", f"Global.checkpoints={out}/latest")
+    log = open(os.path.join(out, "train.log")).read()
+    assert "resumed from" in log and "at iteration 2" in log and "iter 3/4" in log and "iter 1/4" not in log
+    assert read_manifest(os.path.join(out, "latest"))["iteration"] == 4
+    assert os.path.isfile(os.path.join(out, "config.yaml")) and os.path.isfile(os.path.join(out, "curves.png"))
+    r = run("eval.py", "-o", f"Global.pretrained_model={out}/best_model", "--output", str(tmp_path / "ev"))
+    assert "constant-prior baseline" in r.stdout
+    m = json.load(open(tmp_path / "ev" / "metrics.json"))
+    assert m["head2"]["weighted_log_loss"] > 0 and m["head1"]["weighted_log_loss"] > 0
+    assert set(m["head2"]["log_loss"]) == {"epidural", "intraparenchymal", "intraventricular", "subarachnoid",
+                                           "subdural", "any"}
+    df = pd.read_csv(tmp_path / "ev" / "predictions.csv")
+    assert len(df) == m["n_slices"] > 0 and df["prob_any"].between(0, 1).all()
+    # a missing checkpoint is a clear error, exit status 2
+    r = subprocess.run([sys.executable, os.path.join(root, "tools", "eval.py"), "-c", cfg, *common],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 2 and "Global.pretrained_model" in r.stderr
