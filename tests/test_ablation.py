@@ -78,3 +78,4 @@ def test_ablation_runner_end_to_end_ci(tmp_path):
     assert " lu " in log8 and " l1 " in log8
     md = open(os.path.join(out, "ablation.md")).read()
     assert "| + FM | • | • | • | • | • | • | • | 0.04368 |" in md
+    assert "Constant-prior baseline (train-split positive rates): test 0." in md

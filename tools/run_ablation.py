@@ -179,13 +179,43 @@ def val_from_history(path: str) -> float:
         return float("nan")
 
 
+def prior_baseline(cfg: Mapping[str, Any], labels: Optional[pd.DataFrame]) -> Dict[str, float]:
+    """Weighted log loss of the constant prior (each class's positive rate on the train split) on test and val:
+    the number a model must beat to have learnt anything."""
+    from ppihd.data.cache import resolve_index_file
+    from ppihd.data.dataset import read_index
+    from ppihd.metric import weighted_log_loss
+
+    idx = read_index(resolve_index_file(cfg))
+    idx = idx[idx["status"] == "ok"]
+    prior = idx.loc[idx["split"] == "train", list(LABELS)].to_numpy(dtype=np.float64)
+    prior = np.nanmean(prior, axis=0)
+    w, eps = cfg["Metric"]["class_weights"], cfg["Metric"]["eps"]
+    out = {"test_wll": float("nan"), "val_wll": float("nan")}
+    val = idx.loc[idx["split"] == "val", list(LABELS)].to_numpy(dtype=np.float64)
+    val = val[np.isfinite(val).all(axis=1)]
+    if len(val):
+        out["val_wll"] = float(weighted_log_loss(val, np.tile(prior, (len(val), 1)), w, eps))
+    if labels is not None:
+        sops = idx.loc[idx["split"] == "test", "sop_uid"]
+        y = labels.reindex(sops)[list(LABELS)].to_numpy(dtype=np.float64)
+        y = y[np.isfinite(y).all(axis=1)]
+        if len(y):
+            out["test_wll"] = float(weighted_log_loss(y, np.tile(prior, (len(y), 1)), w, eps))
+    return out
+
+
 def _fmt(x: float) -> str:
     return "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.5f}"
 
 
-def write_table(rows: List[Dict[str, Any]], out: str, header: str) -> None:
+def write_table(rows: List[Dict[str, Any]], out: str, header: str,
+                baseline: Optional[Dict[str, float]] = None) -> None:
     df = pd.DataFrame(rows)
     df.to_csv(os.path.join(out, "ablation.csv"), index=False)
+    if baseline is not None:
+        header += (f"\n\nConstant-prior baseline (train-split positive rates): test {_fmt(baseline['test_wll'])}, "
+                   f"val {_fmt(baseline['val_wll'])} — a row above these numbers has not learnt anything yet.")
     lines = [header, "", "| row | " + " | ".join(COMPONENTS) + " | paper (private LB) | ours: test | ours: val | "
              "iters | train min | note |", "|---" * (len(COMPONENTS) + 7) + "|"]
     for r in rows:
@@ -232,6 +262,7 @@ def main(argv=None) -> int:
         print(f"[ablation] no test labels ({test_labels_path}): only the validation split is scored", flush=True)
 
     results: List[Dict[str, Any]] = []
+    baseline: Optional[Dict[str, float]] = None
     caches: set = set()
     last_pred: Optional[pd.DataFrame] = None
     pseudo_csv = os.path.join(a.out, "pseudo.csv")
@@ -259,6 +290,8 @@ def main(argv=None) -> int:
             row_dir = cfg["Global"]["output_dir"]
             os.makedirs(row_dir, exist_ok=True)
             ensure_cache(cfg, caches, progress)
+            if baseline is None:
+                baseline = prior_baseline(cfg, labels)
             cfg_path = os.path.join(row_dir, "row_config.yaml")
             new_text = yaml.safe_dump({k: v for k, v in cfg.items() if not k.startswith("_")}, sort_keys=False)
             old_text = open(cfg_path, encoding="utf-8").read() if os.path.isfile(cfg_path) else None
@@ -290,7 +323,7 @@ def main(argv=None) -> int:
             print(f"[ablation] {name}: {e}", file=sys.stderr, flush=True)
         results.append(rec)
         write_table(results, a.out, f"Ablation (paper Table 3) on {a.data} with {os.path.relpath(a.base_config, ROOT)}"
-                    f"{' --ci' if a.ci else ''} {' '.join('-o ' + o for o in a.override)}".rstrip())
+                    f"{' --ci' if a.ci else ''} {' '.join('-o ' + o for o in a.override)}".rstrip(), baseline)
     print(open(os.path.join(a.out, "ablation.md"), encoding="utf-8").read())
     failed = [r["row"] for r in results if "FAILED" in r["note"]]
     return 1 if failed else 0
