@@ -134,6 +134,8 @@ def dataset_prior(dataset: Any) -> Optional[np.ndarray]:
     Uses ``dataset.items[i]["labels" / "label_mask"]`` (SeriesDataset, no image I/O) if available, else reads
     every item.
     """
+    if hasattr(dataset, "labelled") and hasattr(dataset, "pseudo"):  # FixMatch MixedDataset: labelled part only
+        dataset = dataset.labelled
     items = getattr(dataset, "items", None)
     if isinstance(items, list) and items and isinstance(items[0], dict) and "labels" in items[0]:
         rows = []
