@@ -401,3 +401,14 @@ def test_overwrite_replaces_data_and_derived_caches(tmp_path, monkeypatch):
     syn.generate_dataset("d", 2, 0, seed=1, overwrite=True, **kw)
     new = set(os.listdir("d/stage_2_train"))
     assert len(new) == 4 and not old & new and not os.path.exists("d/cache_32")
+
+
+def test_set_from_an_older_generator_version_is_redone(tmp_path, monkeypatch):
+    kw = dict(size=48, slices_min=2, slices_max=2, progress=False)
+    out = str(tmp_path / "v")
+    syn.generate_dataset(out, 2, 0, seed=0, **kw)
+    os.makedirs(os.path.join(out, "cache_32"))
+    monkeypatch.setattr(syn, "MANIFEST_VERSION", syn.MANIFEST_VERSION + 1)
+    assert syn.generate_dataset(out, 2, 0, seed=0, **kw)["skipped"] is False
+    assert not os.path.exists(os.path.join(out, "cache_32"))
+    assert syn.generate_dataset(out, 2, 0, seed=0, **kw)["skipped"] is True
