@@ -60,6 +60,8 @@ DEFAULTS: Dict[str, Any] = {
         "Train": {
             "num_workers": 0,
             "batch_series": 1,                     # paper: one series per GPU per step
+            "max_slices": None,                    # train on a random contiguous window of at most this many
+                                                   # slices per series (None = Data.max_slices); eval sees all
             "shuffle": True,
             "augment": {
                 "random_resized_crop": True,
