@@ -18,7 +18,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def main(argv=None) -> int:
-    from ppihd.utils.config import ConfigError, add_config_args, load_config, save_config
+    from ppihd.utils.config import ConfigError, add_config_args, deep_merge, load_config, save_config
     from ppihd.utils.env import get_logger, setup_threads
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
@@ -50,7 +50,10 @@ def main(argv=None) -> int:
         if world > 1:
             paddle.distributed.init_parallel_env()
         rank = paddle.distributed.get_rank()
-        train_set = SeriesDataset(cfg, "train", transform=build_train_augment(cfg))
+        train_cfg = cfg
+        if cfg["DataLoader"]["Train"].get("max_slices"):  # shorter training windows; validation sees all slices
+            train_cfg = deep_merge(cfg, {"Data": {"max_slices": int(cfg["DataLoader"]["Train"]["max_slices"])}})
+        train_set = SeriesDataset(train_cfg, "train", transform=build_train_augment(cfg))
         if cfg["Data"].get("pseudo_label_csv"):  # FixMatch: labelled + strong-augmented pseudo-labelled series
             from ppihd.data.pseudo import MixedDataset, PseudoLabelDataset
             train_set = MixedDataset(train_set, PseudoLabelDataset(cfg))
