@@ -96,6 +96,18 @@ def window_attention_mask(height: int, width: int, window: int, shift: int) -> O
     return mask.astype(np.float32)
 
 
+def pad_zeros(x: paddle.Tensor, axis: int, amount: int) -> paddle.Tensor:
+    """Append ``amount`` zero rows along ``axis`` (concat, not the pad op: Paddle 3.3's oneDNN pad kernel
+    reorders a full-rank pad list and its NHWC/NCHW pad3d crashes, so exported models avoid pad entirely)."""
+    if amount <= 0:
+        return x
+    idx = [slice(None)] * len(x.shape)
+    idx[axis] = slice(0, 1)
+    reps = [1] * len(x.shape)
+    reps[axis] = int(amount)
+    return paddle.concat([x, paddle.tile(paddle.zeros_like(x[tuple(idx)]), reps)], axis=axis)
+
+
 def window_partition(x: paddle.Tensor, window: int) -> paddle.Tensor:
     """``[B, H, W, C]`` (H, W multiples of ``window``) -> ``[B * nW, window * window, C]``."""
     b, h, w, c = x.shape
@@ -250,7 +262,7 @@ class SwinTransformerBlock(nn.Layer):
         x = x.reshape([b, height, width, c])
         pad_b, pad_r = (w - height % w) % w, (w - width % w) % w
         if pad_b or pad_r:
-            x = F.pad(x, [0, 0, 0, pad_b, 0, pad_r, 0, 0])  # full-rank pad: NHWC pad3d crashes oneDNN (Paddle 3.3)
+            x = pad_zeros(pad_zeros(x, 1, pad_b), 2, pad_r)  # oneDNN-safe (see pad_zeros)
         hp, wp = height + pad_b, width + pad_r
         shift = self.effective_shift(height, width)
         if shift:
@@ -293,7 +305,7 @@ class PatchMerging(nn.Layer):
         b, _, c = x.shape
         x = x.reshape([b, height, width, c])
         if height % 2 or width % 2:
-            x = F.pad(x, [0, 0, 0, height % 2, 0, width % 2, 0, 0])  # full-rank pad (oneDNN-safe)
+            x = pad_zeros(pad_zeros(x, 1, height % 2), 2, width % 2)  # oneDNN-safe (see pad_zeros)
         x0 = x[:, 0::2, 0::2, :]
         x1 = x[:, 1::2, 0::2, :]
         x2 = x[:, 0::2, 1::2, :]
@@ -317,7 +329,7 @@ class PatchEmbed(nn.Layer):
         p = self.patch_size
         h, w = x.shape[2], x.shape[3]
         if h % p or w % p:
-            x = F.pad(x, [0, 0, 0, 0, 0, (p - h % p) % p, 0, (p - w % p) % p])  # full-rank pad (oneDNN-safe)
+            x = pad_zeros(pad_zeros(x, 2, (p - h % p) % p), 3, (p - w % p) % p)  # oneDNN-safe (see pad_zeros)
         x = self.proj(x)
         hh, ww = x.shape[2], x.shape[3]
         x = x.flatten(2).transpose([0, 2, 1])
