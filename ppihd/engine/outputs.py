@@ -158,26 +158,12 @@ def read_predictions(out_dir: str):
     return pd.read_csv(os.path.join(out_dir, "predictions.csv"), dtype=str_cols, keep_default_na=False)
 
 
-def list_input_files(inputs: Sequence[str]) -> Tuple[List[str], List[Tuple[str, str]]]:
-    """Every regular file under ``inputs`` (files or folders, any nesting), sorted, and the inputs that
-    do not exist as ``(path, reason)``. Used to check that every input file is accounted for."""
-    files: List[str] = []
-    missing: List[Tuple[str, str]] = []
-    for inp in inputs:
-        if os.path.isfile(inp):
-            files.append(inp)
-        elif os.path.isdir(inp):
-            for root, dirs, names in os.walk(inp):
-                dirs.sort()
-                files.extend(os.path.join(root, n) for n in sorted(names))
-        else:
-            missing.append((inp, "input path does not exist"))
-    return files, missing
-
-
 def unaccounted(inputs: Sequence[str], writer: OutputWriter) -> List[str]:
-    """Input files that are in neither predictions nor skipped (should be empty)."""
-    files, _ = list_input_files(inputs)
+    """Input files (as listed by ``ppihd.data.series.list_files``: hidden ``.name`` files and folders are
+    ignored) that are in neither predictions nor skipped. Should be empty; used as a safety net."""
+    from ppihd.data.series import list_files
+
+    files, _ = list_files(list(inputs))
     return [f for f in files if os.path.abspath(f) not in writer._seen]
 
 

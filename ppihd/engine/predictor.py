@@ -20,7 +20,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 import numpy as np
 
 from ppihd import LABELS
-from ppihd.engine.outputs import OutputWriter, list_input_files, series_rows, unaccounted
+from ppihd.engine.outputs import OutputWriter, series_rows, unaccounted
 from ppihd.engine import report
 
 _log = logging.getLogger("ppihd")
@@ -307,9 +307,7 @@ def run_inference(inputs: Sequence[str], out_dir: str, backend: Backend, data_cf
     chunk_bounds(1000, chunk, overlap)  # validate the chunk settings before any work
 
     with OutputWriter(out_dir) as writer:
-        _, missing = list_input_files(inputs)
-        writer.add_skipped_many(missing)
-        headers, skipped = scan([i for i in inputs if os.path.exists(i)], num_workers)
+        headers, skipped = scan(inputs, num_workers, progress=progress)  # also lists missing inputs, empty folders
         writer.add_skipped_many((str(p), str(r)) for p, r in skipped)
         try:
             series_list = group_series(headers, order=data_cfg.get("slice_order", "normal"))

@@ -1,0 +1,78 @@
+"""Predict DICOM series with an exported model: no training config and no model code needed.
+
+    python deploy/python/predict.py --model_dir output/inference --input /data/stage_2_test --output out \
+        [--backend paddle|onnxruntime --threads 4 --device cpu|gpu --no-mkldnn]
+
+Reads MODEL_DIR/inference.yml (preprocessing, labels) and inference.json / inference.pdmodel +
+inference.pdiparams (or inference.onnx), and writes the same files as tools/infer.py:
+OUT/predictions.csv, OUT/submission.csv, OUT/skipped.csv, OUT/series/<series_id>.{png,json}.
+Exit status: 0 all input files predicted, 3 some skipped, 4 nothing predicted, 2 bad arguments / model.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+_REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+if os.path.isdir(os.path.join(_REPO, "ppihd")):
+    sys.path.insert(0, _REPO)
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model_dir", required=True, help="folder written by tools/export_model.py")
+    p.add_argument("--input", "-i", nargs="+", required=True, help="DICOM files and/or folders (any nesting)")
+    p.add_argument("--output", required=True, help="output folder")
+    p.add_argument("--backend", choices=("paddle", "onnxruntime"), default="paddle")
+    p.add_argument("--device", default="cpu", help="cpu | gpu | gpu:N")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads (default: all cores)")
+    p.add_argument("--no-mkldnn", action="store_true", help="disable oneDNN on CPU (paddle back-end)")
+    p.add_argument("--threshold", type=float, default=None, help="series.json threshold (default inference.yml)")
+    p.add_argument("--chunk-slices", type=int, default=None,
+                   help="predict long series in overlapping chunks of this many slices (default: whole series)")
+    p.add_argument("--chunk-overlap", type=int, default=None)
+    p.add_argument("--num-workers", type=int, default=0, help="header-scan processes")
+    p.add_argument("--no-plots", action="store_true", help="skip the per-series PNG")
+    p.add_argument("--no-progress", action="store_true")
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    from ppihd.utils.env import get_logger, setup_threads
+
+    threads = setup_threads(args.threads)
+    from ppihd.engine.exporter import read_inference_yml
+    from ppihd.engine.predictor import OnnxBackend, PaddleInferenceBackend, run_inference
+    from ppihd.utils.config import deep_merge
+    from ppihd.utils.schema import DEFAULTS
+
+    log = get_logger()
+    try:
+        meta = read_inference_yml(args.model_dir)
+        if args.backend == "onnxruntime":
+            backend = OnnxBackend(args.model_dir, device=args.device, threads=threads)
+        else:
+            backend = PaddleInferenceBackend(args.model_dir, device=args.device, threads=threads,
+                                             mkldnn=not args.no_mkldnn)
+    except (FileNotFoundError, ValueError, RuntimeError) as e:
+        log.error("%s", e)
+        return 2
+    data_cfg = deep_merge(DEFAULTS["Data"], meta["Preprocess"])
+    infer_cfg = deep_merge(DEFAULTS["Infer"], meta.get("Infer") or {})
+    for key, val in (("threshold", args.threshold), ("chunk_slices", args.chunk_slices),
+                     ("chunk_overlap", args.chunk_overlap)):
+        if val is not None:
+            infer_cfg[key] = val
+    if args.no_plots:
+        infer_cfg["save_plots"] = False
+    infer_cfg["batch_series"] = 1  # the exported graph takes one series at a time
+    res = run_inference(args.input, args.output, backend, data_cfg, infer_cfg, num_workers=args.num_workers,
+                        progress=not args.no_progress, logger=log)
+    return int(res["exit_code"])
+
+
+if __name__ == "__main__":
+    sys.exit(main())
