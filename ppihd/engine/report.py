@@ -71,10 +71,10 @@ def write_summary(path: str, summary: Dict[str, Any]) -> str:
     return path
 
 
-def pick_key_slices(probs: np.ndarray, k: int, min_gap: Optional[int] = None) -> List[int]:
+def pick_key_slices(probs: np.ndarray, k: int, min_gap: Optional[int] = None, threshold: float = 0.5) -> List[int]:
     """Indices of up to ``k`` key slices, sorted: the most suspicious slices (highest max probability over
-    the six classes), at least ``min_gap`` apart (default ``S // (2k)``) so they show different levels;
-    the remaining places are filled with evenly spaced slices. ``probs``: ``[S, 6]``."""
+    the six classes, only those above ``threshold``), at least ``min_gap`` apart (default ``S // (2k)``) so
+    they show different levels; the remaining places are filled with evenly spaced slices. ``probs``: ``[S, 6]``."""
     probs = np.asarray(probs, dtype=np.float64).reshape(-1, len(LABELS))
     s = probs.shape[0]
     k = max(0, min(int(k), s))
@@ -84,7 +84,7 @@ def pick_key_slices(probs: np.ndarray, k: int, min_gap: Optional[int] = None) ->
     score = probs.max(axis=1)
     chosen: List[int] = []
     for i in np.argsort(-score, kind="stable"):
-        if len(chosen) >= k:
+        if len(chosen) >= k or score[i] <= threshold:
             break
         if all(abs(int(i) - j) >= gap for j in chosen):
             chosen.append(int(i))
@@ -118,7 +118,7 @@ def plot_series(path: str, probs: np.ndarray, brain: Optional[np.ndarray] = None
 
     probs = np.asarray(probs, dtype=np.float64).reshape(-1, len(LABELS))
     s = probs.shape[0]
-    keys = pick_key_slices(probs, key_slices) if brain is not None else []
+    keys = pick_key_slices(probs, key_slices, threshold=threshold) if brain is not None else []
     ncols = max(1, len(keys))
     fig = plt.figure(figsize=(max(10.0, 2.6 * ncols), 7.2 if keys else 4.2), dpi=100)
     gs = fig.add_gridspec(2 if keys else 1, ncols, height_ratios=[1.15, 1.0] if keys else [1.0],
