@@ -9,7 +9,7 @@ DEMO_DATA ?= data/demo
 DEMO_CFG  ?= configs/demo/swin_micro_seq.yaml
 JOBS   ?= 2
 
-.PHONY: install demo demo-data demo-preprocess demo-train demo-eval demo-infer demo-export test test-fast clean
+.PHONY: install demo demo-data demo-preprocess demo-train demo-eval demo-infer demo-export test test-fast clean bench bench-quick
 
 install: $(STAMP)
 
@@ -44,6 +44,19 @@ test: install
 
 test-fast: install
 	$(PY) -m pytest -q -x -m "not slow" tests
+
+# Benchmarks (not part of make test; docs/benchmarks.md). Each prints a table and writes output/bench/*.json.
+bench: install
+	$(PY) benchmarks/infer.py
+	$(PY) benchmarks/train_memory.py
+	$(PY) benchmarks/loader.py
+	$(PY) benchmarks/scaling.py
+
+bench-quick: install
+	$(PY) benchmarks/infer.py --quick
+	$(PY) benchmarks/train_memory.py --quick
+	$(PY) benchmarks/loader.py --quick
+	$(PY) benchmarks/scaling.py --quick --fig-dir output/bench/figures
 
 clean:
 	rm -rf output .pytest_cache

@@ -1,0 +1,83 @@
+"""The benchmark scripts run end to end in their --quick mode and write sane results.
+
+Timings are never asserted (shared CI machine); what is asserted is structure and correctness that does not
+depend on speed: every fp32 back-end gives the dygraph model's probabilities, the memory fit is built from
+real points, the loader delivered every slice of every epoch, the scaling fits and plots exist.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+pytestmark = pytest.mark.slow
+
+
+def _run(script, *args, timeout=600):
+    res = subprocess.run([sys.executable, os.path.join(REPO, "benchmarks", script), "--quick", *args],
+                         cwd=REPO, capture_output=True, text=True, timeout=timeout)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    return res.stdout
+
+
+def test_infer_quick(tmp_path):
+    out = _run("infer.py", "--workdir", str(tmp_path), "--paths", "dygraph,pi-onednn,pi-native,ort,pi-onednn-bf16")
+    assert "| path" in out and "GFLOP/s" in out
+    res = json.loads((tmp_path / "infer.json").read_text())
+    assert res["peak"]["gflops"] > 0
+    rows = {r["path"]: r for r in res["rows"]}
+    for path in ("dygraph", "pi-onednn", "pi-native"):
+        assert "error" not in rows[path], rows[path]
+        assert rows[path]["s_per_slice"] > 0 and rows[path]["peak_rss_mb"] > 100
+    # fp32 back-ends compute the same function as the dygraph model (same weights, same input)
+    assert rows["pi-onednn"]["max_dp"] < 1e-4
+    assert rows["pi-native"]["max_dp"] < 1e-4
+    if "error" not in rows["ort"]:
+        assert rows["ort"]["max_dp"] < 1e-4
+    # the analytic cost of the micro backbone at 224² (ppihd.arch.summary): 0.37 GMACs -> ~0.74 GFLOP
+    assert 0.5 < res["model"]["gflop_per_slice"] < 1.0
+
+
+def test_train_memory_quick(tmp_path):
+    out = _run("train_memory.py", "--workdir", str(tmp_path))
+    assert "GPU estimate GB" in out
+    res = json.loads((tmp_path / "train_memory.json").read_text())
+    assert [(r["recompute"], r["slices"]) for r in res["rows"]] == [(False, 2), (False, 4), (True, 2), (True, 4)]
+    for r in res["rows"]:
+        assert "error" not in r, r
+        assert r["peak_rss_mb"] >= r["rss_model_mb"] > 0
+    est = {e["recompute"]: e for e in res["estimate"]}
+    params = res["rows"][0]["params"]
+    # weights + grads + momentum = 12 bytes per parameter
+    assert est[True]["state_gb"] == pytest.approx(12 * params / 2 ** 30)
+
+
+def test_loader_quick(tmp_path):
+    out = _run("loader.py", "--workdir", str(tmp_path))
+    assert "slices/s" in out
+    res = json.loads((tmp_path / "loader.json").read_text())
+    total = None
+    for r in res["rows"]:
+        assert r["slices_per_s"] > 0
+        # one epoch minus the first (untimed) batch: every other slice of the training split was delivered
+        if total is None:
+            total = r["slices"] + r["first_batch_slices"]
+        assert r["slices"] + r["first_batch_slices"] == total
+    assert res["demo_training"]["slices_per_s"] > 0
+
+
+def test_scaling_quick(tmp_path):
+    figs = tmp_path / "figs"
+    out = _run("scaling.py", "--workdir", str(tmp_path), "--fig-dir", str(figs))
+    assert "linear fit" in out
+    res = json.loads((tmp_path / "scaling.json").read_text())
+    assert [r["slices"] for r in res["inference"]] == [1, 4, 16]
+    assert [r["files"] for r in res["preprocess"]] == [8, 16, 24]
+    # the sequence model is a fraction of a percent of the MACs at these lengths (analytic, not timed)
+    assert all(r["seq_share_pct"] < 1.0 for r in res["inference"])
+    assert (figs / "bench_scaling_inference.png").stat().st_size > 1000
+    assert (figs / "bench_scaling_preprocess.png").stat().st_size > 1000
