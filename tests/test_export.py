@@ -1,0 +1,110 @@
+"""Export (paddle.jit.save + inference.yml) and the Paddle Inference predictor against the dygraph model.
+
+Tiny model (micro Swin, 64 px) so it stays fast on CPU. The exported graph must give the dygraph numbers to
+1e-5 for S = 1, 7, 61 slices (dynamic slice count), with oneDNN on and off.
+"""
+import csv
+import os
+
+import numpy as np
+import paddle
+import pytest
+import yaml
+
+from ppihd import LABELS
+from ppihd.engine.exporter import export_model, read_inference_yml
+from ppihd.engine.predictor import DygraphBackend, PaddleInferenceBackend, find_model_files
+
+from infer_utils import infer_args, load_tool, tiny_model
+
+PADDLE3 = not paddle.__version__.startswith("2.")
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    cfg, model = tiny_model(64, seed=3)
+    out = str(tmp_path_factory.mktemp("export"))
+    ckpt = os.path.join(out, "micro.pdparams")
+    paddle.save(model.state_dict(), ckpt)
+    cfg["Global"]["pretrained_model"] = ckpt
+    files = export_model(model, cfg, os.path.join(out, "inference"))
+    return cfg, model, files, out
+
+
+def test_export_files_and_yml(exported):
+    cfg, _, files, _ = exported
+    d = os.path.dirname(files["model_file"])
+    assert os.path.basename(files["model_file"]) == ("inference.json" if PADDLE3 else "inference.pdmodel")
+    assert os.path.isfile(os.path.join(d, "inference.pdiparams"))
+    assert find_model_files(d) == (files["model_file"], files["params_file"])
+    meta = read_inference_yml(d)
+    assert meta["labels"] == list(LABELS)
+    assert meta["input"]["shape"] == [1, -1, 3, 64, 64]
+    assert meta["output"]["shape"] == [1, -1, 6] and meta["output"]["activation"] == "sigmoid"
+    assert meta["Preprocess"]["windows"] == [[40, 80], [80, 200], [40, 380]]
+    assert meta["Preprocess"]["image_size"] == 64
+    assert meta["Preprocess"]["remove_black_edges"] is True and meta["Preprocess"]["slice_order"] == "normal"
+    assert meta["paddle_version"] == paddle.__version__
+    with open(os.path.join(d, "inference.yml")) as f:  # plain YAML, readable without ppihd
+        assert yaml.safe_load(f)["arch"]["variant"] == "micro"
+
+
+@pytest.mark.parametrize("mkldnn", [True, False])
+def test_predictor_matches_dygraph(exported, mkldnn):
+    _, model, files, _ = exported
+    dy = DygraphBackend(model)
+    pb = PaddleInferenceBackend(os.path.dirname(files["model_file"]), threads=2, mkldnn=mkldnn)
+    rng = np.random.default_rng(0)
+    for s in (1, 7, 61):
+        x = rng.random((s, 3, 64, 64), dtype=np.float32)
+        a, b = dy.predict_series(x), pb.predict_series(x)
+        assert a.shape == b.shape == (s, 6)
+        np.testing.assert_allclose(b, a, atol=1e-5, rtol=0, err_msg=f"S={s} mkldnn={mkldnn}")
+        # and the numbers are probabilities of the dygraph logits (independent sigmoid)
+        with paddle.no_grad():
+            logits = model(paddle.to_tensor(x[None]), None).numpy()[0]
+        np.testing.assert_allclose(a, 1 / (1 + np.exp(-logits.astype(np.float64))), atol=1e-6)
+
+
+def test_batched_series_equal_single(exported):
+    """batch_series > 1 pads with a key-padding mask; results must equal one series at a time."""
+    _, model, _, _ = exported
+    rng = np.random.default_rng(1)
+    xs = [rng.random((s, 3, 64, 64), dtype=np.float32) for s in (3, 1, 5)]
+    single = [DygraphBackend(model).predict_series(x) for x in xs]
+    batched = DygraphBackend(model, batch_series=3).predict_many(xs)
+    for a, b in zip(single, batched):
+        np.testing.assert_allclose(b, a, atol=1e-5)
+
+
+def _rows(path):
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_deploy_predict_matches_tools_infer(exported, fixture_series_dir, tmp_path):
+    """deploy/python/predict.py (exported model, no training config) writes the same files and numbers."""
+    _, _, files, out = exported
+    ckpt = os.path.join(out, "micro.pdparams")
+    first = sorted(os.path.join(fixture_series_dir, n) for n in os.listdir(fixture_series_dir)
+                   if n.endswith(".dcm"))[:9]
+    rc1 = load_tool("tools/infer.py").main(infer_args(ckpt) + ["--input", *first, "--output", str(tmp_path / "a"),
+                                                               "-o", "Infer.save_plots=False"])
+    rc2 = load_tool("deploy/python/predict.py").main(
+        ["--model_dir", os.path.dirname(files["model_file"]), "--input", *first, "--output", str(tmp_path / "b"),
+         "--threads", "2", "--no-progress", "--no-plots"])
+    assert rc1 == rc2 == 0
+    a, b = _rows(tmp_path / "a" / "predictions.csv"), _rows(tmp_path / "b" / "predictions.csv")
+    assert len(a) == len(b) == 9
+    for ra, rb in zip(a, b):
+        assert ra["sop_uid"] == rb["sop_uid"] and ra["path"] == rb["path"]
+        for lab in LABELS:
+            assert abs(float(ra[lab]) - float(rb[lab])) < 1e-5
+    assert [r["ID"] for r in _rows(tmp_path / "a" / "submission.csv")] == \
+        [r["ID"] for r in _rows(tmp_path / "b" / "submission.csv")]
+
+
+def test_deploy_bad_model_dir_is_clear(tmp_path, fixture_series_dir, capsys):
+    rc = load_tool("deploy/python/predict.py").main(
+        ["--model_dir", str(tmp_path), "--input", fixture_series_dir, "--output", str(tmp_path / "o")])
+    assert rc == 2
