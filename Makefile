@@ -8,8 +8,10 @@ DEMO   ?= output/demo
 DEMO_DATA ?= data/demo
 DEMO_CFG  ?= configs/demo/swin_micro_seq.yaml
 JOBS   ?= 2
+VENV26 ?= .venv-paddle26
+STAMP26 := $(VENV26)/.installed
 
-.PHONY: install demo demo-data demo-preprocess demo-train demo-eval demo-infer demo-export test test-fast clean bench bench-quick
+.PHONY: install demo demo-data demo-preprocess demo-train demo-eval demo-infer demo-export test test-fast test-paddle26 clean bench bench-quick
 
 install: $(STAMP)
 
@@ -20,7 +22,7 @@ $(STAMP): requirements.txt requirements-dev.txt setup.py
 	$(PIP) install --no-deps -e .
 	touch $(STAMP)
 
-demo: install demo-data demo-preprocess demo-train demo-eval
+demo: install demo-data demo-preprocess demo-train demo-eval demo-infer demo-export
 	@echo "make demo: finished; outputs in $(DEMO_DATA) and $(DEMO)"
 
 demo-data: install
@@ -39,8 +41,32 @@ demo-eval: install
 	$(PY) tools/eval.py -c $(DEMO_CFG) -o Data.root=$(DEMO_DATA) -o Global.output_dir=$(DEMO) \
 		-o Global.pretrained_model=$(DEMO)/best_model --output $(DEMO)/eval
 
+# predict the synthetic test series with best_model (exit 3 = some files skipped, still a success here)
+demo-infer: install
+	$(PY) tools/infer.py -c $(DEMO_CFG) -o Global.pretrained_model=$(DEMO)/best_model -o Data.num_workers=$(JOBS) \
+		--input $(DEMO_DATA)/stage_2_test --output $(DEMO)/infer --threads $(JOBS) || [ $$? -eq 3 ]
+
+# export best_model for Paddle Inference and predict the same series without the training config
+demo-export: install
+	$(PY) tools/export_model.py -c $(DEMO_CFG) -o Global.pretrained_model=$(DEMO)/best_model \
+		-o Global.save_inference_dir=$(DEMO)/inference
+	$(PY) deploy/python/predict.py --model_dir $(DEMO)/inference --input $(DEMO_DATA)/stage_2_test \
+		--output $(DEMO)/predict --threads $(JOBS) || [ $$? -eq 3 ]
+
 test: install
 	$(PY) -m pytest -q tests
+	$(MAKE) test-paddle26
+
+# Paddle 2.6 (numpy<2) smoke subset in a second venv: model forward, export (.pdmodel), predictor, infer
+$(STAMP26): requirements-paddle26.txt setup.py
+	$(PYTHON) -m venv $(VENV26)
+	$(VENV26)/bin/pip install --upgrade pip
+	$(VENV26)/bin/pip install -r requirements-paddle26.txt
+	$(VENV26)/bin/pip install --no-deps -e .
+	touch $(STAMP26)
+
+test-paddle26: $(STAMP26)
+	$(VENV26)/bin/python -m pytest -q -p no:cacheprovider tests/paddle26 tests/test_export.py tests/test_infer.py
 
 test-fast: install
 	$(PY) -m pytest -q -x -m "not slow" tests
