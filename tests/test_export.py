@@ -108,3 +108,20 @@ def test_deploy_bad_model_dir_is_clear(tmp_path, fixture_series_dir, capsys):
     rc = load_tool("deploy/python/predict.py").main(
         ["--model_dir", str(tmp_path), "--input", fixture_series_dir, "--output", str(tmp_path / "o")])
     assert rc == 2
+
+
+def test_onnx_export_matches_dygraph(exported):
+    """Export.onnx: paddle2onnx (--optimize_tool None, nothing installed at run time) + onnxruntime."""
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("paddle2onnx")
+    from ppihd.engine.exporter import export_onnx
+    from ppihd.engine.predictor import OnnxBackend
+
+    _, model, files, _ = exported
+    d = os.path.dirname(files["model_file"])
+    export_onnx(files["model_file"], files["params_file"], os.path.join(d, "inference.onnx"), 13)
+    ob = OnnxBackend(d, threads=2)
+    rng = np.random.default_rng(5)
+    for s in (1, 7, 61):
+        x = rng.random((s, 3, 64, 64), dtype=np.float32)
+        np.testing.assert_allclose(ob.predict_series(x), DygraphBackend(model).predict_series(x), atol=1e-5)
