@@ -54,6 +54,7 @@ def test_predictor_matches_dygraph(exported, mkldnn):
     _, model, files, _ = exported
     dy = DygraphBackend(model)
     pb = PaddleInferenceBackend(os.path.dirname(files["model_file"]), threads=2, mkldnn=mkldnn)
+    assert pb.mkldnn == mkldnn  # --no-mkldnn really turns oneDNN off (Paddle 3 enables it by default)
     rng = np.random.default_rng(0)
     for s in (1, 7, 61):
         x = rng.random((s, 3, 64, 64), dtype=np.float32)

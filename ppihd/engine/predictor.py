@@ -181,6 +181,8 @@ class PaddleInferenceBackend(Backend):
             cfg.disable_gpu()
             if mkldnn:
                 cfg.enable_mkldnn()
+            elif hasattr(cfg, "disable_mkldnn"):  # Paddle 3.x enables oneDNN by default on CPU
+                cfg.disable_mkldnn()
             if threads:
                 cfg.set_cpu_math_library_num_threads(int(threads))
         try:
@@ -191,7 +193,8 @@ class PaddleInferenceBackend(Backend):
         self.predictor = pinf.create_predictor(cfg)
         self.input_name = self.predictor.get_input_names()[0]
         self.output_name = self.predictor.get_output_names()[0]
-        self.device, self.mkldnn, self.threads = dev, bool(mkldnn), threads
+        self.device, self.threads = dev, threads
+        self.mkldnn = bool(cfg.mkldnn_enabled()) if hasattr(cfg, "mkldnn_enabled") else bool(mkldnn)
 
     def predict_series(self, images: np.ndarray) -> np.ndarray:
         x = np.ascontiguousarray(np.asarray(images, np.float32)[None])
