@@ -31,7 +31,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--no-mkldnn", action="store_true", help="disable oneDNN on CPU (paddle back-end)")
     p.add_argument("--threshold", type=float, default=None, help="series.json threshold (default inference.yml)")
     p.add_argument("--chunk-slices", type=int, default=None,
-                   help="predict long series in overlapping chunks of this many slices (default: whole series)")
+                   help="series longer than this go in overlapping chunks (default: inference.yml Infer.chunk_slices, "
+                        "128); 0 = always the whole series")
     p.add_argument("--chunk-overlap", type=int, default=None)
     p.add_argument("--num-workers", type=int, default=0, help="header-scan processes")
     p.add_argument("--no-plots", action="store_true", help="skip the per-series PNG")

@@ -153,17 +153,19 @@ DEFAULTS: Dict[str, Any] = {
         "eps": 1e-7,                               # probability clip [eps, 1-eps] for the log loss
         "class_weights": [1.0, 1.0, 1.0, 1.0, 1.0, 2.0],
     },
-    "Infer": {
-        "batch_series": 1,
-        "threshold": 0.5,                          # slices above it are listed in series.json
-        "chunk_slices": None,                      # None = the whole series in one pass
-        "chunk_overlap": 8,
-        "key_slices": 4,                           # slices shown in the per-series PNG
-        "save_plots": True,
+    "Infer": {                                     # tools/infer.py, deploy/python/predict.py (docs/inference.md)
+        "batch_series": 1,                         # series per dygraph forward (padded + key-padding mask)
+        "threshold": 0.5,                          # slices above it are listed in series.json / shaded in the PNG
+        "chunk_slices": 128,                       # series longer than this go in overlapping chunks (memory:
+                                                   # ~29 MB/slice for Swin-B on CPU); None = always whole series.
+                                                   # Every RSNA series (<= ~60 slices) is one pass either way.
+        "chunk_overlap": 32,                       # slices shared by consecutive chunks (their probabilities averaged)
+        "key_slices": 4,                           # brain-window thumbnails in the per-series PNG
+        "save_plots": True,                        # write series/<series_id>.png (the JSON is always written)
     },
-    "Export": {
-        "onnx": False,
-        "opset_version": 13,
+    "Export": {                                    # tools/export_model.py
+        "onnx": False,                             # also write inference.onnx (paddle2onnx, --optimize_tool None)
+        "opset_version": 13,                       # ONNX opset
     },
     "PseudoLabel": {
         "tau_s": 0.95,                             # series kept if every slice/class has max(p,1-p) > tau_s
