@@ -109,9 +109,14 @@ def pad_zeros(x: paddle.Tensor, axis: int, amount: int) -> paddle.Tensor:
 
 
 def window_partition(x: paddle.Tensor, window: int) -> paddle.Tensor:
-    """``[B, H, W, C]`` (H, W multiples of ``window``) -> ``[B * nW, window * window, C]``."""
+    """``[B, H, W, C]`` (H, W multiples of ``window``) -> ``[B * nW, window * window, C]``.
+
+    Reshapes in this file write the batch dimension as ``-1`` (never ``x.shape[0]``): in an exported graph the
+    target shape is then a constant, which lets Paddle Inference's oneDNN bf16 pass keep the qkv/proj Linear
+    layers in bf16 (a shape computed at run time made it fall back to fp32; docs/benchmarks.md).
+    """
     b, h, w, c = x.shape
-    x = x.reshape([b, h // window, window, w // window, window, c]).transpose([0, 1, 3, 2, 4, 5])
+    x = x.reshape([-1, h // window, window, w // window, window, c]).transpose([0, 1, 3, 2, 4, 5])
     return x.reshape([-1, window * window, c])
 
 
@@ -193,9 +198,9 @@ class WindowAttention(nn.Layer):
 
     def forward(self, x: paddle.Tensor, mask: Optional[paddle.Tensor] = None) -> paddle.Tensor:
         """x ``[B*nW, N, C]``; mask additive ``[nW, N, N]`` or None. Returns ``[B*nW, N, C]``."""
-        bw, n, c = x.shape
+        n, c = x.shape[1], x.shape[2]
         h = self.num_heads
-        qkv = self.qkv(x).reshape([bw, n, 3, h, c // h]).transpose([2, 0, 3, 1, 4])
+        qkv = self.qkv(x).reshape([-1, n, 3, h, c // h]).transpose([2, 0, 3, 1, 4])
         q, k, v = paddle.unbind(qkv, axis=0)  # [B*nW, h, N, d]; unbind's backward is cheaper than slicing
         attn = paddle.matmul(q * self.scale, k, transpose_y=True)
         bias = self.relative_bias().unsqueeze(0)  # [1, h, N, N]
@@ -208,9 +213,9 @@ class WindowAttention(nn.Layer):
             # differ only in the rounding of ~MASK_VALUE, whose softmax weight is ~exp(-100).
             nw = mask.shape[0]
             bias = bias + mask.unsqueeze(1)
-            attn = (attn.reshape([bw // nw, nw, h, n, n]) + bias.unsqueeze(0)).reshape([bw, h, n, n])
+            attn = (attn.reshape([-1, nw, h, n, n]) + bias.unsqueeze(0)).reshape([-1, h, n, n])
         attn = self.attn_drop(F.softmax(attn, axis=-1))
-        out = paddle.matmul(attn, v).transpose([0, 2, 1, 3]).reshape([bw, n, c])
+        out = paddle.matmul(attn, v).transpose([0, 2, 1, 3]).reshape([-1, n, c])
         return self.proj_drop(self.proj(out))
 
     def extra_repr(self) -> str:
@@ -257,9 +262,9 @@ class SwinTransformerBlock(nn.Layer):
         return self._mask_cache[key]
 
     def _attention(self, x: paddle.Tensor, height: int, width: int) -> paddle.Tensor:
-        b, _, c = x.shape
+        c = x.shape[-1]
         w = self.window_size
-        x = x.reshape([b, height, width, c])
+        x = x.reshape([-1, height, width, c])
         pad_b, pad_r = (w - height % w) % w, (w - width % w) % w
         if pad_b or pad_r:
             x = pad_zeros(pad_zeros(x, 1, pad_b), 2, pad_r)  # oneDNN-safe (see pad_zeros)
@@ -273,7 +278,7 @@ class SwinTransformerBlock(nn.Layer):
             x = paddle.roll(x, shifts=(shift, shift), axis=(1, 2))
         if pad_b or pad_r:
             x = x[:, :height, :width, :]
-        return x.reshape([b, height * width, c])
+        return x.reshape([-1, height * width, c])
 
     def forward(self, x: paddle.Tensor, height: int, width: int) -> paddle.Tensor:
         """x ``[B, H*W, C]`` -> ``[B, H*W, C]``."""
@@ -302,8 +307,8 @@ class PatchMerging(nn.Layer):
 
     def forward(self, x: paddle.Tensor, height: int, width: int) -> Tuple[paddle.Tensor, int, int]:
         """x ``[B, H*W, C]`` -> (``[B, ceil(H/2)*ceil(W/2), 2C]``, H', W')."""
-        b, _, c = x.shape
-        x = x.reshape([b, height, width, c])
+        c = x.shape[-1]
+        x = x.reshape([-1, height, width, c])
         if height % 2 or width % 2:
             x = pad_zeros(pad_zeros(x, 1, height % 2), 2, width % 2)  # oneDNN-safe (see pad_zeros)
         x0 = x[:, 0::2, 0::2, :]
@@ -311,7 +316,7 @@ class PatchMerging(nn.Layer):
         x2 = x[:, 0::2, 1::2, :]
         x3 = x[:, 1::2, 1::2, :]
         h2, w2 = x0.shape[1], x0.shape[2]
-        x = paddle.concat([x0, x1, x2, x3], axis=-1).reshape([b, h2 * w2, 4 * c])
+        x = paddle.concat([x0, x1, x2, x3], axis=-1).reshape([-1, h2 * w2, 4 * c])
         return self.reduction(self.norm(x)), h2, w2
 
 
