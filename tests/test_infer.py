@@ -158,3 +158,24 @@ def test_missing_checkpoint_is_a_clear_error(tmp_path, fixture_series_dir, caplo
     rc = load_tool("tools/infer.py").main(infer_args(str(tmp_path / "nope.pdparams")) +
                                           ["--input", fixture_series_dir, "--output", str(tmp_path / "o")])
     assert rc == 2
+
+
+def test_rsna_layout_submission_ids(tmp_path):
+    """RSNA files carry SOPInstanceUID ``ID_<hex>``: the submission keeps it (no ``ID_ID_``) and lists
+    six rows per image in label order; the slices come out in anatomical order (positions 5 mm apart)."""
+    from rsna_tiny import make_tiny_rsna
+
+    info = make_tiny_rsna(str(tmp_path / "rsna"), n_train=0, n_test=2, slices=5, extras=False)
+    ckpt = save_tiny_checkpoint(str(tmp_path / "m.pdparams"))
+    rc = load_tool("tools/infer.py").main(infer_args(ckpt) + [
+        "--input", str(tmp_path / "rsna" / "stage_2_test"), "--output", str(tmp_path / "o"),
+        "-o", "Infer.save_plots=False"])
+    assert rc == EXIT_OK
+    rows = _read(tmp_path / "o" / "predictions.csv")
+    by_series = {}
+    for r in rows:
+        by_series.setdefault(r["series_uid"], []).append(r["sop_uid"])
+    assert by_series == info["test"]  # every test slice, in the true anatomical order
+    sub = [r["ID"] for r in _read(tmp_path / "o" / "submission.csv")]
+    assert len(sub) == 6 * 10 and not any(i.startswith("ID_ID_") for i in sub)
+    assert sub[:6] == [f"{rows[0]['sop_uid']}_{lab}" for lab in LABELS]
