@@ -126,3 +126,15 @@ def test_onnx_export_matches_dygraph(exported):
     for s in (1, 7, 61):
         x = rng.random((s, 3, 64, 64), dtype=np.float32)
         np.testing.assert_allclose(ob.predict_series(x), DygraphBackend(model).predict_series(x), atol=1e-5)
+
+
+def test_chunked_prediction(exported):
+    """Infer.chunk_slices: a series no longer than a chunk is one pass; a longer one is the per-slice mean of
+    the windows (0,6), (4,10), (6,12) for S=12, chunk 6, overlap 2."""
+    _, model, _, _ = exported
+    dy = DygraphBackend(model, batch_series=2)
+    x = np.random.default_rng(7).random((12, 3, 64, 64), dtype=np.float32)
+    np.testing.assert_allclose(dy.predict(x, 12, 2), dy.predict_series(x), atol=1e-6)
+    w = [dy.predict_series(x[b:e]) for b, e in ((0, 6), (4, 10), (6, 12))]
+    expect = np.concatenate([w[0][:4], (w[0][4:6] + w[1][:2]) / 2, (w[1][2:6] + w[2][:4]) / 2, w[2][4:]])
+    np.testing.assert_allclose(dy.predict(x, 6, 2), expect, atol=1e-5)
