@@ -179,3 +179,15 @@ def test_rsna_layout_submission_ids(tmp_path):
     sub = [r["ID"] for r in _read(tmp_path / "o" / "submission.csv")]
     assert len(sub) == 6 * 10 and not any(i.startswith("ID_ID_") for i in sub)
     assert sub[:6] == [f"{rows[0]['sop_uid']}_{lab}" for lab in LABELS]
+
+
+def test_same_file_given_twice_is_predicted_once(tmp_path, fixture_series_dir):
+    ckpt = save_tiny_checkpoint(str(tmp_path / "m.pdparams"))
+    a = os.path.join(fixture_series_dir, "01.dcm")
+    b = os.path.join(fixture_series_dir, "02.dcm")
+    rc = load_tool("tools/infer.py").main(infer_args(ckpt) + ["--input", a, b, a, "--output", str(tmp_path / "o"),
+                                                              "-o", "Infer.save_plots=False"])
+    assert rc == EXIT_OK
+    rows = _read(tmp_path / "o" / "predictions.csv")
+    assert [os.path.basename(r["path"]) for r in rows] == ["01.dcm", "02.dcm"]
+    assert [r["slice_idx"] for r in rows] == ["0", "1"]

@@ -316,6 +316,12 @@ def run_inference(inputs: Sequence[str], out_dir: str, backend: Backend, data_cf
     with OutputWriter(out_dir) as writer:
         headers, skipped = scan(inputs, num_workers, progress=progress)  # also lists missing inputs, empty folders
         writer.add_skipped_many((str(p), str(r)) for p, r in skipped)
+        uniq, seen = [], set()
+        for h in headers:  # the same file given twice (a folder and a file in it) is predicted once
+            if os.path.abspath(h.path) not in seen:
+                seen.add(os.path.abspath(h.path))
+                uniq.append(h)
+        headers = uniq
         try:
             series_list = group_series(headers, order=data_cfg.get("slice_order", "normal"))
         except Exception as e:  # pragma: no cover - defensive: grouping must not lose the skipped list
