@@ -1,7 +1,7 @@
 """Predict DICOM series with an exported model: no training config and no model code needed.
 
     python deploy/python/predict.py --model_dir output/inference --input /data/stage_2_test --output out \
-        [--backend paddle|onnxruntime --threads 4 --device cpu|gpu --no-mkldnn]
+        [--backend paddle|onnxruntime --threads 4 --device auto|cpu|gpu --no-mkldnn]
 
 Reads MODEL_DIR/inference.yml (preprocessing, labels) and inference.json / inference.pdmodel +
 inference.pdiparams (or inference.onnx), and writes the same files as tools/infer.py:
@@ -26,7 +26,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--input", "-i", nargs="+", required=True, help="DICOM files and/or folders (any nesting)")
     p.add_argument("--output", required=True, help="output folder")
     p.add_argument("--backend", choices=("paddle", "onnxruntime"), default="paddle")
-    p.add_argument("--device", default="cpu", help="cpu | gpu | gpu:N")
+    p.add_argument("--device", default="auto", help="auto (GPU when paddle has CUDA and a GPU, else CPU) | cpu | gpu | gpu:N")
     p.add_argument("--threads", type=int, default=None, help="CPU threads (default: all cores)")
     p.add_argument("--no-mkldnn", action="store_true", help="disable oneDNN on CPU (paddle back-end)")
     p.add_argument("--threshold", type=float, default=None, help="series.json threshold (default inference.yml)")
@@ -51,6 +51,12 @@ def main(argv=None) -> int:
     from ppihd.utils.schema import DEFAULTS
 
     log = get_logger()
+    if args.device == "auto":
+        import paddle
+
+        has_gpu = paddle.device.is_compiled_with_cuda() and paddle.device.cuda.device_count() > 0
+        args.device = "gpu" if has_gpu else "cpu"
+    log.info("backend %s on %s, %d CPU threads", args.backend, args.device, threads)
     try:
         meta = read_inference_yml(args.model_dir)
         if args.backend == "onnxruntime":
