@@ -108,8 +108,9 @@ def plot(inf_rows, pre_rows, fig_dir: str) -> list:
 
     os.makedirs(fig_dir, exist_ok=True)
     out = []
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
-    for ax, model in zip(axes, sorted({r["model"] for r in inf_rows}, key=lambda m: m != "micro")):
+    models = sorted({r["model"] for r in inf_rows}, key=lambda m: m != "micro")
+    fig, axes = plt.subplots(1, len(models), figsize=(5 * len(models), 4), squeeze=False)
+    for ax, model in zip(axes[0], models):
         pts = [r for r in inf_rows if r["model"] == model]
         xs, ys = [r["slices"] for r in pts], [r["seconds"] for r in pts]
         ax.plot(xs, ys, "o", label="measured")
