@@ -56,6 +56,7 @@ def main(argv=None) -> int:
         log.error("%s", e)
         return 2
     res = evaluate(model, data, cfg, prior=prior)
+    res["split"] = args.split
     out = args.output or os.path.join(cfg["Global"]["output_dir"], "eval")
     os.makedirs(out, exist_ok=True)
     preds = res.pop("predictions")
