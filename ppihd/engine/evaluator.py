@@ -182,7 +182,8 @@ def write_predictions_csv(preds: Mapping[str, Any], path: str) -> str:
 
 def format_metrics(res: Mapping[str, Any]) -> str:
     """Human-readable table of the metrics, with the constant-prior baseline next to head 2."""
-    lines = [f"{res.get('split', 'validation')}: {res.get('n_series', 0)} series, {res.get('n_slices', 0)} labelled slices"]
+    lines = [f"{res.get('split', 'validation')}: {res.get('n_series', 0)} series, "
+             f"{res.get('n_slices', 0)} labelled slices"]
     base = res.get("baseline")
     for head in ("head2", "head1"):
         m = res.get(head)
