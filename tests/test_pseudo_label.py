@@ -91,8 +91,15 @@ def test_cli(tmp_path):
                        capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     assert "kept 1/3 series" in r.stdout and "3/8 slices" in r.stdout
+    assert "WARNING" not in r.stdout  # series A carries a subdural/any positive
     df = read_pseudo_csv(str(out))
     assert df["sop_uid"].tolist() == ["ID_a0", "ID_a1", "ID_a2"] and int(df["any"].sum()) == 1
+    # only all-negative series kept -> warning
+    _pred(ROWS[:1] + ROWS[2:3]).to_csv(tmp_path / "neg.csv", index=False)
+    r = subprocess.run([sys.executable, os.path.join(ROOT, "tools", "pseudo_label.py"), "--pred",
+                        str(tmp_path / "neg.csv"), "--out", str(tmp_path / "neg_pseudo.csv")], capture_output=True,
+                       text=True)
+    assert r.returncode == 0 and "every kept pseudo-label is negative" in r.stdout
     # a submission file has no series information: clear error
     pd.DataFrame({"ID": ["ID_a0_any"], "Label": [0.1]}).to_csv(tmp_path / "sub.csv", index=False)
     r = subprocess.run([sys.executable, os.path.join(ROOT, "tools", "pseudo_label.py"), "--pred",

@@ -52,6 +52,11 @@ def main(argv=None) -> int:
     if rates is not None:
         print(f"label distribution (train: {n_img} images from {a.train_labels}):")
     print(label_distribution_table(sel.pseudo, rates))
+    if sel.kept_slices and int(sel.pseudo["any"].sum()) == 0:
+        print("WARNING: every kept pseudo-label is negative (no slice has p(any) > tau_p); FixMatch would only add "
+              "negative series. Is the model trained beyond the class prior?")
+    elif sel.kept_series == 0:
+        print(f"WARNING: no series passed tau_s={a.tau_s}; the output is empty (lower --tau-s or improve the model)")
     print(f"wrote {a.out}")
     return 0
 
