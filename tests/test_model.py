@@ -248,3 +248,18 @@ def test_bad_input_shapes_are_clear_errors():
         m(rand(2, 3, IMG, IMG))
     with pytest.raises(ValueError, match="mask shape"):
         m(rand(1, 3, 3, IMG, IMG), paddle.to_tensor([[True, False]]))
+
+
+def test_zero_head_init_with_prior_bias_predicts_the_bias_everywhere():
+    bias = [-3.0, -2.5, -3.5, -2.0, -1.5, -1.0]
+    m = make("Arch.head_init=zero", f"Arch.head_bias={bias}")
+    m.eval()
+    out = m(rand(2, 3, 3, IMG, IMG), paddle.to_tensor([[True, True, True], [True, False, False]])).numpy()
+    np.testing.assert_allclose(out, np.broadcast_to(np.array(bias, "float32"), out.shape), atol=1e-6)
+    m.train()
+    aux = m(rand(1, 2, 3, IMG, IMG, seed=1))["aux_logits"].numpy()
+    np.testing.assert_allclose(aux, np.broadcast_to(np.array(bias, "float32"), aux.shape), atol=1e-6)
+    d = make()  # default: the Linear init, heads depend on the input
+    assert float(paddle.abs(d.head2.weight).max()) > 0 and float(paddle.abs(d.head2.bias).max()) == 0
+    with pytest.raises(ValueError, match="head_bias"):
+        make("Arch.head_bias=[0.0, 1.0]")

@@ -271,3 +271,49 @@ def test_full_backbone_matches_independent_numpy_forward(post_norm):
     got = m.forward_features(paddle.to_tensor(x)).numpy()[0]
     exp = numpy_swin_features(params(m), x[0].astype(np.float64), embed, depths, heads, window, post_norm)
     np.testing.assert_allclose(got, exp, rtol=1e-4, atol=1e-4)
+
+
+# --- res-post-norm initialisation (Arch.backbone.post_norm_init) ---
+
+def test_zero_post_norm_init_makes_every_block_the_identity():
+    """Swin V2 res-post-norm init: LN weight = bias = 0, so x + LN(attn(x)) = x and x + LN(mlp(x)) = x."""
+    paddle.seed(0)
+    m = SwinTransformer("micro", img_size=32, window_size=2, drop_path_rate=0.3)
+    assert m.post_norm_init == "zero"
+    for layer in m.layers:
+        for b in layer.blocks:
+            for norm in (b.norm1, b.norm2):
+                assert float(paddle.abs(norm.weight).max()) == 0.0
+                assert float(paddle.abs(norm.bias).max()) == 0.0
+    x = np.random.default_rng(0).standard_normal((2, 16, 32)).astype("float32")
+    blk0 = m.layers[0].blocks[1]  # shifted block, 4x4 map
+    for mode in ("train", "eval"):  # drop path scales a zero branch: still the identity
+        getattr(blk0, mode)()
+        np.testing.assert_array_equal(blk0(paddle.to_tensor(x), 4, 4).numpy(), x)
+
+
+def test_zero_post_norm_init_backbone_is_embed_merges_and_final_norm():
+    """With identity blocks the features are mean(LN(merge3(merge2(merge1(embed(x))))))."""
+    paddle.seed(1)
+    m = SwinTransformer("micro", img_size=32, window_size=2)
+    m.eval()
+    x = paddle.to_tensor(np.random.default_rng(1).random((2, 3, 32, 32)).astype("float32"))
+    t, h, w = m.patch_embed(x)
+    for layer in m.layers:
+        if layer.downsample is not None:
+            t, h, w = layer.downsample(t, h, w)
+    exp = m.norm(t).mean(axis=1).numpy()
+    np.testing.assert_allclose(m.forward_features(x).numpy(), exp, rtol=1e-5, atol=1e-6)
+
+
+def test_one_post_norm_init_and_pre_norm_keep_plain_layernorm_init():
+    paddle.seed(2)
+    for m in (SwinTransformer("micro", post_norm=True, post_norm_init="one"),
+              SwinTransformer("micro", post_norm=False)):  # pre-norm: post_norm_init does not apply
+        for layer in m.layers:
+            for b in layer.blocks:
+                for norm in (b.norm1, b.norm2):
+                    np.testing.assert_array_equal(norm.weight.numpy(), np.ones(norm.weight.shape, "float32"))
+                    np.testing.assert_array_equal(norm.bias.numpy(), np.zeros(norm.bias.shape, "float32"))
+    with pytest.raises(ValueError, match="post_norm_init"):
+        SwinTransformer("micro", post_norm_init="ones")

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import copy
-from typing import Any, Dict, Mapping, Optional, Union
+from typing import Any, Dict, Mapping, Optional, Sequence, Union
 
 import numpy as np
 import paddle
@@ -27,6 +27,10 @@ class IHDNet(nn.Layer):
         deep_supervision: auxiliary head 1 on every slice's features (paper's DS).
         num_classes: 6 (RSNA labels, ``ppihd.LABELS`` order).
         pretrained: ImageNet backbone weights loaded at build time (see :mod:`ppihd.arch.weights`).
+        head_init: ``default`` (Paddle's Linear init, as the reference code) | ``zero`` (head 1 and head 2
+            weights 0, so both heads start at the constant ``head_bias`` whatever the features).
+        head_bias: initial head 1 / head 2 bias: ``None`` (0) or ``num_classes`` logits, e.g. the training
+            prevalences' logits so that training starts from the constant prior.
 
     ``forward(images [B, S, 3, H, W] float in [0, 1], mask bool [B, S] | None)``: in ``train()`` mode
     ``{"logits": head 2 [B, S, 6], "aux_logits": head 1 [B, S, 6]}`` (no ``aux_logits`` without deep
@@ -36,7 +40,8 @@ class IHDNet(nn.Layer):
 
     def __init__(self, backbone: Mapping[str, Any], sequence: Optional[Mapping[str, Any]] = None,
                  inter_slice: bool = True, deep_supervision: bool = True, num_classes: int = 6,
-                 pretrained: Optional[str] = None) -> None:
+                 pretrained: Optional[str] = None, head_init: str = "default",
+                 head_bias: Optional[Sequence[float]] = None) -> None:
         super().__init__()
         self.backbone = BACKBONES.build(dict(backbone))
         d = int(self.backbone.num_features)
@@ -47,6 +52,17 @@ class IHDNet(nn.Layer):
         self.head1 = nn.Linear(d, num_classes) if self.deep_supervision else None
         self.sequence = SequenceTransformer(d_model=d, **dict(sequence or {})) if self.inter_slice else None
         self.head2 = nn.Linear(d, num_classes)
+        if head_init not in ("default", "zero"):
+            raise ValueError(f"Arch.head_init '{head_init}' unknown; expected default | zero")
+        if head_bias is not None and len(head_bias) != self.num_classes:
+            raise ValueError(f"Arch.head_bias has {len(head_bias)} values, expected num_classes = {num_classes}")
+        for head in (self.head1, self.head2):
+            if head is None:
+                continue
+            if head_init == "zero":
+                nn.initializer.Constant(0.0)(head.weight)
+            if head_bias is not None:
+                head.bias.set_value(np.asarray(head_bias, dtype="float32"))
         self.load_report = None
         if pretrained:
             from .weights import load_backbone_pretrained

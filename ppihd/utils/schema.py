@@ -111,6 +111,9 @@ DEFAULTS: Dict[str, Any] = {
             "attn_drop_rate": 0.0,
             "drop_path_rate": 0.5,                 # linear over all blocks (reference)
             "post_norm": True,                     # paper: PN (res-post-norm)
+            "post_norm_init": "zero",              # zero = Swin V2 res-post-norm init (block norm1/norm2 weight
+                                                   # and bias 0: identity blocks at init) | one = plain LN init;
+                                                   # only with post_norm; pretrained weights overwrite it
             "recompute": False,                    # activation checkpointing per stage
         },
         "pretrained": None,                        # ImageNet backbone weights (.pdparams, PaddleClas names)
@@ -125,6 +128,9 @@ DEFAULTS: Dict[str, Any] = {
             "padding_mask": True,                  # False = reference (no key-padding mask)
         },
         "num_classes": 6,
+        "head_init": "default",                    # default (Paddle Linear init, as the reference) | zero (head 1/2
+                                                   # weights 0: both heads start at head_bias for every input)
+        "head_bias": None,                         # None (0) | 6 initial head 1/2 bias logits (e.g. prior logits)
     },
     "Loss": {
         "name": "IHDLoss",                         # registered in ppihd.loss.LOSSES

@@ -228,11 +228,16 @@ class SwinTransformerBlock(nn.Layer):
     ``post_norm=True`` (res-post-norm, Swin v2 / the paper's PN): ``x = x + DropPath(LN(attn(x)))`` and
     ``x = x + DropPath(LN(mlp(x)))``. ``post_norm=False`` (v1 pre-norm): ``x = x + DropPath(attn(LN(x)))``.
     The norms keep the names ``norm1`` / ``norm2`` in both settings.
+
+    ``post_norm_init`` (only with ``post_norm=True``): ``"zero"`` sets norm1/norm2 weight and bias to 0, as
+    Swin V2 does for its res-post-norm blocks (official ``_init_respostnorm``, timm), so the block is exactly
+    the identity at initialisation and the residual stream is not swamped by unit-norm branches; ``"one"`` is
+    the plain LayerNorm init (weight 1, bias 0). Pretrained weights overwrite either.
     """
 
     def __init__(self, dim: int, num_heads: int, window_size: int = 7, shift_size: int = 0,
                  mlp_ratio: float = 4.0, qkv_bias: bool = True, drop: float = 0.0, attn_drop: float = 0.0,
-                 drop_path: float = 0.0, post_norm: bool = True) -> None:
+                 drop_path: float = 0.0, post_norm: bool = True, post_norm_init: str = "zero") -> None:
         super().__init__()
         if not 0 <= shift_size < window_size:
             raise ValueError(f"shift_size {shift_size} must be in [0, window_size={window_size})")
@@ -245,6 +250,9 @@ class SwinTransformerBlock(nn.Layer):
         self.drop_path = DropPath(drop_path)
         self.norm2 = nn.LayerNorm(dim)
         self.mlp = Mlp(dim, int(dim * mlp_ratio), drop)
+        if post_norm_init not in ("zero", "one"):
+            raise ValueError(f"Arch.backbone.post_norm_init '{post_norm_init}' unknown; expected zero | one")
+        self.post_norm_init = post_norm_init
         self._mask_cache: Dict[Tuple[int, int, int], Optional[paddle.Tensor]] = {}
 
     def effective_shift(self, height: int, width: int) -> int:
@@ -346,12 +354,13 @@ class BasicLayer(nn.Layer):
 
     def __init__(self, dim: int, depth: int, num_heads: int, window_size: int, mlp_ratio: float,
                  qkv_bias: bool, drop: float, attn_drop: float, drop_path: Sequence[float],
-                 downsample: bool, post_norm: bool, recompute: bool = False) -> None:
+                 downsample: bool, post_norm: bool, recompute: bool = False,
+                 post_norm_init: str = "zero") -> None:
         super().__init__()
         self.recompute = recompute
         self.blocks = nn.LayerList([
             SwinTransformerBlock(dim, num_heads, window_size, 0 if i % 2 == 0 else window_size // 2,
-                                 mlp_ratio, qkv_bias, drop, attn_drop, drop_path[i], post_norm)
+                                 mlp_ratio, qkv_bias, drop, attn_drop, drop_path[i], post_norm, post_norm_init)
             for i in range(depth)])
         self.downsample = PatchMerging(dim) if downsample else None
 
@@ -378,6 +387,8 @@ class SwinTransformer(nn.Layer):
         mlp_ratio, qkv_bias, drop_rate, attn_drop_rate: as in Swin.
         drop_path_rate: stochastic depth, linear from 0 to this value over all blocks.
         post_norm: res-post-norm (paper's PN) if True, v1 pre-norm if False.
+        post_norm_init: ``zero`` (Swin V2 res-post-norm init: the blocks' norm1/norm2 weight and bias start
+            at 0, every block is the identity at init) | ``one`` (plain LayerNorm init). Only with post_norm.
         recompute: activation checkpointing per block, active only in training.
         num_classes: ImageNet classifier size (0 = no ``head``; PaddleClas ``class_num``).
     """
@@ -387,7 +398,7 @@ class SwinTransformer(nn.Layer):
                  num_heads: Optional[Sequence[int]] = None, window_size: int = 7, mlp_ratio: float = 4.0,
                  qkv_bias: bool = True, drop_rate: float = 0.0, attn_drop_rate: float = 0.0,
                  drop_path_rate: float = 0.5, post_norm: bool = True, recompute: bool = False,
-                 num_classes: int = 0) -> None:
+                 num_classes: int = 0, post_norm_init: str = "zero") -> None:
         super().__init__()
         if variant not in VARIANTS:
             raise KeyError(f"Arch.backbone.variant '{variant}' unknown; expected one of {sorted(VARIANTS)}")
@@ -406,6 +417,7 @@ class SwinTransformer(nn.Layer):
         self.window_size = window_size
         self.mlp_ratio = mlp_ratio
         self.post_norm = post_norm
+        self.post_norm_init = post_norm_init
         self.num_layers = len(depths)
         self.num_features = embed_dim * 2 ** (self.num_layers - 1)
         self.num_classes = num_classes
@@ -419,7 +431,7 @@ class SwinTransformer(nn.Layer):
                 dim=embed_dim * 2 ** i, depth=depths[i], num_heads=num_heads[i], window_size=window_size,
                 mlp_ratio=mlp_ratio, qkv_bias=qkv_bias, drop=drop_rate, attn_drop=attn_drop_rate,
                 drop_path=dpr[sum(depths[:i]):sum(depths[:i + 1])], downsample=i < self.num_layers - 1,
-                post_norm=post_norm, recompute=recompute))
+                post_norm=post_norm, recompute=recompute, post_norm_init=post_norm_init))
         self.norm = nn.LayerNorm(self.num_features)
         self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else None
         self._init_weights()
@@ -430,6 +442,13 @@ class SwinTransformer(nn.Layer):
                 _trunc_normal(m.weight)
                 if m.bias is not None:
                     nn.initializer.Constant(0.0)(m.bias)
+        if self.post_norm and self.post_norm_init == "zero":
+            zero = nn.initializer.Constant(0.0)
+            for layer in self.layers:
+                for blk in layer.blocks:
+                    for norm in (blk.norm1, blk.norm2):
+                        zero(norm.weight)
+                        zero(norm.bias)
 
     def forward_features(self, x: paddle.Tensor) -> paddle.Tensor:
         """x ``[N, 3, H, W]`` (any H, W) -> pooled features ``[N, num_features]`` (final LN, mean over tokens)."""
