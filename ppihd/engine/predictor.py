@@ -244,30 +244,13 @@ class OnnxBackend(Backend):
 # checkpoint loading (dygraph)
 # ---------------------------------------------------------------------------------------------------
 def load_weights(model: Any, path: str) -> Any:
-    """Load ``Global.pretrained_model`` (``.pdparams``; the suffix may be omitted) into ``model``.
+    """Load ``Global.pretrained_model`` into ``model`` (strict; see :func:`ppihd.utils.checkpoint.load_weights`).
 
-    Accepts a plain state dict or one nested under ``model`` / ``state_dict``. Raises with the file name
-    and the missing / unexpected keys when the checkpoint does not fit the model.
+    Returns the model. Kept here so deployment code can import it next to the back-ends.
     """
-    import paddle
+    from ..utils.checkpoint import load_weights as _load
 
-    p = str(path)
-    if not os.path.isfile(p) and os.path.isfile(p + ".pdparams"):
-        p = p + ".pdparams"
-    if not os.path.isfile(p):
-        raise FileNotFoundError(f"Global.pretrained_model={path}: file not found (expected a .pdparams "
-                                "checkpoint written by tools/train.py)")
-    state = paddle.load(p)
-    for k in ("model", "state_dict"):
-        if isinstance(state, dict) and k in state and isinstance(state[k], dict):
-            state = state[k]
-    own = model.state_dict()
-    missing = [k for k in own if k not in state]
-    unexpected = [k for k in state if k not in own]
-    if missing:
-        raise ValueError(f"{p}: checkpoint does not fit Arch (missing {len(missing)} keys, e.g. {missing[:4]}; "
-                         f"unexpected {len(unexpected)}, e.g. {unexpected[:4]}); check Arch.backbone.variant")
-    model.set_state_dict({k: v for k, v in state.items() if k in own})
+    _load(model, path, strict=True)
     return model
 
 
