@@ -317,3 +317,23 @@ def test_one_post_norm_init_and_pre_norm_keep_plain_layernorm_init():
                     np.testing.assert_array_equal(norm.bias.numpy(), np.zeros(norm.bias.shape, "float32"))
     with pytest.raises(ValueError, match="post_norm_init"):
         SwinTransformer("micro", post_norm_init="ones")
+
+
+@pytest.mark.parametrize("size", [32, 30])
+def test_conv_stem_keeps_the_patch_grid(size):
+    paddle.seed(3)
+    a = SwinTransformer("micro", patch_size=4, window_size=2, stem="conv")
+    b = SwinTransformer("micro", patch_size=4, window_size=2)
+    a.eval()
+    x = paddle.to_tensor(np.random.default_rng(3).random((2, 3, size, size)).astype("float32"))
+    ta, ha, wa = a.patch_embed(x)
+    tb, hb, wb = b.patch_embed(x)
+    assert (ha, wa) == (hb, wb) == (8, 8) and list(ta.shape) == list(tb.shape) == [2, 64, 32]
+    assert list(a.forward_features(x).shape) == [2, 256]
+    convs = [m for m in a.patch_embed.proj if isinstance(m, paddle.nn.Conv2D)]
+    # patch 4 = two stride-2 3x3 convs (C/2 = 16, C = 32 channels) + a 1x1 conv to C
+    assert [(c.weight.shape[0], c.weight.shape[2], c._stride[0]) for c in convs] == [(16, 3, 2), (32, 3, 2), (32, 1, 1)]
+    with pytest.raises(ValueError, match="power-of-two"):
+        SwinTransformer("micro", patch_size=6, stem="conv")
+    with pytest.raises(ValueError, match="stem"):
+        SwinTransformer("micro", stem="cnn")

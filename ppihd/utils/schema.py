@@ -115,6 +115,8 @@ DEFAULTS: Dict[str, Any] = {
                                                    # and bias 0: identity blocks at init) | one = plain LN init;
                                                    # only with post_norm; pretrained weights overwrite it
             "recompute": False,                    # activation checkpointing per stage
+            "stem": "patch",                       # patch (Swin: patchify conv, ImageNet-loadable) | conv (3x3
+                                                   # stride-2 conv+BN+ReLU stages, from-scratch demo; not in paper)
         },
         "pretrained": None,                        # ImageNet backbone weights (.pdparams, PaddleClas names)
         "inter_slice": True,                       # paper: InterExt (sequence transformer)

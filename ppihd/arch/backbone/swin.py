@@ -328,13 +328,41 @@ class PatchMerging(nn.Layer):
         return self.reduction(self.norm(x)), h2, w2
 
 
-class PatchEmbed(nn.Layer):
-    """Conv2D(3 -> C, kernel = stride = patch) then LN(C); the image is zero-padded to a multiple of patch."""
+class ConvStem(nn.Sequential):
+    """Convolutional stem (Xiao et al. 2021, "Early convolutions help transformers see better"): log2(patch)
+    stride-2 ``Conv3x3 -> BatchNorm -> ReLU`` stages (channels ``C / 2^(k-1)`` ... ``C``) then a 1x1 conv to C.
+    Same output grid as the patchify conv (``H / patch``); replaces it only with ``stem: conv``."""
 
-    def __init__(self, patch_size: int = 4, in_chans: int = 3, embed_dim: int = 96) -> None:
+    def __init__(self, patch_size: int, in_chans: int, embed_dim: int) -> None:
+        k = int(round(math.log2(patch_size)))
+        if patch_size < 2 or 2 ** k != patch_size:
+            raise ValueError(f"Arch.backbone.stem 'conv' needs a power-of-two patch_size >= 2, got {patch_size}")
+        layers: List[nn.Layer] = []
+        c_in = in_chans
+        for i in range(k):
+            c_out = max(embed_dim // 2 ** (k - 1 - i), 8)
+            layers += [nn.Conv2D(c_in, c_out, 3, stride=2, padding=1, bias_attr=False), nn.BatchNorm2D(c_out),
+                       nn.ReLU()]
+            c_in = c_out
+        layers.append(nn.Conv2D(c_in, embed_dim, 1))
+        super().__init__(*layers)
+
+
+class PatchEmbed(nn.Layer):
+    """Conv2D(3 -> C, kernel = stride = patch) then LN(C); the image is zero-padded to a multiple of patch.
+
+    ``stem="conv"``: :class:`ConvStem` instead of the patchify conv (from-scratch training; not ImageNet-loadable).
+    """
+
+    def __init__(self, patch_size: int = 4, in_chans: int = 3, embed_dim: int = 96, stem: str = "patch") -> None:
         super().__init__()
         self.patch_size = patch_size
-        self.proj = nn.Conv2D(in_chans, embed_dim, kernel_size=patch_size, stride=patch_size)
+        if stem == "patch":
+            self.proj = nn.Conv2D(in_chans, embed_dim, kernel_size=patch_size, stride=patch_size)
+        elif stem == "conv":
+            self.proj = ConvStem(patch_size, in_chans, embed_dim)
+        else:
+            raise ValueError(f"Arch.backbone.stem '{stem}' unknown; expected patch | conv")
         self.norm = nn.LayerNorm(embed_dim)
 
     def forward(self, x: paddle.Tensor) -> Tuple[paddle.Tensor, int, int]:
@@ -389,6 +417,7 @@ class SwinTransformer(nn.Layer):
         post_norm: res-post-norm (paper's PN) if True, v1 pre-norm if False.
         post_norm_init: ``zero`` (Swin V2 res-post-norm init: the blocks' norm1/norm2 weight and bias start
             at 0, every block is the identity at init) | ``one`` (plain LayerNorm init). Only with post_norm.
+        stem: ``patch`` (Swin's patchify conv) | ``conv`` (:class:`ConvStem`, for training from scratch).
         recompute: activation checkpointing per block, active only in training.
         num_classes: ImageNet classifier size (0 = no ``head``; PaddleClas ``class_num``).
     """
@@ -398,7 +427,7 @@ class SwinTransformer(nn.Layer):
                  num_heads: Optional[Sequence[int]] = None, window_size: int = 7, mlp_ratio: float = 4.0,
                  qkv_bias: bool = True, drop_rate: float = 0.0, attn_drop_rate: float = 0.0,
                  drop_path_rate: float = 0.5, post_norm: bool = True, recompute: bool = False,
-                 num_classes: int = 0, post_norm_init: str = "zero") -> None:
+                 num_classes: int = 0, post_norm_init: str = "zero", stem: str = "patch") -> None:
         super().__init__()
         if variant not in VARIANTS:
             raise KeyError(f"Arch.backbone.variant '{variant}' unknown; expected one of {sorted(VARIANTS)}")
@@ -422,7 +451,8 @@ class SwinTransformer(nn.Layer):
         self.num_features = embed_dim * 2 ** (self.num_layers - 1)
         self.num_classes = num_classes
 
-        self.patch_embed = PatchEmbed(patch_size, in_chans, embed_dim)
+        self.stem = stem
+        self.patch_embed = PatchEmbed(patch_size, in_chans, embed_dim, stem)
         self.pos_drop = nn.Dropout(drop_rate)
         dpr = np.linspace(0, drop_path_rate, sum(depths)).tolist()
         self.layers = nn.LayerList()
