@@ -45,16 +45,24 @@ class Selection:
     dropped_examples: List[Tuple[str, float]] = field(default_factory=list)  # (series_uid, min confidence)
 
 
-def read_predictions(path: str) -> pd.DataFrame:
-    """Read a ``predictions.csv`` and check its columns. UIDs are kept as strings."""
+def _read_slice_csv(path: str, not_found: str, missing_hint: str) -> pd.DataFrame:
+    """Read a per-slice CSV with UIDs as strings; raise :class:`PseudoLabelError` if the file or the
+    ``series_uid``/``sop_uid``/label columns are missing (``missing_hint`` ends that message)."""
     if not os.path.isfile(path):
-        raise PseudoLabelError(f"{path}: file not found")
+        raise PseudoLabelError(not_found)
     df = pd.read_csv(path, dtype={c: str for c in ("patient_id", "study_uid", "series_uid", "sop_uid")})
     missing = [c for c in ("series_uid", "sop_uid") + tuple(LABELS) if c not in df.columns]
     if missing:
-        raise PseudoLabelError(
-            f"{path}: missing columns {', '.join(missing)}; pseudo-labelling needs the per-slice predictions.csv "
-            f"written by tools/infer.py (a submission ID,Label file has no series information)")
+        raise PseudoLabelError(f"{path}: missing columns {', '.join(missing)}{missing_hint}")
+    return df
+
+
+def read_predictions(path: str) -> pd.DataFrame:
+    """Read a ``predictions.csv`` and check its columns. UIDs are kept as strings."""
+    df = _read_slice_csv(
+        path, f"{path}: file not found",
+        "; pseudo-labelling needs the per-slice predictions.csv written by tools/infer.py "
+        "(a submission ID,Label file has no series information)")
     for c in ("patient_id", "study_uid"):
         if c not in df.columns:
             df[c] = ""
@@ -175,12 +183,9 @@ def write_pseudo_csv(pseudo: pd.DataFrame, path: str) -> str:
 
 def read_pseudo_csv(path: str) -> pd.DataFrame:
     """Read a ``pseudo.csv`` written by :func:`write_pseudo_csv`; checks columns and 0/1 labels."""
-    if not os.path.isfile(path):
-        raise PseudoLabelError(f"Data.pseudo_label_csv: {path} not found (make it with tools/pseudo_label.py)")
-    df = pd.read_csv(path, dtype={c: str for c in ("patient_id", "study_uid", "series_uid", "sop_uid")})
-    missing = [c for c in ("series_uid", "sop_uid") + tuple(LABELS) if c not in df.columns]
-    if missing:
-        raise PseudoLabelError(f"{path}: missing columns {', '.join(missing)} (expected {', '.join(PSEUDO_COLUMNS)})")
+    df = _read_slice_csv(
+        path, f"Data.pseudo_label_csv: {path} not found (make it with tools/pseudo_label.py)",
+        f" (expected {', '.join(PSEUDO_COLUMNS)})")
     vals = df[list(LABELS)].to_numpy()
     if not np.isin(vals, (0, 1)).all():
         raise PseudoLabelError(f"{path}: label columns must be 0/1 pseudo-labels")
