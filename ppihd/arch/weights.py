@@ -153,6 +153,13 @@ def _assign(model: nn.Layer, src: Dict[str, np.ndarray], report: LoadReport,
         raise WeightLoadError(f"{report.source}: shape mismatch for {len(bad)} key(s): " + "; ".join(bad[:10]))
 
 
+def _drop_keys(state: Dict[str, Any], report: "LoadReport", drop) -> None:
+    """Remove the keys for which ``drop(key)`` is true from ``state``, listing them as ignored."""
+    for k in [k for k in state if drop(k)]:
+        report.ignored.append(k)
+        state.pop(k)
+
+
 def load_backbone_pretrained(backbone: nn.Layer, src: StateLike, log: bool = True) -> LoadReport:
     """Load ImageNet weights into a :class:`SwinTransformer` backbone.
 
@@ -171,13 +178,8 @@ def load_backbone_pretrained(backbone: nn.Layer, src: StateLike, log: bool = Tru
             else:
                 report.ignored.append(k)
         state = picked
-    for k in list(state):
-        if _is_buffer(k):
-            report.ignored.append(k)
-            state.pop(k)
-        elif k.startswith(CLASSIFIER_PREFIXES) and getattr(backbone, "head", None) is None:
-            report.ignored.append(k)
-            state.pop(k)
+    drop_head = getattr(backbone, "head", None) is None
+    _drop_keys(state, report, lambda k: _is_buffer(k) or (drop_head and k.startswith(CLASSIFIER_PREFIXES)))
     _assign(backbone, state, report)
     report.unexpected.extend(sorted(state))
     if log:
@@ -200,10 +202,7 @@ def load_model_weights(model: nn.Layer, src: StateLike, strict: bool = True, log
     if hasattr(model, "backbone") and not (own & set(state)) and any(k.startswith("layers.") for k in state):
         return load_backbone_pretrained(model.backbone, state, log=log)
     report = LoadReport(source=name)
-    for k in list(state):
-        if _is_buffer(k):
-            report.ignored.append(k)
-            state.pop(k)
+    _drop_keys(state, report, _is_buffer)
     _assign(model, state, report)
     report.unexpected.extend(sorted(state))
     if log:
