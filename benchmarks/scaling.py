@@ -100,6 +100,14 @@ def preprocess_sweep(counts, workdir: str, config: str) -> list:
     return rows
 
 
+def _plot_linear_fit(ax, xs, ys, unit: str) -> None:
+    """Measured points and, with two or more, their least-squares line labelled in ms per ``unit``."""
+    ax.plot(xs, ys, "o", label="measured")
+    if len(xs) >= 2:
+        a, b, r2 = fit_line(xs, ys)
+        ax.plot([0, max(xs)], [a, a + b * max(xs)], "-", label=f"linear fit: {b * 1000:.1f} ms/{unit}, R²={r2:.4f}")
+
+
 def plot(inf_rows, pre_rows, fig_dir: str) -> list:
     import matplotlib
 
@@ -113,10 +121,7 @@ def plot(inf_rows, pre_rows, fig_dir: str) -> list:
     for ax, model in zip(axes[0], models):
         pts = [r for r in inf_rows if r["model"] == model]
         xs, ys = [r["slices"] for r in pts], [r["seconds"] for r in pts]
-        ax.plot(xs, ys, "o", label="measured")
-        if len(xs) >= 2:
-            a, b, r2 = fit_line(xs, ys)
-            ax.plot([0, max(xs)], [a, a + b * max(xs)], "-", label=f"linear fit: {b * 1000:.1f} ms/slice, R²={r2:.4f}")
+        _plot_linear_fit(ax, xs, ys, "slice")
         ax.set_xlabel("slices in the series")
         ax.set_ylabel("seconds per series")
         ax.set_title(f"{model}: Paddle Inference + oneDNN, 224²")
@@ -130,9 +135,7 @@ def plot(inf_rows, pre_rows, fig_dir: str) -> list:
     if pre_rows:
         fig, ax = plt.subplots(figsize=(5, 4))
         xs, ys = [r["files"] for r in pre_rows], [r["seconds"] for r in pre_rows]
-        ax.plot(xs, ys, "o", label="measured")
-        a, b, r2 = fit_line(xs, ys)
-        ax.plot([0, max(xs)], [a, a + b * max(xs)], "-", label=f"linear fit: {b * 1000:.1f} ms/file, R²={r2:.4f}")
+        _plot_linear_fit(ax, xs, ys, "file")
         ax.set_xlabel("DICOM files (512², synthetic)")
         ax.set_ylabel("seconds (scan + group + preprocess, 1 process)")
         ax.set_title("preprocessing time vs files")
