@@ -30,6 +30,7 @@ import pandas as pd
 from .. import LABELS
 from .labels import read_labels, split_series
 from .series import Series, Skipped, _pool, group_series, load_series, scan
+from ..utils.fileio import atomic_path, tmp_name as _tmp_name  # noqa: F401  (_tmp_name: tests mimic a killed write)
 
 log = logging.getLogger("ppihd")
 
@@ -79,28 +80,19 @@ def cache_settings(data_cfg: Mapping[str, Any]) -> Dict[str, Any]:
 
 
 # ---------------------------------------------------------------------------------------- atomic writes
-def _tmp_name(path: str) -> str:
-    return f"{path}.tmp{os.getpid()}"
-
-
 def atomic_write_text(path: str, text: str) -> None:
-    tmp = _tmp_name(path)
-    with open(tmp, "w", encoding="utf-8", newline="") as f:
+    with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8", newline="") as f:
         f.write(text)
-    os.replace(tmp, path)
 
 
 def atomic_save_npy(path: str, arr: np.ndarray) -> None:
-    tmp = _tmp_name(path)
-    with open(tmp, "wb") as f:
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
         np.save(f, np.ascontiguousarray(arr))
-    os.replace(tmp, path)
 
 
 def atomic_write_csv(path: str, df: pd.DataFrame) -> None:
-    tmp = _tmp_name(path)
-    df.to_csv(tmp, index=False)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        df.to_csv(tmp, index=False)
 
 
 def clean_stray_temps(cache_dir: str) -> List[str]:

@@ -14,6 +14,7 @@ import numpy as np
 
 from .. import LABELS
 from ..metric import compute_metrics, prior_probabilities, weighted_log_loss
+from ..utils.fileio import atomic_path
 
 
 def _unwrap(model: Any) -> Any:
@@ -173,10 +174,8 @@ def write_predictions_csv(preds: Mapping[str, Any], path: str) -> str:
     if preds.get("prob1") is not None:
         for c, name in enumerate(LABELS):
             df[f"prob1_{name}"] = np.asarray(preds["prob1"])[:, c]
-    tmp = path + ".tmp"
-    df.to_csv(tmp, index=False, float_format="%.6g")
-    import os
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        df.to_csv(tmp, index=False, float_format="%.6g")
     return path
 
 

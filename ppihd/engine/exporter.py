@@ -18,6 +18,7 @@ import yaml
 
 import ppihd
 from ppihd import LABELS
+from ppihd.utils.fileio import atomic_path
 
 #: Keys of the ``Data`` section that define preprocessing (copied to ``inference.yml``).
 PREPROCESS_KEYS = ("windows", "fix_intercept", "remove_black_edges", "opening_kernel", "opening_iterations",
@@ -124,11 +125,9 @@ def inference_meta(cfg: Mapping[str, Any], files: Mapping[str, str]) -> Dict[str
 
 def write_inference_yml(save_dir: str, meta: Mapping[str, Any]) -> str:
     path = os.path.join(save_dir, INFERENCE_YML)
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
+    with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
         f.write("# Written by tools/export_model.py: everything deploy/python/predict.py needs besides the model.\n")
         yaml.safe_dump(dict(meta), f, sort_keys=False, default_flow_style=None)
-    os.replace(tmp, path)
     return path
 
 

@@ -23,6 +23,7 @@ import numpy as np
 import pandas as pd
 
 from ppihd import LABELS
+from ppihd.utils.fileio import atomic_path
 
 SERIES_KEY = ("patient_id", "study_uid", "series_uid")
 META_COLUMNS = ("patient_id", "study_uid", "series_uid", "sop_uid", "slice_idx", "position")
@@ -175,9 +176,8 @@ def label_distribution_table(pseudo: pd.DataFrame, train_rates: Optional[Dict[st
 def write_pseudo_csv(pseudo: pd.DataFrame, path: str) -> str:
     """Write ``pseudo.csv`` atomically (columns :data:`PSEUDO_COLUMNS`). Returns the path."""
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f"{path}.tmp{os.getpid()}"
-    pseudo.to_csv(tmp, index=False, float_format="%.6g")
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        pseudo.to_csv(tmp, index=False, float_format="%.6g")
     return path
 
 

@@ -14,6 +14,7 @@ from typing import Any, Dict, List, Optional, Sequence
 import numpy as np
 
 from ppihd import LABELS
+from ppihd.utils.fileio import atomic_path
 
 #: One colour per label (colour-blind-friendly palette; ``any`` is black and drawn thicker).
 LABEL_COLORS = ("#E69F00", "#D55E00", "#0072B2", "#009E73", "#CC79A7", "#000000")
@@ -64,10 +65,8 @@ def series_summary(meta: Dict[str, Any], probs: np.ndarray, threshold: float,
 def write_summary(path: str, summary: Dict[str, Any]) -> str:
     """Write the summary JSON atomically. Returns the path."""
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
+    with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
         json.dump(summary, f, indent=2)
-    os.replace(tmp, path)
     return path
 
 
@@ -167,8 +166,9 @@ def plot_series(path: str, probs: np.ndarray, brain: Optional[np.ndarray] = None
                       f"{LABELS[top][:8]} {probs[i, top]:.2f}", fontsize=9,
                       color="#cc0000" if flagged else "black")
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f"{path}.tmp{os.getpid()}.png"
-    fig.savefig(tmp, bbox_inches="tight")
-    plt.close(fig)
-    os.replace(tmp, path)
+    try:
+        with atomic_path(path, ".png") as tmp:
+            fig.savefig(tmp, bbox_inches="tight")
+    finally:
+        plt.close(fig)
     return path

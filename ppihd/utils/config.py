@@ -16,6 +16,7 @@ from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence
 import yaml
 
 from .schema import DEFAULTS, OPEN_SECTIONS
+from .fileio import atomic_path
 
 BASE_KEY = "_base_"
 
@@ -172,10 +173,8 @@ def load_config(path: Optional[str] = None, overrides: Optional[Iterable[str]] =
 def save_config(cfg: Mapping[str, Any], path: str) -> str:
     """Write the resolved config as YAML (atomically). Returns the path written."""
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
+    with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
         yaml.safe_dump(dict(cfg), f, sort_keys=False, default_flow_style=None)
-    os.replace(tmp, path)
     return path
 
 
