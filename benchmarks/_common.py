@@ -175,8 +175,8 @@ def table(rows: Iterable[Mapping[str, Any]], cols: Sequence[str], headers: Optio
 
 def save_json(path: str, obj: Any) -> str:
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = path + f".tmp{os.getpid()}"
-    with open(tmp, "w") as f:
+    from ppihd.utils.fileio import atomic_path
+
+    with atomic_path(path) as tmp, open(tmp, "w") as f:
         json.dump(obj, f, indent=1, default=str)
-    os.replace(tmp, path)
     return path

@@ -63,10 +63,11 @@ def main(argv=None) -> int:
             out.pop(k)
         if dropped:
             notes.append(f"dropped classifier ({', '.join(dropped)})")
-    tmp = f"{args.output}.tmp{os.getpid()}"
     os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
-    paddle.save({k: paddle.to_tensor(v) for k, v in out.items()}, tmp)
-    os.replace(tmp, args.output)
+    from ppihd.utils.fileio import atomic_path
+
+    with atomic_path(args.output) as tmp:
+        paddle.save({k: paddle.to_tensor(v) for k, v in out.items()}, tmp)
     for n in notes:
         print(f"  {n}")
     print(f"wrote {args.output}: {len(out)} arrays, {sum(int(v.size) for v in out.values()) / 1e6:.2f} M values")

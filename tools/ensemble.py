@@ -15,6 +15,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from ppihd.engine.ensemble import (REFERENCE_TAU_H, REFERENCE_WEIGHTS, EnsembleInputError,  # noqa: E402
                                    ensemble_files, normalise_weights, rank_weights)
+from ppihd.utils.fileio import atomic_path  # noqa: E402
 from ppihd.utils.schema import DEFAULTS  # noqa: E402
 
 
@@ -62,9 +63,8 @@ def main(argv=None) -> int:
     for p, wi in zip(a.inputs, w):
         print(f"  weight {wi:.6f}  {p}")
     os.makedirs(os.path.dirname(os.path.abspath(a.out)), exist_ok=True)
-    tmp = a.out + ".tmp"
-    sub.to_csv(tmp, index=False, float_format="%.8g")
-    os.replace(tmp, a.out)
+    with atomic_path(a.out) as tmp:
+        sub.to_csv(tmp, index=False, float_format="%.8g")
     print(f"wrote {a.out}: {int(summary['rows'])} rows; tau_h={tau_h} set {int(summary['set_to_1'])} to 1, "
           f"tau_l={tau_l} set {int(summary['set_to_0'])} to 0 (mode {a.mode})")
     return 0

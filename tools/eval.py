@@ -20,6 +20,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 def main(argv=None) -> int:
     from ppihd.utils.config import ConfigError, add_config_args, load_config
     from ppihd.utils.env import get_logger, setup_threads
+    from ppihd.utils.fileio import atomic_path
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -62,10 +63,8 @@ def main(argv=None) -> int:
     preds = res.pop("predictions")
     write_predictions_csv(preds, os.path.join(out, "predictions.csv"))
     res.update(split=args.split, checkpoint=cfg["Global"]["pretrained_model"], config=cfg.get("_source_"))
-    tmp = os.path.join(out, "metrics.json.tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
+    with atomic_path(os.path.join(out, "metrics.json")) as tmp, open(tmp, "w", encoding="utf-8") as f:
         json.dump(res, f, indent=1)
-    os.replace(tmp, os.path.join(out, "metrics.json"))
     print(format_metrics(res))
     print(f"wrote {os.path.join(out, 'metrics.json')} and {os.path.join(out, 'predictions.csv')}")
     return 0

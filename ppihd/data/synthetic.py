@@ -37,6 +37,7 @@ import cv2
 import numpy as np
 
 from .. import LABELS
+from ..utils.fileio import atomic_path
 
 #: The five hemorrhage subtypes (SPEC order, without ``any``).
 SUBTYPES: Tuple[str, ...] = LABELS[:5]
@@ -857,21 +858,17 @@ def generate_dataset(out_dir: str, n_train: int, n_test: int = 0, seed: int = 0,
                    train_positive_slices=_pos(train_rows), test_positive_slices=_pos(test_rows),
                    duplicate_label_rows=dups,
                    encodings={e: int(sum(1 for rows in results if rows[0]["encoding"] == e)) for e in ENCODINGS})
-    tmp = os.path.join(out_dir, _MARKER + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
+    with atomic_path(os.path.join(out_dir, _MARKER)) as tmp, open(tmp, "w", encoding="utf-8") as f:
         json.dump(summary, f, indent=1)
-    os.replace(tmp, os.path.join(out_dir, _MARKER))
     summary["skipped"] = False
     return summary
 
 
 def _write_csv(path: str, header: Sequence[str], rows: Iterable[Sequence[object]]) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w", newline="", encoding="utf-8") as f:
+    with atomic_path(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as f:
         w = csv.writer(f, lineterminator="\n")
         w.writerow(header)
         w.writerows(rows)
-    os.replace(tmp, path)
 
 
 # ---------------------------------------------------------------------------------------------------------
