@@ -26,37 +26,35 @@ from typing import Any, Dict, Mapping, Optional
 
 import numpy as np
 
+from .fileio import atomic_path
+
 MANIFEST_VERSION = 1
 
 
 def _atomic_write_bytes(path: str, data: bytes) -> None:
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "wb") as f:
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
         f.write(data)
         f.flush()
         os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def _atomic_paddle_save(obj: Any, path: str) -> None:
     import paddle
 
-    tmp = f"{path}.tmp{os.getpid()}"
-    paddle.save(obj, tmp)
-    with open(tmp, "rb") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        paddle.save(obj, tmp)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
 
 
 def _atomic_link(src: str, dst: str) -> None:
-    tmp = f"{dst}.tmp{os.getpid()}"
-    if os.path.lexists(tmp):
-        os.remove(tmp)
-    try:
-        os.link(src, tmp)
-    except OSError:  # file systems without hard links
-        shutil.copyfile(src, tmp)
-    os.replace(tmp, dst)
+    with atomic_path(dst) as tmp:
+        if os.path.lexists(tmp):
+            os.remove(tmp)
+        try:
+            os.link(src, tmp)
+        except OSError:  # file systems without hard links
+            shutil.copyfile(src, tmp)
 
 
 def strip_prefix(path: str) -> str:
