@@ -117,6 +117,8 @@ DEFAULTS: Dict[str, Any] = {
             "recompute": False,                    # activation checkpointing per stage
             "stem": "patch",                       # patch (Swin: patchify conv, ImageNet-loadable) | conv (3x3
                                                    # stride-2 conv+BN+ReLU stages, from-scratch demo; not in paper)
+            "stem_channels": None,                 # conv stem widths per stride-2 stage (None = C/2^(k-1) ... C)
+            "pool": "avg",                         # avg (Swin, paper) | max over tokens (CPU demo; not in paper)
         },
         "pretrained": None,                        # ImageNet backbone weights (.pdparams, PaddleClas names)
         "inter_slice": True,                       # paper: InterExt (sequence transformer)

@@ -330,17 +330,22 @@ class PatchMerging(nn.Layer):
 
 class ConvStem(nn.Sequential):
     """Convolutional stem (Xiao et al. 2021, "Early convolutions help transformers see better"): log2(patch)
-    stride-2 ``Conv3x3 -> BatchNorm -> ReLU`` stages (channels ``C / 2^(k-1)`` ... ``C``) then a 1x1 conv to C.
+    stride-2 ``Conv3x3 -> BatchNorm -> ReLU`` stages (channels ``C / 2^(k-1)`` ... ``C``, or ``channels``) then a
+    1x1 conv to C.
     Same output grid as the patchify conv (``H / patch``); replaces it only with ``stem: conv``."""
 
-    def __init__(self, patch_size: int, in_chans: int, embed_dim: int) -> None:
+    def __init__(self, patch_size: int, in_chans: int, embed_dim: int,
+                 channels: Optional[Sequence[int]] = None) -> None:
         k = int(round(math.log2(patch_size)))
         if patch_size < 2 or 2 ** k != patch_size:
             raise ValueError(f"Arch.backbone.stem 'conv' needs a power-of-two patch_size >= 2, got {patch_size}")
+        if channels is not None and (len(channels) != k or any(int(c) < 1 for c in channels)):
+            raise ValueError(f"Arch.backbone.stem_channels must list {k} positive widths (one per stride-2 stage "
+                             f"of patch_size {patch_size}), got {list(channels)}")
         layers: List[nn.Layer] = []
         c_in = in_chans
         for i in range(k):
-            c_out = max(embed_dim // 2 ** (k - 1 - i), 8)
+            c_out = int(channels[i]) if channels is not None else max(embed_dim // 2 ** (k - 1 - i), 8)
             layers += [nn.Conv2D(c_in, c_out, 3, stride=2, padding=1, bias_attr=False), nn.BatchNorm2D(c_out),
                        nn.ReLU()]
             c_in = c_out
@@ -354,13 +359,14 @@ class PatchEmbed(nn.Layer):
     ``stem="conv"``: :class:`ConvStem` instead of the patchify conv (from-scratch training; not ImageNet-loadable).
     """
 
-    def __init__(self, patch_size: int = 4, in_chans: int = 3, embed_dim: int = 96, stem: str = "patch") -> None:
+    def __init__(self, patch_size: int = 4, in_chans: int = 3, embed_dim: int = 96, stem: str = "patch",
+                 stem_channels: Optional[Sequence[int]] = None) -> None:
         super().__init__()
         self.patch_size = patch_size
         if stem == "patch":
             self.proj = nn.Conv2D(in_chans, embed_dim, kernel_size=patch_size, stride=patch_size)
         elif stem == "conv":
-            self.proj = ConvStem(patch_size, in_chans, embed_dim)
+            self.proj = ConvStem(patch_size, in_chans, embed_dim, stem_channels)
         else:
             raise ValueError(f"Arch.backbone.stem '{stem}' unknown; expected patch | conv")
         self.norm = nn.LayerNorm(embed_dim)
@@ -418,6 +424,9 @@ class SwinTransformer(nn.Layer):
         post_norm_init: ``zero`` (Swin V2 res-post-norm init: the blocks' norm1/norm2 weight and bias start
             at 0, every block is the identity at init) | ``one`` (plain LayerNorm init). Only with post_norm.
         stem: ``patch`` (Swin's patchify conv) | ``conv`` (:class:`ConvStem`, for training from scratch).
+        stem_channels: widths of the conv stem's stride-2 stages (None = ``C / 2^(k-1)`` ... ``C``).
+        pool: ``avg`` (Swin: mean of the final-LN tokens) | ``max`` (per-channel max over the tokens; a small
+            lesion then is not diluted by the rest of the slice; the CPU demo's option, not in the paper).
         recompute: activation checkpointing per block, active only in training.
         num_classes: ImageNet classifier size (0 = no ``head``; PaddleClas ``class_num``).
     """
@@ -427,7 +436,8 @@ class SwinTransformer(nn.Layer):
                  num_heads: Optional[Sequence[int]] = None, window_size: int = 7, mlp_ratio: float = 4.0,
                  qkv_bias: bool = True, drop_rate: float = 0.0, attn_drop_rate: float = 0.0,
                  drop_path_rate: float = 0.5, post_norm: bool = True, recompute: bool = False,
-                 num_classes: int = 0, post_norm_init: str = "zero", stem: str = "patch") -> None:
+                 num_classes: int = 0, post_norm_init: str = "zero", stem: str = "patch",
+                 stem_channels: Optional[Sequence[int]] = None, pool: str = "avg") -> None:
         super().__init__()
         if variant not in VARIANTS:
             raise KeyError(f"Arch.backbone.variant '{variant}' unknown; expected one of {sorted(VARIANTS)}")
@@ -451,8 +461,13 @@ class SwinTransformer(nn.Layer):
         self.num_features = embed_dim * 2 ** (self.num_layers - 1)
         self.num_classes = num_classes
 
+        if pool not in ("avg", "max"):
+            raise ValueError(f"Arch.backbone.pool '{pool}' unknown; expected avg | max")
+        if stem_channels is not None and stem != "conv":
+            raise ValueError("Arch.backbone.stem_channels needs Arch.backbone.stem: conv")
         self.stem = stem
-        self.patch_embed = PatchEmbed(patch_size, in_chans, embed_dim, stem)
+        self.pool = pool
+        self.patch_embed = PatchEmbed(patch_size, in_chans, embed_dim, stem, stem_channels)
         self.pos_drop = nn.Dropout(drop_rate)
         dpr = np.linspace(0, drop_path_rate, sum(depths)).tolist()
         self.layers = nn.LayerList()
@@ -486,7 +501,8 @@ class SwinTransformer(nn.Layer):
         x = self.pos_drop(x)
         for layer in self.layers:
             x, h, w = layer(x, h, w)
-        return self.norm(x).mean(axis=1)
+        x = self.norm(x)
+        return x.max(axis=1) if self.pool == "max" else x.mean(axis=1)
 
     def forward(self, x: paddle.Tensor) -> paddle.Tensor:
         """``[N, 3, H, W]`` -> logits ``[N, num_classes]``, or features when there is no classifier."""
