@@ -188,6 +188,27 @@ DEFAULTS: Dict[str, Any] = {
         "tau_h": 0.998,                            # p > tau_h -> 1 (paper gives no value; reference: 0.998)
         "tau_l": None,                             # p < tau_l -> 0 (None = off; reference: off)
     },
+    "SlicePretrain": {                             # tools/pretrain_slices.py: backbone + slice head on random slices
+                                                   # across series, the CPU demo's stand-in for ImageNet weights
+                                                   # (not in the paper; docs/training.md "Demo")
+        "iters": 300,
+        "batch_slices": 16,                        # slices per step, drawn across all training series
+        "eval_interval": 100,                      # val weighted log loss; the best backbone is kept
+        "augment": False,                          # DataLoader.Train.augment on each slice when True
+        "output_dir": None,                        # None = <Global.output_dir>/slice_pretrain
+        "Optimizer": {
+            "name": "AdamW",
+            "momentum": 0.9,                       # AdamW beta1
+            "weight_decay": 0.05,
+            "lr": {
+                "name": "CosineWarmup",
+                "learning_rate": 1e-3,
+                "warmup_steps": 30,
+                "warmup_start_lr": 0.0,
+                "end_lr": 0.0,
+            },
+        },
+    },
 }
 
 #: Sections (dotted paths) that accept arbitrary sub-keys.
