@@ -106,3 +106,22 @@ def test_no_labelled_slices_is_a_clear_error(tmp_path):
 
     with pytest.raises(ValueError, match="no labelled slices"):
         SliceSampler(Empty())
+
+
+def test_augment_modes(cache, tmp_path):
+    from ppihd.engine.slice_pretrain import SlicePretrainer
+
+    assert SlicePretrainer(_cfg(cache, tmp_path, "SlicePretrain.augment=none")).augment is None
+    pre = SlicePretrainer(_cfg(cache, tmp_path, "SlicePretrain.augment=flip"))
+    x = np.random.default_rng(0).integers(0, 256, (64, 32, 32, 3), dtype=np.uint8)
+    y = pre.augment(x, np.random.default_rng(1))
+    # every slice comes back as itself, its h-flip, its v-flip or both (no crop, no resampling)
+    kinds = set()
+    for a, b in zip(x, y):
+        match = [k for k, f in (("id", a), ("h", a[:, ::-1]), ("v", a[::-1]), ("hv", a[::-1, ::-1]))
+                 if np.array_equal(b, f)]
+        assert match, "a slice was changed by more than flips"
+        kinds.add(match[0])
+    assert kinds == {"id", "h", "v", "hv"}
+    with pytest.raises(ValueError, match="SlicePretrain.augment 'rotate' unknown"):
+        SlicePretrainer(_cfg(cache, tmp_path, "SlicePretrain.augment=rotate"))

@@ -24,7 +24,7 @@ import paddle.nn as nn
 import paddle.nn.functional as F
 
 from ..arch import build_model
-from ..data.augment import build_train_augment
+from ..data.augment import TrainAugment, build_train_augment
 from ..data.cache import series_file
 from ..data.dataset import SeriesDataset
 from ..metric.log_loss import per_class_auc, prior_probabilities, weighted_log_loss
@@ -98,7 +98,16 @@ class SlicePretrainer:
             self.val: Optional[SliceSampler] = SliceSampler(val_ds) if len(val_ds) else None
         except ValueError:
             self.val = None
-        self.augment = build_train_augment(cfg) if sp.get("augment") else None
+        aug = sp.get("augment", "flip")
+        if aug not in ("none", "flip", "train"):
+            raise ValueError(f"SlicePretrain.augment '{aug}' unknown; expected none | flip | train")
+        if aug == "train":                                     # DataLoader.Train.augment, drawn per slice
+            self.augment: Optional[TrainAugment] = build_train_augment(cfg)
+        elif aug == "flip":                                    # h- and v-flip at 0.5 each, per slice
+            self.augment = TrainAugment(size=int(cfg["Data"]["image_size"]), random_resized_crop=False,
+                                        hflip=0.5, vflip=0.5, per_slice=True)
+        else:
+            self.augment = None
         self.prior = prior_probabilities(self.train.labels)
         model = build_model(cfg["Arch"])
         self.backbone = model.backbone

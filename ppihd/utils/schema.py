@@ -194,7 +194,8 @@ DEFAULTS: Dict[str, Any] = {
         "iters": 300,
         "batch_slices": 16,                        # slices per step, drawn across all training series
         "eval_interval": 100,                      # val weighted log loss; the best backbone is kept
-        "augment": False,                          # DataLoader.Train.augment on each slice when True
+        "augment": "flip",                         # none | flip (h/v flips at 0.5 per slice) | train
+                                                   # (DataLoader.Train.augment, per slice)
         "output_dir": None,                        # None = <Global.output_dir>/slice_pretrain
         "Optimizer": {
             "name": "AdamW",
