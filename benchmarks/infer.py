@@ -204,6 +204,10 @@ def child_run(path: str, meta_file: str, workdir: str, slices: int, repeats: int
     if path == "ort-bf16":
         emit({**info, "error": "not run: " + probe_ort_bf16()})
         return
+    if path.startswith("pi-"):  # as PaddleInferenceBackend does: freed activations stay mapped between runs
+        from ppihd.engine.predictor import keep_freed_memory
+
+        info["keep_freed_memory"] = keep_freed_memory()
     if path == "dygraph":
         import paddle
 

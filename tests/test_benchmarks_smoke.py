@@ -81,3 +81,15 @@ def test_scaling_quick(tmp_path):
     assert all(r["seq_share_pct"] < 1.0 for r in res["inference"])
     assert (figs / "bench_scaling_inference.png").stat().st_size > 1000
     assert (figs / "bench_scaling_preprocess.png").stat().st_size > 1000
+
+
+def test_infer_ab_quick(tmp_path):
+    """Interleaved A/B: both token layouts and the 2-stream throughput mode give the same probabilities."""
+    out = _run("infer_ab.py", "--workdir", str(tmp_path), "--streams", "1,2")
+    assert "% peak" in out
+    res = json.loads((tmp_path / "infer_ab.json").read_text())
+    assert res["peak_gflops"] > 0 and len(res["rounds"]) == 2
+    assert {(r["variant"], r["streams"]) for r in res["rows"]} == {(v, s) for v in ("spatial", "window")
+                                                                    for s in (1, 2)}
+    for r in res["rows"]:
+        assert r["s_per_slice"] > 0 and r["max_dp"] < 1e-5, r

@@ -138,3 +138,62 @@ def test_chunked_prediction(exported):
     w = [dy.predict_series(x[b:e]) for b, e in ((0, 6), (4, 10), (6, 12))]
     expect = np.concatenate([w[0][:4], (w[0][4:6] + w[1][:2]) / 2, (w[1][2:6] + w[2][:4]) / 2, w[2][4:]])
     np.testing.assert_allclose(dy.predict(x, 6, 2), expect, atol=1e-5)
+
+
+@pytest.fixture(scope="module")
+def exported_layouts(tmp_path_factory):
+    """micro Swin at 112² (grids 28, 14, 7, 4: window order in three stages, shifted windows, an odd merge) with
+    plain LayerNorm init (the default zero res-post-norm init makes every block the identity), both layouts."""
+    from ppihd.arch import build_model
+    from ppihd.engine.exporter import export_paddle
+    from ppihd.utils.config import load_config
+
+    from infer_utils import DEMO_CFG
+
+    out = {}
+    for layout in ("spatial", "window"):
+        cfg = load_config(DEMO_CFG, ["Data.image_size=112", "Arch.backbone.window_size=7", "Arch.backbone.patch_size=4",
+                                     "Arch.backbone.stem=patch", "Arch.backbone.stem_channels=null",
+                                     "Arch.backbone.post_norm_init=one", f"Arch.backbone.token_layout={layout}"])
+        paddle.seed(7)
+        model = build_model(cfg["Arch"])
+        model.eval()
+        d = str(tmp_path_factory.mktemp(f"export_{layout}"))
+        export_paddle(model, d, 112)
+        out[layout] = (model, d)
+    return out
+
+
+@pytest.mark.parametrize("mkldnn", [True, False])
+def test_window_token_layout_exports_to_the_same_numbers(exported_layouts, mkldnn):
+    from ppihd.arch.backbone.swin import uses_window_order
+
+    spatial_model = exported_layouts["spatial"][0]
+    window_model, d = exported_layouts["window"]
+    bb = window_model.backbone
+    assert [uses_window_order(bb.token_layout, h, w, bb.window_size) for h, w in bb.stage_shapes(112, 112)] == \
+        [True, True, True, False]
+    x = np.random.default_rng(1).random((3, 3, 112, 112), dtype=np.float32)
+    ref = DygraphBackend(spatial_model).predict_series(x)
+    assert np.abs(ref - 0.5).max() > 0.05  # the blocks are not the identity: the layout matters
+    np.testing.assert_allclose(DygraphBackend(window_model).predict_series(x), ref, atol=1e-6, rtol=0)
+    pb = PaddleInferenceBackend(d, threads=2, mkldnn=mkldnn)
+    np.testing.assert_allclose(pb.predict_series(x), ref, atol=1e-5, rtol=0)
+    if mkldnn and PADDLE3:  # and through ONNX (paddle2onnx reads the Paddle 3 graph)
+        pytest.importorskip("onnxruntime")
+        pytest.importorskip("paddle2onnx")
+        from ppihd.engine.exporter import export_onnx
+        from ppihd.engine.predictor import OnnxBackend
+
+        files = find_model_files(d)
+        export_onnx(files[0], files[1], os.path.join(d, "inference.onnx"), 13)
+        np.testing.assert_allclose(OnnxBackend(d, threads=2).predict_series(x), ref, atol=1e-5, rtol=0)
+
+
+def test_keep_freed_memory_is_set_once():
+    from ppihd.engine.predictor import keep_freed_memory
+
+    first = keep_freed_memory()
+    assert isinstance(first, bool) and keep_freed_memory() is first
+    if os.uname().sysname == "Linux" and os.confstr("CS_GNU_LIBC_VERSION"):
+        assert first  # glibc accepted M_MMAP_MAX / M_TRIM_THRESHOLD

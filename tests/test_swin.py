@@ -6,7 +6,9 @@ import paddle
 import pytest
 
 from ppihd.arch.backbone.swin import (MASK_VALUE, PatchMerging, SwinTransformer, SwinTransformerBlock,
-                                      relative_position_index, window_attention_mask)
+                                      merge_index, relative_position_index, shift_index, spatial_to_window_index,
+                                      uses_window_order, valid_slots, window_attention_mask, window_partition,
+                                      window_slots, window_to_spatial_index)
 
 
 # ---------------------------------------------------------------------------------------------- numpy helpers
@@ -259,12 +261,13 @@ def numpy_swin_features(p, x, embed, depths, heads, window, post_norm):
     return ln(t, p["norm.weight"], p["norm.bias"]).mean(0)
 
 
+@pytest.mark.parametrize("layout", ["spatial", "window"])
 @pytest.mark.parametrize("post_norm", [False, True])
-def test_full_backbone_matches_independent_numpy_forward(post_norm):
+def test_full_backbone_matches_independent_numpy_forward(post_norm, layout):
     embed, depths, heads, window = 8, [2, 2, 2], [1, 2, 2], 2
     paddle.seed(0)
     m = SwinTransformer("micro", embed_dim=embed, depths=depths, num_heads=heads, window_size=window,
-                        post_norm=post_norm, drop_path_rate=0.3)  # drop path inactive in eval
+                        post_norm=post_norm, drop_path_rate=0.3, token_layout=layout)  # drop path off in eval
     randomize(m, seed=11, scale=0.2)
     m.eval()
     x = np.random.default_rng(4).random((1, 3, 32, 32)).astype("float32")  # maps 8x8, 4x4, 2x2
@@ -337,3 +340,141 @@ def test_conv_stem_keeps_the_patch_grid(size):
         SwinTransformer("micro", patch_size=6, stem="conv")
     with pytest.raises(ValueError, match="stem"):
         SwinTransformer("micro", stem="cnn")
+
+
+# --- token_layout="window": tokens kept in window order inside a stage (same model, fewer copies) ---
+
+def _pad_grid(a, H, W, w):
+    Hp, Wp = -(-H // w) * w, -(-W // w) * w
+    g = np.zeros((Hp, Wp) + a.shape[2:], a.dtype)
+    g[:H, :W] = a
+    return g
+
+
+@pytest.mark.parametrize("H,W,w,s", [(56, 56, 7, 3), (14, 14, 7, 3), (5, 7, 3, 1), (10, 6, 4, 2), (3, 3, 7, 0),
+                                     (9, 13, 7, 3)])
+def test_window_order_indices_equal_pad_roll_partition(H, W, w, s):
+    Hp, Wp = -(-H // w) * w, -(-W // w) * w
+    grid = np.arange(Hp * Wp).reshape(1, Hp, Wp, 1).astype("float32")
+    part = window_partition(paddle.to_tensor(grid), w).numpy().reshape(-1).astype(int)
+    np.testing.assert_array_equal(window_slots(H, W, w), part)  # the window order is window_partition's
+    # spatial -> window -> spatial is the identity on the real tokens; padding slots are exactly the invalid ones
+    real = np.arange(H * W)
+    to_w, to_s = spatial_to_window_index(H, W, w), window_to_spatial_index(H, W, w)
+    np.testing.assert_array_equal(to_w[to_s], real)
+    v = valid_slots(H, W, w)
+    if (Hp, Wp) == (H, W):
+        assert v is None
+    else:
+        np.testing.assert_array_equal(v, np.isin(part, (np.arange(H)[:, None] * Wp + np.arange(W)).ravel()))
+    # shift gather = roll(-s) then partition, expressed in window-order slots; inverse undoes it
+    if s:
+        fwd, inv = shift_index(H, W, w, s)
+        rolled = np.roll(grid, (-s, -s), axis=(1, 2))
+        exp = window_partition(paddle.to_tensor(rolled), w).numpy().reshape(-1)
+        np.testing.assert_array_equal(part[fwd], exp)
+        np.testing.assert_array_equal(fwd[inv], np.arange(Hp * Wp))
+
+
+@pytest.mark.parametrize("src,dst", [(True, True), (True, False), (False, True)])
+@pytest.mark.parametrize("H,W,w", [(56, 56, 7), (28, 28, 7), (21, 14, 7), (5, 7, 3), (7, 10, 4), (3, 3, 7)])
+def test_merge_index_equals_spatial_patch_merging(H, W, w, src, dst):
+    C = 3
+    rng = np.random.default_rng(H * 100 + W)
+    x = rng.standard_normal((2, H * W, C)).astype("float32")
+    pm = PatchMerging(dim=C)
+    randomize(pm, seed=W)
+    ys, h2, w2 = pm(paddle.to_tensor(x), H, W)
+    xt = paddle.to_tensor(x)
+    xw = paddle.gather(xt, paddle.to_tensor(spatial_to_window_index(H, W, w)), axis=1) if src else xt
+    yw, h2w, w2w = pm.forward_window(xw, H, W, w, src, dst)
+    assert (h2w, w2w) == (h2, w2) == (-(-H // 2), -(-W // 2))
+    back = paddle.gather(yw, paddle.to_tensor(window_to_spatial_index(h2, w2, w)), axis=1) if dst else yw
+    np.testing.assert_allclose(back.numpy(), ys.numpy(), rtol=1e-5, atol=1e-6)
+    assert merge_index(H, W, w, src, dst)[3] == bool(H % 2 or W % 2)  # a zero token only for odd sizes
+
+
+@pytest.mark.parametrize("post_norm", [True, False])
+@pytest.mark.parametrize("H,W,w,s", [(4, 4, 2, 1), (5, 5, 3, 1), (3, 5, 2, 1), (2, 2, 3, 1), (9, 13, 4, 2)])
+def test_window_layout_block_equals_spatial_block_and_brute_force(H, W, w, s, post_norm):
+    paddle.seed(0)
+    a = SwinTransformerBlock(dim=8, num_heads=2, window_size=w, shift_size=s, post_norm=post_norm)
+    b = SwinTransformerBlock(dim=8, num_heads=2, window_size=w, shift_size=s, post_norm=post_norm,
+                             token_layout="window")
+    randomize(a, seed=H * 10 + W)
+    b.set_state_dict(a.state_dict())
+    a.eval()
+    b.eval()
+    x = np.random.default_rng(1).standard_normal((2, H * W, 8)).astype("float32")
+    to_w = paddle.to_tensor(spatial_to_window_index(H, W, w))
+    to_s = paddle.to_tensor(window_to_spatial_index(H, W, w))
+    xw = paddle.gather(paddle.to_tensor(x), to_w, axis=1)
+    att = paddle.gather(b._attention_window(xw, H, W), to_s, axis=1).numpy()  # padded grids too
+    np.testing.assert_allclose(att, a._attention(paddle.to_tensor(x), H, W).numpy(), rtol=1e-5, atol=1e-6)
+    exp = brute_force_attention(x[0].astype(np.float64), params(a), H, W, w, a.effective_shift(H, W), 2)
+    np.testing.assert_allclose(att[0], exp, rtol=1e-4, atol=1e-5)
+    # padding slots may hold anything on the way in: they are zeroed before attention
+    xw_noisy = xw.numpy().copy()
+    v = valid_slots(H, W, w)
+    if v is not None:
+        xw_noisy[:, v == 0] = 7.0
+    att2 = paddle.gather(b._attention_window(paddle.to_tensor(xw_noisy), H, W), to_s, axis=1).numpy()
+    np.testing.assert_array_equal(att2, att)
+    # whole block: window order only on grids that are a multiple of the window, row-major otherwise
+    ref = a(paddle.to_tensor(x), H, W).numpy()
+    if uses_window_order("window", H, W, w):
+        out = paddle.gather(b(xw, H, W), to_s, axis=1).numpy()
+    else:
+        out = b(paddle.to_tensor(x), H, W).numpy()
+    np.testing.assert_allclose(out, ref, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("post_norm", [True, False])
+@pytest.mark.parametrize("size,window", [((224, 224), 7), ((96, 96), 7), ((100, 130), 7), ((30, 45), 3),
+                                         ((64, 64), 7), ((96, 96), 6), ((112, 168), 7)])
+def test_window_layout_backbone_equals_spatial(size, window, post_norm):
+    """Same parameters (identical state-dict keys), same features at 224², sizes with padding, odd merges."""
+    paddle.seed(0)
+    a = SwinTransformer("micro", window_size=window, post_norm=post_norm, post_norm_init="one",
+                        token_layout="spatial")
+    b = SwinTransformer("micro", window_size=window, post_norm=post_norm, post_norm_init="one")
+    assert b.token_layout == "window"  # the default
+    randomize(a, seed=5, scale=0.1)
+    sa = a.state_dict()
+    assert list(b.state_dict().keys()) == list(sa.keys())
+    b.set_state_dict(sa)
+    a.eval()
+    b.eval()
+    x = paddle.to_tensor(np.random.default_rng(2).random((2, 3, *size)).astype("float32"))
+    np.testing.assert_allclose(b(x).numpy(), a(x).numpy(), rtol=1e-5, atol=1e-5)
+
+
+def test_window_layout_gradients_and_recompute_equal_spatial():
+    x = np.random.default_rng(0).random((2, 3, 40, 56)).astype("float32")  # 10x14 grid: padding + odd merge
+    grads = []
+    for layout, rc in (("spatial", False), ("window", False), ("window", True)):
+        paddle.seed(0)
+        m = SwinTransformer("micro", window_size=4, drop_path_rate=0.0, post_norm_init="one",
+                            token_layout=layout, recompute=rc)
+        m.train()
+        (m.forward_features(paddle.to_tensor(x)) ** 2).sum().backward()
+        grads.append([m.patch_embed.proj.weight.grad.numpy().copy(),
+                      m.layers[0].blocks[1].attn.relative_position_bias_table.grad.numpy().copy()])
+    for g in grads[1:]:
+        for u, v in zip(g, grads[0]):
+            np.testing.assert_allclose(u, v, rtol=1e-4, atol=1e-6)
+
+
+def test_unknown_token_layout_is_rejected():
+    with pytest.raises(ValueError, match="token_layout"):
+        SwinTransformer("micro", token_layout="windows")
+
+
+@pytest.mark.parametrize("size,window,orders", [((224, 224), 7, [True] * 4), ((96, 96), 7, [False] * 4),
+                                                ((96, 96), 6, [True, True, True, False]),
+                                                ((112, 168), 7, [True, True, False, False])])
+def test_window_order_only_on_grids_without_padding(size, window, orders):
+    m = SwinTransformer("micro", window_size=window)
+    got = [uses_window_order(m.token_layout, h, w, window) for h, w in m.stage_shapes(*size)]
+    assert got == orders
+    assert not any(uses_window_order("spatial", h, w, window) for h, w in m.stage_shapes(*size))

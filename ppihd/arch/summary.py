@@ -72,11 +72,16 @@ def sequence_macs(d_model: int, dim_feedforward: int, num_layers: int, length: i
 
 def measure_linear_macs(layer: nn.Layer, x: paddle.Tensor, call: str = "forward_features") -> int:
     """Conv2D + Linear MACs of one forward, measured with forward hooks (no attention products)."""
+    from .backbone.swin import WindowAttention
+
     total = [0]
     hooks = []
 
     def on_linear(m, inp, out):
         total[0] += int(np.prod(out.shape)) * int(m.weight.shape[0])
+
+    def on_attention(m, inp, out):  # WindowAttention multiplies by its qkv weight directly (no Linear call)
+        total[0] += int(np.prod(out.shape[:-1])) * int(m.qkv.weight.shape[0]) * int(m.qkv.weight.shape[1])
 
     def on_conv(m, inp, out):
         k = m.weight.shape  # [out, in/groups, kh, kw]
@@ -87,6 +92,8 @@ def measure_linear_macs(layer: nn.Layer, x: paddle.Tensor, call: str = "forward_
             hooks.append(m.register_forward_post_hook(on_linear))
         elif isinstance(m, nn.Conv2D):
             hooks.append(m.register_forward_post_hook(on_conv))
+        elif isinstance(m, WindowAttention):
+            hooks.append(m.register_forward_post_hook(on_attention))
     try:
         with paddle.no_grad():
             getattr(layer, call)(x)

@@ -16,6 +16,13 @@ Differences from PaddleClas that do not change the 224² result:
 * the shift is 0 wherever the feature map is not larger than the window (``min(H, W) <= window``); the
   window itself stays ``window_size`` (padding + key mask), which equals PaddleClas's shrunken window for
   square maps but keeps the relative-position table shape fixed.
+* ``token_layout="window"`` (the default) keeps a stage's tokens in window-partitioned order instead of
+  row-major order wherever the stage's grid is a multiple of the window (all stages at 224²; padded grids stay
+  row-major, :func:`uses_window_order`): LayerNorm, MLP and the residual adds are per token, so unshifted blocks need no
+  partition/reverse at all, a shifted block does one precomputed gather (roll + partition composed) before
+  attention and its inverse after, and PatchMerging is one gather straight into the next stage's window order.
+  Same parameters, same outputs (to float rounding) as ``"spatial"``; it only removes memory-bound copies
+  (docs/benchmarks.md, "CPU inference").
 """
 from __future__ import annotations
 
@@ -127,6 +134,133 @@ def window_reverse(windows: paddle.Tensor, window: int, h: int, w: int) -> paddl
     return x.reshape([-1, h, w, c])
 
 
+#: Token orders inside a stage (``Arch.backbone.token_layout``).
+TOKEN_LAYOUTS = ("spatial", "window")
+
+
+def _padded(size: int, window: int) -> int:
+    return int(math.ceil(size / window)) * window
+
+
+def window_slots(height: int, width: int, window: int) -> np.ndarray:
+    """int64 ``[Hp * Wp]``: for each slot of the window order, its row-major position in the padded
+    ``Hp x Wp`` grid (windows row-major, tokens row-major inside a window: :func:`window_partition`'s order)."""
+    hp, wp = _padded(height, window), _padded(width, window)
+    grid = np.arange(hp * wp, dtype=np.int64).reshape(hp // window, window, wp // window, window)
+    return grid.transpose(0, 2, 1, 3).reshape(-1)
+
+
+def _slot_of(height: int, width: int, window: int) -> np.ndarray:
+    """Inverse of :func:`window_slots`: padded-grid position -> window-order slot."""
+    pos = window_slots(height, width, window)
+    inv = np.empty_like(pos)
+    inv[pos] = np.arange(pos.size, dtype=np.int64)
+    return inv
+
+
+def spatial_to_window_index(height: int, width: int, window: int) -> np.ndarray:
+    """int64 ``[Hp * Wp]``: gather index from row-major real tokens ``[H * W]`` into window order. Padding slots
+    point at token 0 (their values are never used: they are zeroed before attention, see :func:`valid_slots`)."""
+    wp = _padded(width, window)
+    pos = window_slots(height, width, window)
+    r, c = pos // wp, pos % wp
+    return np.where((r < height) & (c < width), r * width + c, 0).astype("int64")
+
+
+def window_to_spatial_index(height: int, width: int, window: int) -> np.ndarray:
+    """int64 ``[H * W]``: gather index from window order back to the row-major real tokens."""
+    wp = _padded(width, window)
+    r, c = np.meshgrid(np.arange(height), np.arange(width), indexing="ij")
+    return _slot_of(height, width, window)[(r * wp + c).reshape(-1)].astype("int64")
+
+
+def valid_slots(height: int, width: int, window: int) -> Optional[np.ndarray]:
+    """float32 ``[Hp * Wp]``: 1 for real tokens, 0 for padding, in window order; None without padding."""
+    hp, wp = _padded(height, window), _padded(width, window)
+    if hp == height and wp == width:
+        return None
+    pos = window_slots(height, width, window)
+    return (((pos // wp) < height) & ((pos % wp) < width)).astype("float32")
+
+
+def _valid_column(height: int, width: int, window: int) -> Optional[np.ndarray]:
+    v = valid_slots(height, width, window)
+    return None if v is None else v.reshape(1, -1, 1)
+
+
+def shift_index(height: int, width: int, window: int, shift: int) -> Tuple[np.ndarray, np.ndarray]:
+    """(forward, inverse) int64 ``[Hp * Wp]`` gathers between the window order of the padded grid and the
+    window order of that grid rolled by ``-shift`` (``paddle.roll`` + :func:`window_partition` composed)."""
+    hp, wp = _padded(height, window), _padded(width, window)
+    pos = window_slots(height, width, window)  # positions in the rolled grid, in its window order
+    i, j = pos // wp, pos % wp
+    src = ((i + shift) % hp) * wp + (j + shift) % wp  # where each came from in the unrolled grid
+    fwd = _slot_of(height, width, window)[src].astype("int64")
+    inv = np.empty_like(fwd)
+    inv[fwd] = np.arange(fwd.size, dtype=np.int64)
+    return fwd, inv
+
+
+def uses_window_order(token_layout: str, height: int, width: int, window: int) -> bool:
+    """Whether a stage on a ``height x width`` grid keeps its tokens in window order: with
+    ``token_layout="window"`` and a grid that is a multiple of the window. Grids that need padding stay
+    row-major (window order would carry the padded tokens through every MLP: up to 9x the work on tiny maps)."""
+    return token_layout == "window" and height % window == 0 and width % window == 0
+
+
+def merge_index(height: int, width: int, window: int, src_window: bool = True,
+                dst_window: bool = True) -> Tuple[np.ndarray, int, int, bool]:
+    """PatchMerging as one gather: int64 ``[L2 * 4]`` (target-major, quadrants x[0::2,0::2], x[1::2,0::2],
+    x[0::2,1::2], x[1::2,1::2] inner) picking the 2x2 neighbours of every next-stage token.
+
+    The source tokens are in window order of the padded ``height x width`` grid (``src_window``) or row-major
+    ``[H * W]``; the targets in window order of the next stage's padded grid (``dst_window``, L2 = Hp2 * Wp2)
+    or row-major (L2 = H2 * W2). Returns (index, H2, W2, needs_zero): sources outside the odd-sized map point
+    at the source length (an appended zero token, only then ``needs_zero``); next-stage padding slots at 0."""
+    h2, w2 = -(-height // 2), -(-width // 2)
+    if src_window:
+        slot, wp = _slot_of(height, width, window), _padded(width, window)
+    else:
+        slot, wp = np.arange(height * width, dtype=np.int64), width
+    zero = slot.size
+    if dst_window:
+        wp2 = _padded(w2, window)
+        pos2 = window_slots(h2, w2, window)
+        r2, c2 = pos2 // wp2, pos2 % wp2
+    else:
+        r2, c2 = (a.reshape(-1) for a in np.meshgrid(np.arange(h2), np.arange(w2), indexing="ij"))
+    real2 = (r2 < h2) & (c2 < w2)
+    cols = []
+    for dr, dc in ((0, 0), (1, 0), (0, 1), (1, 1)):
+        r, c = 2 * r2 + dr, 2 * c2 + dc
+        ok = real2 & (r < height) & (c < width)
+        src = slot[np.where(ok, r * wp + c, 0)]
+        cols.append(np.where(ok, src, np.where(real2, zero, 0)))
+    idx = np.stack(cols, axis=1).reshape(-1).astype("int64")
+    return idx, h2, w2, bool((idx == zero).any())
+
+
+def _const(cache: Dict[Any, Any], key: Any, make) -> Any:
+    """``make()`` (numpy array, tuple of arrays, or None) as paddle tensors, cached per key in dygraph. Under
+    to_static tracing a fresh constant per program, never cached (as the attention masks)."""
+    def conv(a):
+        if a is None or isinstance(a, (bool, int)):
+            return a
+        if isinstance(a, tuple):
+            return tuple(conv(v) for v in a)
+        return paddle.to_tensor(a)
+    if not paddle.in_dynamic_mode():
+        return conv(make())
+    if key not in cache:
+        cache[key] = conv(make())
+    return cache[key]
+
+
+def _gather_tokens(x: paddle.Tensor, index: paddle.Tensor) -> paddle.Tensor:
+    """``x[:, index]`` for ``x [B, L, C]``."""
+    return paddle.gather(x, index, axis=1)
+
+
 class DropPath(nn.Layer):
     """Stochastic depth: drop the whole residual branch per sample with probability ``drop_prob``."""
 
@@ -196,12 +330,28 @@ class WindowAttention(nn.Layer):
         bias = paddle.index_select(self.relative_position_bias_table, self.relative_position_index)
         return bias.reshape([n, n, self.num_heads]).transpose([2, 0, 1])
 
-    def forward(self, x: paddle.Tensor, mask: Optional[paddle.Tensor] = None) -> paddle.Tensor:
-        """x ``[B*nW, N, C]``; mask additive ``[nW, N, N]`` or None. Returns ``[B*nW, N, C]``."""
-        n, c = x.shape[1], x.shape[2]
+    def _project(self, x: paddle.Tensor, i: int, n: int) -> paddle.Tensor:
+        """q (i=0), k (1) or v (2) ``[B*nW, h, N, d]``: x times the i-th column block of the ``qkv`` Linear.
+
+        Three products on column slices of the one ``qkv`` parameter (PaddleClas name and shape kept) instead
+        of one product + reshape + transpose + unbind: Paddle Inference's oneDNN passes then fuse each
+        reshape/transpose into the attention matmul (``reshape_transpose_matmul_fuse_pass``), which removed
+        the qkv reorders and the unbind copy (~10 % of Swin-B's CPU time; docs/benchmarks.md)."""
+        c = self.dim
         h = self.num_heads
-        qkv = self.qkv(x).reshape([-1, n, 3, h, c // h]).transpose([2, 0, 3, 1, 4])
-        q, k, v = paddle.unbind(qkv, axis=0)  # [B*nW, h, N, d]; unbind's backward is cheaper than slicing
+        y = paddle.matmul(x, self.qkv.weight[:, i * c:(i + 1) * c])
+        if self.qkv.bias is not None:
+            y = y + self.qkv.bias[i * c:(i + 1) * c]
+        return y.reshape([-1, n, h, c // h]).transpose([0, 2, 1, 3])
+
+    def forward(self, x: paddle.Tensor, mask: Optional[paddle.Tensor] = None,
+                tokens: Optional[int] = None) -> paddle.Tensor:
+        """x ``[B*nW, N, C]`` (or ``[B, nW*N, C]``: windows of N consecutive tokens); mask additive ``[nW, N, N]``
+        or None. Returns ``[B*nW, N, C]``, or ``[-1, tokens, C]`` when ``tokens`` is given (the window layout
+        passes its stage's ``[B, L, C]`` straight through: no reshape copies before and after)."""
+        n, c = self.window_size * self.window_size, x.shape[-1]
+        h = self.num_heads
+        q, k, v = (self._project(x, i, n) for i in range(3))  # each [B*nW, h, N, d]
         attn = paddle.matmul(q * self.scale, k, transpose_y=True)
         bias = self.relative_bias().unsqueeze(0)  # [1, h, N, N]
         if mask is None:
@@ -215,7 +365,7 @@ class WindowAttention(nn.Layer):
             bias = bias + mask.unsqueeze(1)
             attn = (attn.reshape([-1, nw, h, n, n]) + bias.unsqueeze(0)).reshape([-1, h, n, n])
         attn = self.attn_drop(F.softmax(attn, axis=-1))
-        out = paddle.matmul(attn, v).transpose([0, 2, 1, 3]).reshape([-1, n, c])
+        out = paddle.matmul(attn, v).transpose([0, 2, 1, 3]).reshape([-1, tokens or n, c])
         return self.proj_drop(self.proj(out))
 
     def extra_repr(self) -> str:
@@ -237,7 +387,8 @@ class SwinTransformerBlock(nn.Layer):
 
     def __init__(self, dim: int, num_heads: int, window_size: int = 7, shift_size: int = 0,
                  mlp_ratio: float = 4.0, qkv_bias: bool = True, drop: float = 0.0, attn_drop: float = 0.0,
-                 drop_path: float = 0.0, post_norm: bool = True, post_norm_init: str = "zero") -> None:
+                 drop_path: float = 0.0, post_norm: bool = True, post_norm_init: str = "zero",
+                 token_layout: str = "spatial") -> None:
         super().__init__()
         if not 0 <= shift_size < window_size:
             raise ValueError(f"shift_size {shift_size} must be in [0, window_size={window_size})")
@@ -253,7 +404,11 @@ class SwinTransformerBlock(nn.Layer):
         if post_norm_init not in ("zero", "one"):
             raise ValueError(f"Arch.backbone.post_norm_init '{post_norm_init}' unknown; expected zero | one")
         self.post_norm_init = post_norm_init
+        if token_layout not in TOKEN_LAYOUTS:
+            raise ValueError(f"Arch.backbone.token_layout '{token_layout}' unknown; expected spatial | window")
+        self.token_layout = token_layout
         self._mask_cache: Dict[Tuple[int, int, int], Optional[paddle.Tensor]] = {}
+        self._index_cache: Dict[Any, Any] = {}
 
     def effective_shift(self, height: int, width: int) -> int:
         """0 where the feature map is not larger than the window, else ``shift_size``."""
@@ -270,6 +425,8 @@ class SwinTransformerBlock(nn.Layer):
         return self._mask_cache[key]
 
     def _attention(self, x: paddle.Tensor, height: int, width: int) -> paddle.Tensor:
+        if uses_window_order(self.token_layout, height, width, self.window_size):
+            return self._attention_window(x, height, width)
         c = x.shape[-1]
         w = self.window_size
         x = x.reshape([-1, height, width, c])
@@ -288,8 +445,32 @@ class SwinTransformerBlock(nn.Layer):
             x = x[:, :height, :width, :]
         return x.reshape([-1, height * width, c])
 
+    def _attention_window(self, x: paddle.Tensor, height: int, width: int) -> paddle.Tensor:
+        """x ``[B, Hp*Wp, C]`` in window order of the padded grid (``token_layout="window"``) -> same layout.
+
+        Padding slots are zeroed first (the spatial path pads with zeros at every attention); with a shift,
+        one gather maps the window order to the window order of the rolled grid and one gathers back. The model
+        calls this only on grids without padding (:func:`uses_window_order`); padding is handled for
+        completeness and tested."""
+        c = x.shape[-1]
+        w = self.window_size
+        n = w * w
+        lp = _padded(height, w) * _padded(width, w)
+        shift = self.effective_shift(height, width)
+        valid = _const(self._index_cache, ("valid", height, width), lambda: _valid_column(height, width, w))
+        if valid is not None:
+            x = x * valid
+        if shift:
+            fwd, inv = _const(self._index_cache, ("shift", height, width, shift),
+                              lambda: shift_index(height, width, w, shift))
+            x = _gather_tokens(x, fwd)
+        x = self.attn(x, mask=self._mask(height, width, shift), tokens=lp)
+        if shift:
+            x = _gather_tokens(x, inv)
+        return x
+
     def forward(self, x: paddle.Tensor, height: int, width: int) -> paddle.Tensor:
-        """x ``[B, H*W, C]`` -> ``[B, H*W, C]``."""
+        """x ``[B, H*W, C]`` -> ``[B, H*W, C]`` (in window order instead when :func:`uses_window_order`)."""
         if self.post_norm:
             x = x + self.drop_path(self.norm1(self._attention(x, height, width)))
             x = x + self.drop_path(self.norm2(self.mlp(x)))
@@ -312,6 +493,7 @@ class PatchMerging(nn.Layer):
         self.dim = dim
         self.reduction = nn.Linear(4 * dim, 2 * dim, bias_attr=False)
         self.norm = nn.LayerNorm(4 * dim)
+        self._index_cache: Dict[Any, Any] = {}
 
     def forward(self, x: paddle.Tensor, height: int, width: int) -> Tuple[paddle.Tensor, int, int]:
         """x ``[B, H*W, C]`` -> (``[B, ceil(H/2)*ceil(W/2), 2C]``, H', W')."""
@@ -325,6 +507,21 @@ class PatchMerging(nn.Layer):
         x3 = x[:, 1::2, 1::2, :]
         h2, w2 = x0.shape[1], x0.shape[2]
         x = paddle.concat([x0, x1, x2, x3], axis=-1).reshape([-1, h2 * w2, 4 * c])
+        return self.reduction(self.norm(x)), h2, w2
+
+    def forward_window(self, x: paddle.Tensor, height: int, width: int, window: int, src_window: bool = True,
+                       dst_window: bool = True) -> Tuple[paddle.Tensor, int, int]:
+        """Gather version (``token_layout="window"``): x ``[B, Hp*Wp, C]`` in window order of the padded
+        ``height x width`` grid (or row-major ``[B, H*W, C]`` with ``src_window=False``) -> (``[B, Hp2*Wp2, 2C]``
+        in window order of the next stage's padded grid (or row-major with ``dst_window=False``), H', W').
+        One gather builds the 2x2 concat (same channel order as :meth:`forward`); see :func:`merge_index`."""
+        c = x.shape[-1]
+        idx, h2, w2, needs_zero = _const(self._index_cache, (height, width, window, src_window, dst_window),
+                                         lambda: merge_index(height, width, window, src_window, dst_window))
+        if needs_zero:
+            x = pad_zeros(x, 1, 1)
+        lp2 = _padded(h2, window) * _padded(w2, window) if dst_window else h2 * w2
+        x = _gather_tokens(x, idx).reshape([-1, lp2, 4 * c])
         return self.reduction(self.norm(x)), h2, w2
 
 
@@ -389,23 +586,33 @@ class BasicLayer(nn.Layer):
     def __init__(self, dim: int, depth: int, num_heads: int, window_size: int, mlp_ratio: float,
                  qkv_bias: bool, drop: float, attn_drop: float, drop_path: Sequence[float],
                  downsample: bool, post_norm: bool, recompute: bool = False,
-                 post_norm_init: str = "zero") -> None:
+                 post_norm_init: str = "zero", token_layout: str = "spatial") -> None:
         super().__init__()
         self.recompute = recompute
+        self.window_size = window_size
+        self.token_layout = token_layout
         self.blocks = nn.LayerList([
             SwinTransformerBlock(dim, num_heads, window_size, 0 if i % 2 == 0 else window_size // 2,
-                                 mlp_ratio, qkv_bias, drop, attn_drop, drop_path[i], post_norm, post_norm_init)
+                                 mlp_ratio, qkv_bias, drop, attn_drop, drop_path[i], post_norm, post_norm_init,
+                                 token_layout)
             for i in range(depth)])
         self.downsample = PatchMerging(dim) if downsample else None
 
     def forward(self, x: paddle.Tensor, height: int, width: int) -> Tuple[paddle.Tensor, int, int]:
-        """x ``[B, H*W, C]`` -> (x, H, W) after the blocks and the optional merge."""
+        """x ``[B, H*W, C]`` -> (x, H, W) after the blocks and the optional merge. With ``token_layout="window"``
+        each stage's tokens come in and go out in the order :func:`uses_window_order` gives for its grid."""
         use_rc = self.recompute and self.training and not x.stop_gradient
         rc = _get_recompute() if use_rc else None
         for blk in self.blocks:
             x = rc(blk, x, height, width) if rc is not None else blk(x, height, width)
         if self.downsample is not None:
-            x, height, width = self.downsample(x, height, width)
+            ws = self.window_size
+            src = uses_window_order(self.token_layout, height, width, ws)
+            dst = uses_window_order(self.token_layout, -(-height // 2), -(-width // 2), ws)
+            if src or dst:
+                x, height, width = self.downsample.forward_window(x, height, width, ws, src, dst)
+            else:
+                x, height, width = self.downsample(x, height, width)
         return x, height, width
 
 
@@ -428,6 +635,9 @@ class SwinTransformer(nn.Layer):
         pool: ``avg`` (Swin: mean of the final-LN tokens) | ``max`` (per-channel max over the tokens; a small
             lesion then is not diluted by the rest of the slice; the CPU demo's option, not in the paper).
         recompute: activation checkpointing per block, active only in training.
+        token_layout: ``window`` (tokens kept in window-partitioned order inside a stage: no partition/reverse
+            copies, one gather per shift and per merge; faster on CPU) | ``spatial`` (row-major, as PaddleClas).
+            Same parameters and outputs.
         num_classes: ImageNet classifier size (0 = no ``head``; PaddleClas ``class_num``).
     """
 
@@ -437,8 +647,13 @@ class SwinTransformer(nn.Layer):
                  qkv_bias: bool = True, drop_rate: float = 0.0, attn_drop_rate: float = 0.0,
                  drop_path_rate: float = 0.5, post_norm: bool = True, recompute: bool = False,
                  num_classes: int = 0, post_norm_init: str = "zero", stem: str = "patch",
-                 stem_channels: Optional[Sequence[int]] = None, pool: str = "avg") -> None:
+                 stem_channels: Optional[Sequence[int]] = None, pool: str = "avg",
+                 token_layout: str = "window") -> None:
         super().__init__()
+        if token_layout not in TOKEN_LAYOUTS:
+            raise ValueError(f"Arch.backbone.token_layout '{token_layout}' unknown; expected spatial | window")
+        self.token_layout = token_layout
+        self._index_cache: Dict[Any, Any] = {}
         if variant not in VARIANTS:
             raise KeyError(f"Arch.backbone.variant '{variant}' unknown; expected one of {sorted(VARIANTS)}")
         v = VARIANTS[variant]
@@ -476,7 +691,8 @@ class SwinTransformer(nn.Layer):
                 dim=embed_dim * 2 ** i, depth=depths[i], num_heads=num_heads[i], window_size=window_size,
                 mlp_ratio=mlp_ratio, qkv_bias=qkv_bias, drop=drop_rate, attn_drop=attn_drop_rate,
                 drop_path=dpr[sum(depths[:i]):sum(depths[:i + 1])], downsample=i < self.num_layers - 1,
-                post_norm=post_norm, recompute=recompute, post_norm_init=post_norm_init))
+                post_norm=post_norm, recompute=recompute, post_norm_init=post_norm_init,
+                token_layout=token_layout))
         self.norm = nn.LayerNorm(self.num_features)
         self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else None
         self._init_weights()
@@ -499,8 +715,13 @@ class SwinTransformer(nn.Layer):
         """x ``[N, 3, H, W]`` (any H, W) -> pooled features ``[N, num_features]`` (final LN, mean over tokens)."""
         x, h, w = self.patch_embed(x)
         x = self.pos_drop(x)
+        if uses_window_order(self.token_layout, h, w, self.window_size):  # row-major -> window order, one gather
+            x = _gather_tokens(x, _const(self._index_cache, ("in", h, w),
+                                         lambda: spatial_to_window_index(h, w, self.window_size)))
         for layer in self.layers:
             x, h, w = layer(x, h, w)
+        # the last stage's tokens are all real in either order (window order only without padding): pooling
+        # over tokens does not depend on their order
         x = self.norm(x)
         return x.max(axis=1) if self.pool == "max" else x.mean(axis=1)
 
