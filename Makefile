@@ -11,7 +11,7 @@ JOBS   ?= 2
 VENV26 ?= .venv-paddle26
 STAMP26 := $(VENV26)/.installed
 
-.PHONY: install demo demo-data demo-preprocess demo-train demo-eval demo-infer demo-export test test-fast test-paddle26 clean bench bench-quick
+.PHONY: install demo demo-data demo-preprocess demo-pretrain demo-train demo-eval demo-infer demo-export test test-fast test-paddle26 clean bench bench-quick
 
 install: $(STAMP)
 
@@ -22,18 +22,25 @@ $(STAMP): requirements.txt requirements-dev.txt setup.py
 	$(PIP) install --no-deps -e .
 	touch $(STAMP)
 
-demo: install demo-data demo-preprocess demo-train demo-eval demo-infer demo-export
+demo: install demo-data demo-preprocess demo-pretrain demo-train demo-eval demo-infer demo-export
 	@echo "make demo: finished; outputs in $(DEMO_DATA) and $(DEMO)"
 
 demo-data: install
-	$(PY) tools/make_demo_data.py --out $(DEMO_DATA) --series 48 --test-series 8 --seed 0 --workers $(JOBS)
+	$(PY) tools/make_demo_data.py --out $(DEMO_DATA) --series 320 --test-series 8 --seed 0 --size 256 \
+		--slices-min 16 --slices-max 24 --hemorrhage-fraction 0.5 --workers $(JOBS)
 
 demo-preprocess: install
 	$(PY) tools/preprocess.py -c $(DEMO_CFG) -o Data.root=$(DEMO_DATA) -o Data.num_workers=$(JOBS)
 
-# train the CPU demo model on the synthetic cache (resumes from $(DEMO)/latest if a previous run was stopped)
+# stage 1: backbone weights to start from (the paper's ImageNet weights cannot be downloaded here): slice-level
+# pre-training on random slices of the training series -> $(DEMO)/slice_pretrain/backbone.pdparams
+demo-pretrain: install
+	$(PY) tools/pretrain_slices.py -c $(DEMO_CFG) -o Data.root=$(DEMO_DATA) -o Global.output_dir=$(DEMO)
+
+# stage 2: the paper's end-to-end training from those weights (resumes from $(DEMO)/latest if a run was stopped)
 demo-train: install
 	$(PY) tools/train.py -c $(DEMO_CFG) -o Data.root=$(DEMO_DATA) -o Global.output_dir=$(DEMO) \
+		-o Arch.pretrained=$(DEMO)/slice_pretrain/backbone.pdparams \
 		$(if $(wildcard $(DEMO)/latest.json),-o Global.checkpoints=$(DEMO)/latest)
 
 # score best_model on the held-out (val) synthetic series, next to the constant-prior baseline
@@ -74,12 +81,14 @@ test-fast: install
 # Benchmarks (not part of make test; docs/benchmarks.md). Each prints a table and writes output/bench/*.json.
 bench: install
 	$(PY) benchmarks/infer.py
+	$(PY) benchmarks/infer_ab.py
 	$(PY) benchmarks/train_memory.py
 	$(PY) benchmarks/loader.py
 	$(PY) benchmarks/scaling.py
 
 bench-quick: install
 	$(PY) benchmarks/infer.py --quick
+	$(PY) benchmarks/infer_ab.py --quick
 	$(PY) benchmarks/train_memory.py --quick
 	$(PY) benchmarks/loader.py --quick
 	$(PY) benchmarks/scaling.py --quick --fig-dir output/bench/figures
