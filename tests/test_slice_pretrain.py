@@ -125,3 +125,27 @@ def test_augment_modes(cache, tmp_path):
     assert kinds == {"id", "h", "v", "hv"}
     with pytest.raises(ValueError, match="SlicePretrain.augment 'rotate' unknown"):
         SlicePretrainer(_cfg(cache, tmp_path, "SlicePretrain.augment=rotate"))
+
+
+def test_stem_head_adds_its_weighted_loss(cache, tmp_path):
+    from ppihd.engine.slice_pretrain import SlicePretrainer
+
+    extra = ["Arch.backbone.stem=conv", "Arch.backbone.stem_channels=[8,16,24]"]
+    pre = SlicePretrainer(_cfg(cache, tmp_path, *extra, "SlicePretrain.stem_head_weight=0.5"))
+    assert pre.stem_head is not None and pre.stem_head.weight.shape == [24, 6]
+    # at initialisation both heads have zero weights and the prior logits as bias, so each head's loss is the
+    # class-weighted BCE of the constant prior, computed here by hand; the total is (1 + 0.5) times that
+    y = pre.train.labels[:7]
+    p = np.clip(pre.prior, 1e-4, 1 - 1e-4)
+    w = np.array([1, 1, 1, 1, 1, 2], dtype=np.float64)
+    bce = -(y * np.log(p) + (1 - y) * np.log(1 - p))
+    hand = float(((bce * w).sum(axis=1) / w.sum()).mean())
+    got = float(pre.batch_loss(pre.train.images(np.arange(7)), y))
+    assert math.isclose(got, 1.5 * hand, rel_tol=1e-5)
+    # without the stem head: the slice head's loss alone
+    pre0 = SlicePretrainer(_cfg(cache, tmp_path, *extra, "SlicePretrain.stem_head_weight=0"))
+    assert pre0.stem_head is None
+    assert math.isclose(float(pre0.batch_loss(pre0.train.images(np.arange(7)), y)), hand, rel_tol=1e-5)
+    with pytest.raises(ValueError, match="needs Arch.backbone.stem: conv"):
+        SlicePretrainer(_cfg(cache, tmp_path, "Arch.backbone.stem=patch", "Arch.backbone.stem_channels=null",
+                             "SlicePretrain.stem_head_weight=1.0"))

@@ -115,6 +115,21 @@ class SlicePretrainer:
         nn.initializer.Constant(0.0)(self.head.weight)       # starts at the constant prior
         p = np.clip(self.prior, 1e-4, 1 - 1e-4)
         self.head.bias.set_value(np.log(p / (1 - p)).astype(np.float32))
+        # optional auxiliary slice head on the conv stem's last feature map (max-pooled), a direct path for the
+        # stem's gradient while the transformer blocks are still near the identity
+        self.stem_weight = float(sp.get("stem_head_weight") or 0.0)
+        self.stem_head: Optional[nn.Linear] = None
+        self._stem_out: List[paddle.Tensor] = []
+        if self.stem_weight > 0:
+            proj = self.backbone.patch_embed.proj
+            relus = [m for m in proj.sublayers() if isinstance(m, nn.ReLU)] if isinstance(proj, nn.Sequential) else []
+            if not relus:
+                raise ValueError("SlicePretrain.stem_head_weight > 0 needs Arch.backbone.stem: conv")
+            convs = [m for m in proj.sublayers() if isinstance(m, nn.Conv2D)]
+            relus[-1].register_forward_post_hook(lambda layer, inp, out: self._stem_out.append(out) and None)
+            self.stem_head = nn.Linear(int(convs[-2].weight.shape[0]), self.train.labels.shape[1])
+            nn.initializer.Constant(0.0)(self.stem_head.weight)
+            self.stem_head.bias.set_value(np.log(p / (1 - p)).astype(np.float32))
         self.class_weights = paddle.to_tensor(np.asarray(cfg["Loss"]["class_weights"], dtype=np.float32))
         self.metric_weights = list(cfg["Metric"]["class_weights"])
         self.eps = float(cfg["Metric"]["eps"])
@@ -123,7 +138,10 @@ class SlicePretrainer:
             raise ValueError(f"SlicePretrain.iters ({iters}) and SlicePretrain.batch_slices "
                              f"({sp['batch_slices']}) must be >= 1")
         self.scheduler = build_lr_scheduler(sp["Optimizer"], total_steps=iters)
-        self.optimizer = build_optimizer(sp["Optimizer"], self.backbone.parameters() + self.head.parameters(),
+        params = self.backbone.parameters() + self.head.parameters()
+        if self.stem_head is not None:
+            params += self.stem_head.parameters()
+        self.optimizer = build_optimizer(sp["Optimizer"], params,
                                          self.scheduler, grad_clip=cfg["Global"].get("grad_clip"))
 
     # ------------------------------------------------------------------------------------------------------
@@ -132,6 +150,18 @@ class SlicePretrainer:
         bce = F.binary_cross_entropy_with_logits(logits, labels, reduction="none")
         return (bce * self.class_weights).sum(axis=1).mean() / self.class_weights.sum()
 
+    def batch_loss(self, u8: np.ndarray, labels: np.ndarray) -> paddle.Tensor:
+        """Loss of one batch (uint8 ``[N, H, W, 3]``, labels ``[N, C]``): slice head, plus
+        ``stem_head_weight`` x the stem head's loss when that head is on."""
+        self._stem_out.clear()
+        y = paddle.to_tensor(labels)
+        loss = self.loss(self.head(self.backbone.forward_features(_to_input(u8))), y)
+        if self.stem_head is not None:
+            stem = F.adaptive_max_pool2d(self._stem_out[-1], 1).flatten(1)   # (reduce-max over 2 axes: slow grad)
+            loss = loss + self.stem_weight * self.loss(self.stem_head(stem), y)
+        self._stem_out.clear()
+        return loss
+
     def predict(self, sampler: SliceSampler, batch: int = 64) -> np.ndarray:
         self.backbone.eval()
         out = []
@@ -139,6 +169,7 @@ class SlicePretrainer:
             for s in range(0, len(sampler), batch):
                 x = _to_input(sampler.images(np.arange(s, min(s + batch, len(sampler)))))
                 out.append(F.sigmoid(self.head(self.backbone.forward_features(x))).numpy())
+                self._stem_out.clear()
         self.backbone.train()
         return np.concatenate(out)
 
@@ -180,8 +211,7 @@ class SlicePretrainer:
             u8 = self.train.images(idx)
             if self.augment is not None:
                 u8 = self.augment(u8, self.rng)
-            logits = self.head(self.backbone.forward_features(_to_input(u8)))
-            loss = self.loss(logits, paddle.to_tensor(self.train.labels[idx]))
+            loss = self.batch_loss(u8, self.train.labels[idx])
             loss.backward()
             self.optimizer.step()
             self.optimizer.clear_grad()

@@ -201,6 +201,8 @@ DEFAULTS: Dict[str, Any] = {
         "augment": "flip",                         # none | flip (h/v flips at 0.5 per slice) | train
                                                    # (DataLoader.Train.augment, per slice)
         "output_dir": None,                        # None = <Global.output_dir>/slice_pretrain
+        "stem_head_weight": 0.0,                   # > 0: + this x the loss of a slice head on the max-pooled last
+                                                   # conv-stem map (stem: conv only)
         "Optimizer": {
             "name": "AdamW",
             "momentum": 0.9,                       # AdamW beta1
