@@ -86,6 +86,7 @@ def test_tool_writes_a_backbone_that_train_loads_as_pretrained(cache, tmp_path):
     assert [h["iter"] for h in m["history"]] == [2, 4]
     assert m["val_slices"] > 0 and m["train_slices"] > 0
     assert m["best"]["val_wll"] == min(h["val_wll"] for h in m["history"])
+    assert os.path.getsize(os.path.join(out, "slice_pretrain", "curves.png")) > 1000
     # the backbone file is a full backbone state: loading it into a fresh model misses nothing and changes it
     cfg = _cfg(cache, tmp_path)
     net = build_model(cfg["Arch"])

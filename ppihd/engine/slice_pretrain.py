@@ -190,6 +190,33 @@ class SlicePretrainer:
             paddle.save(self.backbone.state_dict(), tmp)
         return path
 
+    def plot(self, history: List[Dict[str, Any]]) -> Optional[str]:
+        """``<out_dir>/curves.png``: training loss and val weighted log loss (with the prior baseline) vs iteration."""
+        if not history:
+            return None
+        import matplotlib
+
+        matplotlib.use("Agg", force=False)
+        import matplotlib.pyplot as plt
+
+        it = [h["iter"] for h in history]
+        fig, ax = plt.subplots(1, 2, figsize=(10, 3.5))
+        ax[0].plot(it, [h["loss"] for h in history], marker="o")
+        ax[0].set(xlabel="iteration", ylabel="training batch loss", title="slice pre-training")
+        if "val_wll" in history[0]:
+            ax[1].plot(it, [h["val_wll"] for h in history], marker="o", label="slice head")
+            ax[1].axhline(history[0]["baseline"], color="gray", ls=":", label="constant prior")
+            ax[1].set(xlabel="iteration", ylabel="val weighted log loss")
+            ax[1].legend()
+        else:
+            ax[1].axis("off")
+        fig.tight_layout()
+        path = os.path.join(self.out_dir, "curves.png")
+        with atomic_path(path, suffix=".png") as tmp:
+            fig.savefig(tmp, dpi=100)
+        plt.close(fig)
+        return path
+
     def run(self) -> Dict[str, Any]:
         from tqdm import tqdm
 
@@ -239,6 +266,7 @@ class SlicePretrainer:
         with atomic_path(os.path.join(self.out_dir, "metrics.json")) as tmp:
             with open(tmp, "w") as f:
                 json.dump(result, f, indent=1)
+        self.plot(history)
         self.log.info("slice pre-training done in %.0f s; backbone (best val) -> %s", time.time() - t0,
                       result["backbone"])
         return result
