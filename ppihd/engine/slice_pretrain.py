@@ -232,7 +232,8 @@ class SlicePretrainer:
         history: List[Dict[str, Any]] = []
         best: Dict[str, Any] = {}
         t0 = time.time()
-        bar = tqdm(range(1, iters + 1), desc="slice pre-train", dynamic_ncols=True)
+        bar = tqdm(range(1, iters + 1), desc="slice pre-train", dynamic_ncols=True,
+                   disable=not self.cfg["Global"].get("progress_bar", True))
         for it in bar:
             idx = self.rng.choice(n, size=min(bs, n), replace=False)
             u8 = self.train.images(idx)
