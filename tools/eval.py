@@ -18,8 +18,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def main(argv=None) -> int:
-    from ppihd.utils.config import ConfigError, add_config_args, load_config
-    from ppihd.utils.env import get_logger, setup_threads
+    from ppihd.utils.config import ConfigError, add_config_args, load_cli_config
+    from ppihd.utils.env import get_logger
     from ppihd.utils.fileio import atomic_path
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
@@ -27,17 +27,14 @@ def main(argv=None) -> int:
     add_config_args(p)
     p.add_argument("--output", default=None, help="output folder (default <Global.output_dir>/eval)")
     p.add_argument("--split", default="val", help="split to score (default val)")
-    args = p.parse_args(argv)
     log = get_logger()
-    try:
-        cfg = load_config(args.config, args.override)
-        if not cfg["Global"]["pretrained_model"]:
-            raise ConfigError("Global.pretrained_model is not set: pass -o Global.pretrained_model=PATH "
-                              "(e.g. output/demo/best_model)")
-    except ConfigError as e:
-        log.error("%s", e)
+    args, cfg = load_cli_config(p, argv, log)  # also sets the threads, before paddle is imported
+    if cfg is None:
         return 2
-    setup_threads(cfg["Global"]["num_threads"])
+    if not cfg["Global"]["pretrained_model"]:
+        log.error("Global.pretrained_model is not set: pass -o Global.pretrained_model=PATH "
+                  "(e.g. output/demo/best_model)")
+        return 2
 
     from ppihd.arch import build_model
     from ppihd.data.dataset import SeriesDataset

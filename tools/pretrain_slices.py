@@ -20,20 +20,16 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def main(argv=None) -> int:
-    from ppihd.utils.config import ConfigError, add_config_args, load_config, save_config
-    from ppihd.utils.env import get_logger, setup_threads
+    from ppihd.utils.config import add_config_args, load_cli_config, save_config
+    from ppihd.utils.env import get_logger
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     add_config_args(p)
-    args = p.parse_args(argv)
     log = get_logger()
-    try:
-        cfg = load_config(args.config, args.override)
-    except ConfigError as e:
-        log.error("%s", e)
+    _, cfg = load_cli_config(p, argv, log)  # also sets the threads, before paddle is imported
+    if cfg is None:
         return 2
-    setup_threads(cfg["Global"]["num_threads"])  # before paddle is imported
 
     from ppihd.engine.slice_pretrain import SlicePretrainer
     from ppihd.utils.env import setup_runtime
