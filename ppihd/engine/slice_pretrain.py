@@ -27,6 +27,7 @@ from ..arch import build_model
 from ..data.augment import TrainAugment, build_train_augment
 from ..data.cache import series_file
 from ..data.dataset import SeriesDataset
+from ..loss.bce import weighted_bce_with_logits
 from ..metric.log_loss import per_class_auc, prior_probabilities, weighted_log_loss
 from ..optimizer import build_lr_scheduler, build_optimizer
 from ..utils.env import get_logger
@@ -111,10 +112,7 @@ class SlicePretrainer:
         self.prior = prior_probabilities(self.train.labels)
         model = build_model(cfg["Arch"])
         self.backbone = model.backbone
-        self.head = nn.Linear(int(self.backbone.num_features), self.train.labels.shape[1])
-        nn.initializer.Constant(0.0)(self.head.weight)       # starts at the constant prior
-        p = np.clip(self.prior, 1e-4, 1 - 1e-4)
-        self.head.bias.set_value(np.log(p / (1 - p)).astype(np.float32))
+        self.head = self._prior_head(int(self.backbone.num_features))
         # optional auxiliary slice head on the conv stem's last feature map (max-pooled), a direct path for the
         # stem's gradient while the transformer blocks are still near the identity
         self.stem_weight = float(sp.get("stem_head_weight") or 0.0)
@@ -127,10 +125,8 @@ class SlicePretrainer:
                 raise ValueError("SlicePretrain.stem_head_weight > 0 needs Arch.backbone.stem: conv")
             convs = [m for m in proj.sublayers() if isinstance(m, nn.Conv2D)]
             relus[-1].register_forward_post_hook(lambda layer, inp, out: self._stem_out.append(out) and None)
-            self.stem_head = nn.Linear(int(convs[-2].weight.shape[0]), self.train.labels.shape[1])
-            nn.initializer.Constant(0.0)(self.stem_head.weight)
-            self.stem_head.bias.set_value(np.log(p / (1 - p)).astype(np.float32))
-        self.class_weights = paddle.to_tensor(np.asarray(cfg["Loss"]["class_weights"], dtype=np.float32))
+            self.stem_head = self._prior_head(int(convs[-2].weight.shape[0]))
+        self.class_weights = [float(w) for w in cfg["Loss"]["class_weights"]]
         self.metric_weights = list(cfg["Metric"]["class_weights"])
         self.eps = float(cfg["Metric"]["eps"])
         iters = int(sp["iters"])
@@ -144,11 +140,20 @@ class SlicePretrainer:
         self.optimizer = build_optimizer(sp["Optimizer"], params,
                                          self.scheduler, grad_clip=cfg["Global"].get("grad_clip"))
 
+    def _prior_head(self, in_features: int) -> nn.Linear:
+        """A linear slice head that starts at the constant prior: weights 0, bias = the training prevalences' logits."""
+        head = nn.Linear(in_features, self.train.labels.shape[1])
+        nn.initializer.Constant(0.0)(head.weight)
+        p = np.clip(self.prior, 1e-4, 1 - 1e-4)
+        head.bias.set_value(np.log(p / (1 - p)).astype(np.float32))
+        return head
+
     # ------------------------------------------------------------------------------------------------------
     def loss(self, logits: paddle.Tensor, labels: paddle.Tensor) -> paddle.Tensor:
-        """Static class-weighted BCE, normalised like the metric: sum_c w_c * bce_c / sum_c w_c, mean over slices."""
-        bce = F.binary_cross_entropy_with_logits(logits, labels, reduction="none")
-        return (bce * self.class_weights).sum(axis=1).mean() / self.class_weights.sum()
+        """Static class-weighted BCE, normalised like the metric: sum_c w_c * bce_c / sum_c w_c, mean over slices
+        (the training loss's element mean, rescaled by C / sum_c w_c)."""
+        mean = weighted_bce_with_logits(logits, labels, paddle.ones_like(labels), self.class_weights)
+        return mean * (len(self.class_weights) / sum(self.class_weights))
 
     def batch_loss(self, u8: np.ndarray, labels: np.ndarray) -> paddle.Tensor:
         """Loss of one batch (uint8 ``[N, H, W, 3]``, labels ``[N, C]``): slice head, plus
