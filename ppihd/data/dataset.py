@@ -114,16 +114,23 @@ class SeriesDataset(_Base):
         start = int(rng.integers(0, n - m + 1)) if self.train else (n - m) // 2
         return slice(start, start + m)
 
-    def get(self, index: int, rng: np.random.Generator) -> Dict[str, Any]:
-        """Item ``index`` with randomness (window, transform) drawn from ``rng``."""
+    def cache_array(self, index: int) -> np.ndarray:
+        """The cached uint8 ``[S, H, W, 3]`` array of item ``index`` (memory-mapped), checked against the index."""
         it = self.items[index]
         path = series_file(self.cache_dir, it["series_id"])
         arr = np.load(path, mmap_mode="r")
-        sel = self._window(len(it["slice_idx"]), rng)
-        rows = it["slice_idx"][sel]
-        if arr.ndim != 4 or arr.shape[1:3] != (self.image_size, self.image_size) or rows.max() >= arr.shape[0]:
+        if (arr.ndim != 4 or arr.shape[1:3] != (self.image_size, self.image_size)
+                or it["slice_idx"].max(initial=-1) >= arr.shape[0]):
             raise ValueError(f"{path}: cache array of shape {arr.shape} does not match the index "
                              f"({len(it['slice_idx'])} slices of {self.image_size}²); re-run tools/preprocess.py")
+        return arr
+
+    def get(self, index: int, rng: np.random.Generator) -> Dict[str, Any]:
+        """Item ``index`` with randomness (window, transform) drawn from ``rng``."""
+        it = self.items[index]
+        arr = self.cache_array(index)
+        sel = self._window(len(it["slice_idx"]), rng)
+        rows = it["slice_idx"][sel]
         contiguous = len(rows) > 0 and rows[-1] - rows[0] == len(rows) - 1
         slices = np.array(arr[rows[0]:rows[-1] + 1] if contiguous else arr[rows])
         if self.transform is not None:

@@ -25,7 +25,6 @@ import paddle.nn.functional as F
 
 from ..arch import build_model
 from ..data.augment import TrainAugment, build_train_augment
-from ..data.cache import series_file
 from ..data.dataset import SeriesDataset
 from ..loss.bce import weighted_bce_with_logits
 from ..metric.log_loss import per_class_auc, prior_probabilities, weighted_log_loss
@@ -57,13 +56,7 @@ class SliceSampler:
 
     def _array(self, i: int) -> np.ndarray:
         if i not in self._arrays:
-            path = series_file(self.ds.cache_dir, self.ds.items[i]["series_id"])
-            arr = np.load(path, mmap_mode="r")
-            size = self.ds.image_size
-            if arr.ndim != 4 or arr.shape[1:3] != (size, size):
-                raise ValueError(f"{path}: cache array of shape {arr.shape} is not [S, {size}, {size}, 3]; "
-                                 "re-run tools/preprocess.py")
-            self._arrays[i] = arr
+            self._arrays[i] = self.ds.cache_array(i)
         return self._arrays[i]
 
     def images(self, idx: np.ndarray) -> np.ndarray:
