@@ -415,14 +415,8 @@ class SwinTransformerBlock(nn.Layer):
         return 0 if min(height, width) <= self.window_size else self.shift_size
 
     def _mask(self, height: int, width: int, shift: int) -> Optional[paddle.Tensor]:
-        key = (height, width, shift)
-        if not paddle.in_dynamic_mode():  # to_static tracing: a fresh constant per program, never cached
-            m = window_attention_mask(height, width, self.window_size, shift)
-            return None if m is None else paddle.to_tensor(m)
-        if key not in self._mask_cache:
-            m = window_attention_mask(height, width, self.window_size, shift)
-            self._mask_cache[key] = None if m is None else paddle.to_tensor(m)
-        return self._mask_cache[key]
+        return _const(self._mask_cache, (height, width, shift),  # fresh per program under to_static tracing
+                      lambda: window_attention_mask(height, width, self.window_size, shift))
 
     def _attention(self, x: paddle.Tensor, height: int, width: int) -> paddle.Tensor:
         if uses_window_order(self.token_layout, height, width, self.window_size):
@@ -452,9 +446,7 @@ class SwinTransformerBlock(nn.Layer):
         one gather maps the window order to the window order of the rolled grid and one gathers back. The model
         calls this only on grids without padding (:func:`uses_window_order`); padding is handled for
         completeness and tested."""
-        c = x.shape[-1]
         w = self.window_size
-        n = w * w
         lp = _padded(height, w) * _padded(width, w)
         shift = self.effective_shift(height, width)
         valid = _const(self._index_cache, ("valid", height, width), lambda: _valid_column(height, width, w))
