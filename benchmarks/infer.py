@@ -17,8 +17,10 @@ Steps (each in a fresh process, so its peak RSS is its own):
    probability difference from the fp32 dygraph output on the same input.
 
 Paths: ``dygraph`` (eval, no_grad), ``pi-native`` (Paddle Inference, oneDNN off), ``pi-onednn`` (the deployed
-path: ``deploy/python/predict.py`` default), ``ort`` (onnxruntime fp32), ``pi-onednn-bf16``
-(``enable_mkldnn_bfloat16``), ``pi-onednn-int8`` (``enable_mkldnn_int8`` on the fp32 graph), ``ort-int8``
+path: ``deploy/python/predict.py`` default), ``ort`` (onnxruntime fp32), ``pi-onednn-bf16`` (the deployed bf16
+path, ``predict.py --precision bf16``: fp32 stem program + ``enable_mkldnn_bfloat16`` body program),
+``pi-onednn-bf16-whole`` (the one graph all in bf16), ``pi-onednn-int8`` (``enable_mkldnn_int8`` on the fp32
+graph), ``ort-int8``
 (dynamic quantisation), ``ort-bf16`` (probe: can onnxruntime's CPU provider run a bf16 MatMul?).
 Results: printed table, ``<workdir>/infer.json``; see docs/benchmarks.md.
 """
@@ -35,11 +37,9 @@ from benchmarks._common import (emit, machine_info, machine_lines, run_child, sa
                                 table, time_best)
 
 SCRIPT = os.path.abspath(__file__)
-ALL_PATHS = ("dygraph", "pi-native", "pi-onednn", "ort", "pi-onednn-bf16", "pi-onednn-int8", "ort-int8", "ort-bf16")
+ALL_PATHS = ("dygraph", "pi-native", "pi-onednn", "ort", "pi-onednn-bf16", "pi-onednn-bf16-whole", "pi-onednn-int8",
+             "ort-int8", "ort-bf16")
 DEPLOYED = "pi-onednn"
-#: the Paddle Inference pass that mis-infers shapes when a reshape with a static shape follows a transpose
-#: (see docs/benchmarks.md); removing it only skips a layout fusion, numerics are unchanged.
-BUGGY_PASS = "operator_reshape_onednn_fuse_pass"
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -73,7 +73,7 @@ def child_export(config: str, overrides, workdir: str, weights: str, threads: in
 
     from ppihd.arch import build_model
     from ppihd.arch.summary import backbone_macs, count_params
-    from ppihd.engine.exporter import export_onnx, export_paddle
+    from ppihd.engine.exporter import export_onnx, export_paddle, export_paddle_bf16
 
     cfg = _load_cfg(config, overrides)
     size = int(cfg["Data"]["image_size"])
@@ -91,6 +91,7 @@ def child_export(config: str, overrides, workdir: str, weights: str, threads: in
     files = export_paddle(model, os.path.join(workdir, "model"), size)
     out["export_s"] = round(time.time() - t0, 1)
     out.update(files)
+    export_paddle_bf16(model, os.path.join(workdir, "model"), size)  # the two programs of --precision bf16
     if onnx:
         try:
             out["onnx_file"] = export_onnx(files["model_file"], files["params_file"],
@@ -128,44 +129,26 @@ def quantize_int8(onnx_file: str, out_dir: str) -> str:
 
 
 def paddle_inference_predictor(model_file: str, params_file: str, threads: int, mkldnn: bool = True,
-                               bf16: bool = False, int8: bool = False, delete_passes=()):
-    """A Paddle Inference CPU predictor with the given precision options."""
+                               bf16: bool = False, int8: bool = False):
+    """A Paddle Inference CPU predictor configured as ``PaddleInferenceBackend`` does, on one given program,
+    with the precision switches the deployed back-end does not offer (the whole graph in bf16; int8)."""
     from paddle import inference as pinf
 
-    cfg = pinf.Config(model_file, params_file)
-    cfg.disable_gpu()
-    cfg.set_cpu_math_library_num_threads(int(threads))
-    if mkldnn:
-        cfg.enable_mkldnn()
-        if bf16:
-            cfg.enable_mkldnn_bfloat16()
-        if int8:
-            cfg.enable_mkldnn_int8()
-    else:
-        cfg.disable_mkldnn()
-    for p in delete_passes:
-        cfg.delete_pass(p)
-    try:
-        cfg.disable_glog_info()
-    except AttributeError:  # pragma: no cover
-        pass
+    from ppihd.engine.predictor import PaddleInferenceBackend
+
+    cfg = PaddleInferenceBackend._config(pinf, (model_file, params_file), "cpu", threads, mkldnn, bf16)
+    if int8 and mkldnn:
+        cfg.enable_mkldnn_int8()
     return pinf.create_predictor(cfg)
 
 
 def _pi_runner(pred):
+    """images ``[S, 3, H, W]`` -> probabilities ``[S, 6]`` through one predictor."""
     import numpy as np
 
-    name_in, name_out = pred.get_input_names()[0], pred.get_output_names()[0]
+    from ppihd.engine.predictor import PaddleInferenceBackend
 
-    def predict(images):
-        x = np.ascontiguousarray(images[None])
-        h = pred.get_input_handle(name_in)
-        h.reshape(list(x.shape))
-        h.copy_from_cpu(x)
-        pred.run()
-        return pred.get_output_handle(name_out).copy_to_cpu()[0]
-
-    return predict
+    return lambda images: PaddleInferenceBackend._run(pred, np.ascontiguousarray(images[None]))[0]
 
 
 def probe_ort_bf16() -> str:
@@ -226,12 +209,15 @@ def child_run(path: str, meta_file: str, workdir: str, slices: int, repeats: int
     elif path == "pi-native":  # oneDNN is on by default in Paddle 3 configs: switch it off explicitly
         predict = _pi_runner(paddle_inference_predictor(meta["model_file"], meta["params_file"], threads,
                                                         mkldnn=False))
-    elif path.startswith("pi-onednn-"):
-        bf16, int8 = path.endswith("bf16"), path.endswith("int8")
-        dels = (BUGGY_PASS,) if os.environ.get("PPIHD_BENCH_DELETE_RESHAPE_FUSE", "1") == "1" else ()
+    elif path == "pi-onednn-bf16":  # the deployed bf16 path: fp32 stem program + bf16 body program
+        from ppihd.engine.predictor import PaddleInferenceBackend
+
+        predict = PaddleInferenceBackend(os.path.dirname(meta["model_file"]), "cpu", threads,
+                                         precision="bf16").predict_series
+    elif path.startswith("pi-onednn-"):  # -bf16-whole: the one graph all in bf16; -int8: enable_mkldnn_int8
+        bf16, int8 = path.endswith("bf16-whole"), path.endswith("int8")
         predict = _pi_runner(paddle_inference_predictor(meta["model_file"], meta["params_file"], threads,
-                                                        bf16=bf16, int8=int8, delete_passes=dels))
-        info["deleted_passes"] = list(dels)
+                                                        bf16=bf16, int8=int8))
     elif path in ("ort", "ort-int8"):
         from ppihd.engine.predictor import OnnxBackend
 

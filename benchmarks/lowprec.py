@@ -10,7 +10,9 @@ trained model available here) is exported with the package's exporter; then ever
 (a) the real head-CT fixture (``/work/shared/fixtures/ge_head_ct_tilt`` or ``--fixture``), preprocessed with the
 model's ``Data`` settings, and (b) the ``val`` split of the cache of ``Data.root``. Reported per path: max and
 mean |p - p_fp32| on each, the competition weighted log loss on (b) and its relative change against fp32.
-Paths: ``pi-onednn`` (fp32 reference, the deployed path), ``ort`` (fp32), ``pi-onednn-bf16``, ``ort-int8``.
+Paths: ``pi-onednn`` (fp32 reference, the deployed path), ``ort`` (fp32), ``pi-onednn-bf16`` (the deployed
+bf16 path: fp32 stem + bf16 body, ``predict.py --precision bf16``), ``pi-onednn-bf16-whole`` (the one graph all in
+bf16), ``ort-int8``.
 """
 from __future__ import annotations
 
@@ -38,12 +40,12 @@ def main(argv=None) -> int:
     import numpy as np
     import paddle
 
-    from benchmarks.infer import BUGGY_PASS, _pi_runner, paddle_inference_predictor, quantize_int8
+    from benchmarks.infer import _pi_runner, paddle_inference_predictor, quantize_int8
     from ppihd import LABELS
     from ppihd.arch import build_model
     from ppihd.data.dataset import SeriesDataset
     from ppihd.data.series import group_series, load_series, scan
-    from ppihd.engine.exporter import export_onnx, export_paddle
+    from ppihd.engine.exporter import export_onnx, export_paddle, export_paddle_bf16
     from ppihd.engine.predictor import OnnxBackend, PaddleInferenceBackend, load_weights
     from ppihd.metric.log_loss import weighted_log_loss
     from ppihd.utils.config import load_config
@@ -58,6 +60,7 @@ def main(argv=None) -> int:
     load_weights(model, a.weights)
     model.eval()
     files = export_paddle(model, os.path.join(wd, "model"), size)
+    export_paddle_bf16(model, os.path.join(wd, "model"), size)
     onnx_file = export_onnx(files["model_file"], files["params_file"], os.path.join(wd, "model", "inference.onnx"))
     int8_file = quantize_int8(onnx_file, os.path.join(wd, "int8"))
     del model
@@ -79,8 +82,10 @@ def main(argv=None) -> int:
     backends = {
         "pi-onednn": PaddleInferenceBackend(os.path.dirname(files["model_file"]), "cpu", threads, True).predict_series,
         "ort": OnnxBackend(onnx_file, "cpu", threads).predict_series,
-        "pi-onednn-bf16": _pi_runner(paddle_inference_predictor(files["model_file"], files["params_file"], threads,
-                                                                bf16=True, delete_passes=(BUGGY_PASS,))),
+        "pi-onednn-bf16": PaddleInferenceBackend(os.path.dirname(files["model_file"]), "cpu", threads,
+                                                 precision="bf16").predict_series,
+        "pi-onednn-bf16-whole": _pi_runner(paddle_inference_predictor(files["model_file"], files["params_file"],
+                                                                      threads, bf16=True)),
         "ort-int8": OnnxBackend(int8_file, "cpu", threads).predict_series,
     }
     preds = {}

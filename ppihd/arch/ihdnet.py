@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import copy
-from typing import Any, Dict, Mapping, Optional, Sequence, Union
+from typing import Any, Dict, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import paddle
@@ -93,6 +93,22 @@ class IHDNet(nn.Layer):
         where = paddle.where(m > 0, rank, paddle.full_like(rank, n_real))
         return paddle.gather(feats, where).reshape(out_shape)
 
+    def series_logits(self, feats: paddle.Tensor, mask: Optional[paddle.Tensor] = None) -> paddle.Tensor:
+        """Slice features ``[B, S, D]`` -> head-2 logits ``[B, S, 6]`` (sequence transformer, then head 2)."""
+        seq = self.sequence(feats, mask) if self.sequence is not None else feats
+        return self.head2(seq)
+
+    def slice_tokens(self, images: paddle.Tensor) -> Tuple[paddle.Tensor, int, int]:
+        """One series ``[1, S, 3, H, W]`` -> the backbone's patch-embedding tokens ``[S, L, C]`` and their grid
+        (h, w): the first part of the eval forward, split off for the bf16 deployment (it stays fp32)."""
+        return self.backbone.embed(images.reshape([-1] + list(images.shape[2:])))
+
+    def logits_from_tokens(self, tokens: paddle.Tensor, h: int, w: int) -> paddle.Tensor:
+        """The rest: tokens ``[S, L, C]`` of one series (from :meth:`slice_tokens`) -> head-2 logits
+        ``[1, S, 6]``; equal to the eval ``forward`` of that series without a mask."""
+        feats = self.backbone.forward_tokens(tokens, h, w).reshape([1, -1, self.num_features])
+        return self.series_logits(feats)
+
     def forward(self, images: paddle.Tensor, mask: Optional[paddle.Tensor] = None
                 ) -> Union[paddle.Tensor, Dict[str, paddle.Tensor]]:
         """See the class docstring."""
@@ -105,8 +121,7 @@ class IHDNet(nn.Layer):
             if mask.dtype != paddle.bool:
                 mask = mask.astype("bool")
         feats = self.slice_features(images, mask)
-        seq = self.sequence(feats, mask) if self.sequence is not None else feats
-        logits = self.head2(seq)
+        logits = self.series_logits(feats, mask)
         if not self.training:
             return logits
         out = {"logits": logits}

@@ -50,17 +50,69 @@ def export_paddle(model: Any, save_dir: str, image_size: int, prefix: str = "inf
 
     Returns ``{"model_file", "params_file"}`` (``.json`` on Paddle 3, ``.pdmodel`` on Paddle 2.6).
     """
+    from paddle.static import InputSpec
+
+    model.eval()
+    spec = [InputSpec(shape=[1, None, 3, int(image_size), int(image_size)], dtype="float32", name="images")]
+    return _jit_save(_paddle_wrapper(model), spec, save_dir, prefix)
+
+
+#: file prefixes of the two programs of the bf16 deployment (:func:`export_paddle_bf16`)
+BF16_STEM, BF16_BODY = "inference_stem", "inference_body"
+
+
+def export_paddle_bf16(model: Any, save_dir: str, image_size: int) -> Dict[str, str]:
+    """The model as two programs for ``PaddleInferenceBackend(precision="bf16")`` (``--precision bf16``):
+
+    - ``inference_stem``: ``images [1, S, 3, H, W]`` -> patch-embedding tokens ``[S, L, C]``, run in fp32;
+    - ``inference_body``: tokens ``[S, L, C]`` -> probabilities ``[1, S, 6]``, run in oneDNN bf16.
+
+    Why two: Paddle Inference's bf16 passes put every eligible op in bf16 and take no per-op exclusions, and
+    bf16 on the raw [0, 1] image and the first convolution moved a trained model's probabilities by up to 0.49;
+    with the stem in fp32 the same model stays within 0.01 (docs/benchmarks.md, "Below fp32"). The stem is
+    < 1 % of the FLOPs. Returns ``{"stem_model_file", "stem_params_file", "body_model_file", "body_params_file"}``.
+    """
     import paddle
     from paddle.static import InputSpec
 
     model.eval()
-    wrapper = _paddle_wrapper(model)
-    wrapper.eval()
-    spec = [InputSpec(shape=[1, None, 3, int(image_size), int(image_size)], dtype="float32", name="images")]
+    size = int(image_size)
+    h, w = model.backbone.stage_shapes(size, size)[0]
+    dim = int(model.backbone.embed_dim)
+
+    class Stem(paddle.nn.Layer):
+        def __init__(self, net):
+            super().__init__()
+            self.net = net
+
+        def forward(self, images):
+            return self.net.slice_tokens(images)[0]
+
+    class Body(paddle.nn.Layer):
+        def __init__(self, net):
+            super().__init__()
+            self.net = net
+
+        def forward(self, tokens):
+            return paddle.nn.functional.sigmoid(self.net.logits_from_tokens(tokens, h, w))
+
+    files = {}
+    for key, layer, spec in (
+            ("stem", Stem(model), InputSpec([1, None, 3, size, size], "float32", name="images")),
+            ("body", Body(model), InputSpec([None, h * w, dim], "float32", name="tokens"))):
+        out = _jit_save(layer, [spec], save_dir, BF16_STEM if key == "stem" else BF16_BODY)
+        files[f"{key}_model_file"], files[f"{key}_params_file"] = out["model_file"], out["params_file"]
+    return files
+
+
+def _jit_save(layer: Any, spec: list, save_dir: str, prefix: str) -> Dict[str, str]:
+    import paddle
+
+    layer.eval()
     try:  # Paddle 3: full_graph=True (AST) honours input_spec; SOT (the 3.x default) ignores it
-        static = paddle.jit.to_static(wrapper, input_spec=spec, full_graph=True)
+        static = paddle.jit.to_static(layer, input_spec=spec, full_graph=True)
     except TypeError:  # pragma: no cover - Paddle 2.6 without the keyword
-        static = paddle.jit.to_static(wrapper, input_spec=spec)
+        static = paddle.jit.to_static(layer, input_spec=spec)
     os.makedirs(save_dir, exist_ok=True)
     path = os.path.join(save_dir, prefix)
     for ext in (".json", ".pdmodel", ".pdiparams", ".pdiparams.info", ".onnx"):  # no stale other-format files
@@ -154,6 +206,8 @@ def export_model(model: Any, cfg: Mapping[str, Any], save_dir: Optional[str] = N
     """
     save_dir = save_dir or cfg["Global"]["save_inference_dir"]
     files = export_paddle(model, save_dir, int(cfg["Data"]["image_size"]))
+    if cfg["Export"].get("bf16"):
+        files.update(export_paddle_bf16(model, save_dir, int(cfg["Data"]["image_size"])))
     want_onnx = cfg["Export"]["onnx"] if onnx is None else onnx
     if want_onnx:
         files["onnx_file"] = export_onnx(files["model_file"], files["params_file"],

@@ -137,24 +137,26 @@ class DygraphBackend(Backend):
         return out
 
 
-def find_model_files(model_dir: str) -> Tuple[str, str]:
-    """``(model_file, params_file)`` of an exported model: ``inference.json`` (Paddle 3, PIR) or
-    ``inference.pdmodel`` (Paddle 2.x) + ``inference.pdiparams``."""
+def find_model_files(model_dir: str, prefix: str = "inference") -> Tuple[str, str]:
+    """``(model_file, params_file)`` of an exported model: ``<prefix>.json`` (Paddle 3, PIR) or
+    ``<prefix>.pdmodel`` (Paddle 2.x) + ``<prefix>.pdiparams``."""
     import paddle
 
-    params = os.path.join(model_dir, "inference.pdiparams")
+    params = os.path.join(model_dir, prefix + ".pdiparams")
     # Paddle 2.x cannot read the 3.x PIR .json (it crashes), so it only looks for .pdmodel
-    names = ("inference.pdmodel",) if paddle.__version__.split(".")[0] in ("2", "1") else (
-        "inference.json", "inference.pdmodel")
+    names = (prefix + ".pdmodel",) if paddle.__version__.split(".")[0] in ("2", "1") else (
+        prefix + ".json", prefix + ".pdmodel")
     for name in names:
         path = os.path.join(model_dir, name)
         if os.path.isfile(path):
             if not os.path.isfile(params):
-                raise FileNotFoundError(f"{model_dir}: {name} found but inference.pdiparams is missing")
+                raise FileNotFoundError(f"{model_dir}: {name} found but {prefix}.pdiparams is missing")
             return path, params
-    raise FileNotFoundError(f"{model_dir}: no exported model for paddle {paddle.__version__} (expected "
-                            f"{' or '.join(names)} + inference.pdiparams; run tools/export_model.py with this "
-                            "paddle version: 3.x writes inference.json, 2.6 writes inference.pdmodel)")
+    how = ("run tools/export_model.py with this paddle version: 3.x writes .json, 2.6 writes .pdmodel"
+           if prefix == "inference" else
+           "the bf16 programs are written by tools/export_model.py -o Export.bf16=True")
+    raise FileNotFoundError(f"{model_dir}: no exported {prefix} program for paddle {paddle.__version__} (expected "
+                            f"{' or '.join(names)} + {prefix}.pdiparams; {how})")
 
 
 _KEPT_MEMORY: Optional[bool] = None
@@ -186,39 +188,88 @@ def keep_freed_memory() -> bool:
     return _KEPT_MEMORY
 
 
+#: numeric precisions of :class:`PaddleInferenceBackend` (``--precision`` of deploy/python/predict.py)
+PRECISIONS = ("fp32", "bf16")
+
+
+def cpu_supports_bf16() -> bool:
+    """True when paddle reports native bfloat16 on this CPU (AVX512-BF16 or AMX: oneDNN runs bf16 fast)."""
+    try:
+        from paddle.base import core
+    except ImportError:  # pragma: no cover - Paddle 2.x
+        from paddle.fluid import core
+    fast = getattr(core, "supports_bfloat16_fast_performance", None)
+    return bool(fast()) if fast is not None else False
+
+
 class PaddleInferenceBackend(Backend):
     """An exported model through ``paddle.inference`` (input ``[1, S, 3, H, W]``, output ``[1, S, 6]``
     probabilities). On CPU oneDNN is enabled with ``config.enable_mkldnn()`` unless ``mkldnn=False``;
     ``threads`` sets the math-library threads; ``keep_memory`` (default) calls :func:`keep_freed_memory` so
     the activations' pages are reused from one series to the next. ``device='gpu'`` uses GPU 0 when paddle
-    has CUDA."""
+    has CUDA.
+
+    ``precision``: ``fp32`` (default) | ``bf16`` — oneDNN bfloat16 on CPUs with AVX512-BF16 / AMX
+    (``config.enable_mkldnn_bfloat16()``): ~3x faster, probabilities within ~0.01 of fp32 on the models
+    measured, not bit-equal (docs/benchmarks.md, "Below fp32"); check a trained model with
+    ``benchmarks/lowprec.py`` before deploying it."""
 
     name = "paddle"
 
     def __init__(self, model_dir: str, device: str = "cpu", threads: Optional[int] = None, mkldnn: bool = True,
-                 keep_memory: bool = True):
+                 keep_memory: bool = True, precision: str = "fp32"):
         import paddle
         from paddle import inference as pinf
 
-        model_file, params_file = find_model_files(model_dir)
-        cfg = pinf.Config(model_file, params_file)
+        precision = str(precision).lower()
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision '{precision}' unknown; expected one of {' | '.join(PRECISIONS)}")
         dev = str(device).lower()
+        if precision == "bf16":
+            if dev.startswith("gpu"):
+                raise ValueError("precision bf16 is the CPU path (oneDNN on AVX512-BF16/AMX); use --device cpu, "
+                                 "or fp32 on GPU")
+            if not mkldnn:
+                raise ValueError("precision bf16 runs through oneDNN; it cannot be combined with --no-mkldnn")
+            if not cpu_supports_bf16():
+                raise RuntimeError("precision bf16: this CPU has no native bfloat16 (needs the avx512_bf16 or "
+                                   "amx_bf16 flag in lscpu); use fp32")
+        if dev.startswith("gpu") and not paddle.device.is_compiled_with_cuda():
+            raise RuntimeError("--device gpu but this paddle build has no CUDA; install paddlepaddle-gpu "
+                               "or use --device cpu")
+        if keep_memory and not dev.startswith("gpu"):
+            keep_freed_memory()
+        self.stem = None
+        files = find_model_files(model_dir)
+        if precision == "bf16":  # two programs: fp32 stem, bf16 body (ppihd.engine.exporter.export_paddle_bf16)
+            from ppihd.engine.exporter import BF16_BODY, BF16_STEM
+
+            stem_files, files = find_model_files(model_dir, BF16_STEM), find_model_files(model_dir, BF16_BODY)
+            self.stem = pinf.create_predictor(self._config(pinf, stem_files, dev, threads, True, False))
+        self.config = self._config(pinf, files, dev, threads, mkldnn, precision == "bf16")
+        self.predictor = pinf.create_predictor(self.config)
+        self.input_name = self.predictor.get_input_names()[0]
+        self.output_name = self.predictor.get_output_names()[0]
+        self.device, self.threads, self.precision = dev, threads, precision
+        cfg = self.config
+        self.mkldnn = bool(cfg.mkldnn_enabled()) if hasattr(cfg, "mkldnn_enabled") else bool(mkldnn)
+
+    @staticmethod
+    def _config(pinf, files: Tuple[str, str], dev: str, threads: Optional[int], mkldnn: bool, bf16: bool):
+        cfg = pinf.Config(*files)
         if dev.startswith("gpu"):
-            if not paddle.device.is_compiled_with_cuda():
-                raise RuntimeError("--device gpu but this paddle build has no CUDA; install paddlepaddle-gpu "
-                                   "or use --device cpu")
             gpu_id = int(dev.split(":")[1]) if ":" in dev else 0
             cfg.enable_use_gpu(256, gpu_id)
         else:
             cfg.disable_gpu()
-            if keep_memory:
-                keep_freed_memory()
             if mkldnn:
                 cfg.enable_mkldnn()
                 # Paddle 3.3 PIR bug: this layout fusion mis-infers the shape of a constant-shape reshape after
                 # a transpose (Swin's window partition: "input's shape is -8, 50176") -> create_predictor fails.
                 # Skipping it only skips a fusion; numerics unchanged (docs/benchmarks.md).
                 cfg.delete_pass("operator_reshape_onednn_fuse_pass")
+                if bf16:
+                    cfg.enable_mkldnn_bfloat16()
             elif hasattr(cfg, "disable_mkldnn"):  # Paddle 3.x enables oneDNN by default on CPU
                 cfg.disable_mkldnn()
             if threads:
@@ -227,20 +278,22 @@ class PaddleInferenceBackend(Backend):
             cfg.disable_glog_info()
         except AttributeError:  # pragma: no cover
             pass
-        self.config = cfg
-        self.predictor = pinf.create_predictor(cfg)
-        self.input_name = self.predictor.get_input_names()[0]
-        self.output_name = self.predictor.get_output_names()[0]
-        self.device, self.threads = dev, threads
-        self.mkldnn = bool(cfg.mkldnn_enabled()) if hasattr(cfg, "mkldnn_enabled") else bool(mkldnn)
+        return cfg
+
+    @staticmethod
+    def _run(predictor, x: np.ndarray) -> np.ndarray:
+        h = predictor.get_input_handle(predictor.get_input_names()[0])
+        h.reshape(list(x.shape))
+        h.copy_from_cpu(x)
+        predictor.run()
+        return predictor.get_output_handle(predictor.get_output_names()[0]).copy_to_cpu()
 
     def predict_series(self, images: np.ndarray) -> np.ndarray:
         x = np.ascontiguousarray(np.asarray(images, np.float32)[None])
-        h = self.predictor.get_input_handle(self.input_name)
-        h.reshape(list(x.shape))
-        h.copy_from_cpu(x)
-        self.predictor.run()
-        out = self.predictor.get_output_handle(self.output_name).copy_to_cpu()
+        if self.stem is not None:  # bf16: fp32 patch embedding, then the bf16 body
+            out = self._run(self.predictor, self._run(self.stem, x))
+        else:
+            out = self._run(self.predictor, x)
         return np.asarray(out, dtype=np.float32).reshape(x.shape[1], -1)
 
 

@@ -180,6 +180,8 @@ DEFAULTS: Dict[str, Any] = {
     "Export": {                                    # tools/export_model.py
         "onnx": False,                             # also write inference.onnx (paddle2onnx, --optimize_tool None)
         "opset_version": 13,                       # ONNX opset
+        "bf16": False,                             # also write inference_stem + inference_body: the programs of
+                                                   # deploy/python/predict.py --precision bf16 (fp32 stem, bf16 rest)
     },
     "PseudoLabel": {
         "tau_s": 0.95,                             # series kept if every slice/class has max(p,1-p) > tau_s

@@ -705,7 +705,17 @@ class SwinTransformer(nn.Layer):
 
     def forward_features(self, x: paddle.Tensor) -> paddle.Tensor:
         """x ``[N, 3, H, W]`` (any H, W) -> pooled features ``[N, num_features]`` (final LN, mean over tokens)."""
-        x, h, w = self.patch_embed(x)
+        return self.forward_tokens(*self.embed(x))
+
+    def embed(self, x: paddle.Tensor) -> Tuple[paddle.Tensor, int, int]:
+        """The patch embedding: x ``[N, 3, H, W]`` -> (tokens ``[N, H/p * W/p, C]`` row-major after its LayerNorm,
+        H/p, W/p). :meth:`forward_features` = :meth:`forward_tokens` of this. The bf16 deployment runs it in
+        fp32 (``ppihd.engine.exporter.export_paddle_bf16``): it acts on the raw [0, 1] image, where bf16
+        rounding moved a trained model's probabilities by up to 0.49 (docs/benchmarks.md)."""
+        return self.patch_embed(x)
+
+    def forward_tokens(self, x: paddle.Tensor, h: int, w: int) -> paddle.Tensor:
+        """Tokens from :meth:`embed` on an ``h x w`` grid -> pooled features ``[N, num_features]``."""
         x = self.pos_drop(x)
         if uses_window_order(self.token_layout, h, w, self.window_size):  # row-major -> window order, one gather
             x = _gather_tokens(x, _const(self._index_cache, ("in", h, w),
