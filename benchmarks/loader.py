@@ -5,10 +5,13 @@
     python benchmarks/loader.py --root data/demo --sizes 96
     python benchmarks/loader.py --quick         # 4 small series, 96² only (smoke run)
 
-Measures, per image size and loader worker count, the slices per second that the *training* loader
-(``SeriesDataset(cfg, "train", transform=build_train_augment(cfg))`` + ``build_dataloader``, exactly as
-``tools/train.py`` builds them: cache read, RandomResizedCrop bicubic, flips, float conversion, collate)
-delivers, timed from the first batch to the last of ``--epochs`` passes. Also the raw cache read rate
+Measures, per image size, loader kind, uint8 hand-over and worker count, the slices per second that the
+*training* data path delivers as the model's float32 tensor (``SeriesDataset(cfg, "train",
+transform=build_train_augment(cfg))``: cache read, RandomResizedCrop bicubic, flips; collate; then
+``images_to_tensor``), timed from the first batch to the last of ``--epochs`` passes. Kinds: ``threads`` =
+``SeriesBatches`` with prefetch threads, what ``tools/train.py`` runs; ``processes`` = ``build_dataloader``
+(``paddle.io.DataLoader`` worker processes). ``uint8`` = ``DataLoader.Train.uint8`` (the default: series stay
+uint8 until the model's process) against the float32 items of before. Also the raw cache read rate
 (``np.load`` + float conversion, no augmentation) and the CPU demo's own training rate (the demo model of
 ``configs/demo/swin_micro_seq.yaml``: forward + backward + SGD step per series, slices per second).
 
@@ -46,29 +49,51 @@ def build(cfg_path: str, root: str, image_size: int, workdir: str, overrides=())
     return cfg
 
 
-def loader_rate(cfg, workers: int, epochs: int) -> dict:
+def loader_rate(cfg, kind: str, workers: int, epochs: int, uint8: bool) -> dict:
+    """Slices per second delivered as the float32 [0, 1] tensor the model takes (``images_to_tensor`` included),
+    timed from the first batch to the last of ``epochs`` passes over the training series.
+
+    ``kind``: ``threads`` = ``ppihd.engine.trainer.SeriesBatches``, what ``tools/train.py`` uses (``workers``
+    prefetch threads; 0 = in line); ``processes`` = ``build_dataloader`` (``paddle.io.DataLoader`` with
+    ``workers`` worker processes). ``uint8``: ``DataLoader.Train.uint8`` (series stay uint8 until the model's
+    process) or the float32 items of before."""
     import copy
 
     from ppihd.data.augment import build_train_augment
-    from ppihd.data.dataset import SeriesDataset, build_dataloader
+    from ppihd.data.dataset import SeriesDataset, build_dataloader, images_to_tensor, set_uint8_images
+    from ppihd.engine.trainer import SeriesBatches
 
     cfg = copy.deepcopy(cfg)
-    cfg["DataLoader"]["Train"]["num_workers"] = workers
+    tl = cfg["DataLoader"]["Train"]
+    tl["num_workers"], tl["uint8"] = workers, uint8
     ds = SeriesDataset(cfg, "train", transform=build_train_augment(cfg))
-    loader = build_dataloader(cfg, ds, train=True)
+    if kind == "threads":
+        if uint8:
+            set_uint8_images(ds)  # as the Trainer does
+        sb = SeriesBatches(ds, int(tl["batch_series"]), 42, 0, 1, True, workers)
+        stream = sb.iterate(0)
+        batches = (next(stream) for _ in range(epochs * len(sb)))
+    else:
+        loader = build_dataloader(cfg, ds, train=True)
+
+        def passes():
+            for ep in range(epochs):
+                loader.batch_sampler.set_epoch(ep)
+                yield from loader
+        batches = passes()
     n_slices, t0, first = 0, None, 0
-    for ep in range(epochs):
-        loader.batch_sampler.set_epoch(ep)
-        for batch in loader:
-            imgs = batch["images"]
-            s = int(imgs.shape[0] * imgs.shape[1])
-            if t0 is None:  # start the clock at the first batch: worker start-up is not throughput
-                t0, first = time.perf_counter(), s
-                continue
-            n_slices += s
+    for batch in batches:
+        imgs = images_to_tensor(batch["images"])
+        s = int(imgs.shape[0] * imgs.shape[1])
+        if t0 is None:  # start the clock at the first batch: worker start-up is not throughput
+            t0, first = time.perf_counter(), s
+            continue
+        n_slices += s
     dt = time.perf_counter() - t0
-    return {"workers": workers, "slices": n_slices, "seconds": dt, "slices_per_s": n_slices / dt if dt else None,
-            "series": len(ds), "first_batch_slices": first}
+    if kind == "threads":
+        stream.close()
+    return {"kind": kind, "workers": workers, "uint8": uint8, "slices": n_slices, "seconds": dt,
+            "slices_per_s": n_slices / dt if dt else None, "series": len(ds), "first_batch_slices": first}
 
 
 def raw_rate(cfg) -> dict:
@@ -137,6 +162,8 @@ def main(argv=None) -> int:
     p.add_argument("--series", type=int, default=12, help="synthetic series to make (default 12)")
     p.add_argument("--sizes", default="224,96", help="cache image sizes to measure (default 224,96)")
     p.add_argument("--workers", default="0,1,2", help="loader worker counts (default 0,1,2)")
+    p.add_argument("--kinds", default="threads,processes",
+                   help="threads (SeriesBatches: tools/train.py) and/or processes (build_dataloader)")
     p.add_argument("--epochs", type=int, default=2, help="passes over the training series per measurement")
     p.add_argument("--train-steps", type=int, default=4, help="timed demo training steps")
     p.add_argument("--threads", type=int, default=None)
@@ -159,15 +186,19 @@ def main(argv=None) -> int:
             print(f"synthetic data: {a.series} series in {time.time() - t0:.0f} s -> {root}", flush=True)
     sizes = [int(s) for s in a.sizes.split(",") if s]
     workers = [int(w) for w in a.workers.split(",") if w != ""]
+    kinds = [k for k in a.kinds.split(",") if k]
     rows, raw = [], {}
     for size in sizes:
         cfg = build(a.config, root, size, wd)
         raw[size] = raw_rate(cfg)
-        for w in workers:
-            r = loader_rate(cfg, w, a.epochs)
-            r.update(image_size=size, load_avg_1m=load_average())
-            rows.append(r)
-            print(f"  {size}² workers={w}: {r['slices_per_s']:.0f} slices/s (load {r['load_avg_1m']})", flush=True)
+        for kind in kinds:
+            for uint8 in (True, False):
+                for w in workers:
+                    r = loader_rate(cfg, kind, w, a.epochs, uint8)
+                    r.update(image_size=size, load_avg_1m=load_average())
+                    rows.append(r)
+                    print(f"  {size}² {kind} uint8={uint8} workers={w}: {r['slices_per_s']:.0f} slices/s "
+                          f"(load {r['load_avg_1m']})", flush=True)
     demo = demo_train_rate(a.config, root, wd, a.train_steps)
     demo["load_avg_1m"] = load_average()
     for r in rows:
@@ -178,8 +209,9 @@ def main(argv=None) -> int:
     print(f"\nthreads {threads}; demo training ({demo['variant']}, {demo['image_size']}²): "
           f"{demo['slices_per_s']:.1f} slices/s ({demo['s_per_step']:.2f} s/step); GPU Swin-B need ~{GPU_SLICES_PER_S:.0f} "
           f"slices/s at 224²")
-    print(table(rows, ["image_size", "workers", "slices_per_s", "x_demo_training", "workers_for_gpu", "load_avg_1m"],
-                ["size", "loader workers", "slices/s", "x demo training", "workers for 600/s", "load"]))
+    print(table(rows, ["image_size", "kind", "uint8", "workers", "slices_per_s", "x_demo_training", "workers_for_gpu",
+                       "load_avg_1m"],
+                ["size", "kind", "uint8", "workers", "slices/s", "x demo training", "workers for 600/s", "load"]))
     for size, r in raw.items():
         print(f"  raw cache read {size}² (np.load + float, no augmentation, 1 process): {r['slices_per_s']:.0f} slices/s")
     out = save_json(os.path.join(wd, "loader.json"), {"machine": info, "rows": rows, "raw": raw, "demo_training": demo,

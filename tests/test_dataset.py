@@ -121,3 +121,62 @@ def test_build_dataloader(cached):
     assert sorted(b["series_id"]) == sorted(ds.series_ids())
     ev = build_dataloader(cfg, SeriesDataset(cfg, "val"), train=False)
     assert [len(x["series_id"]) for x in ev] == [1]
+
+
+def test_uint8_images_become_the_same_floats():
+    """images_to_tensor(uint8) == the dataset's numpy float32(x) * float32(1/255), for every byte value."""
+    from ppihd.data.dataset import images_to_tensor
+
+    u8 = np.arange(256, dtype=np.uint8).reshape(1, 4, 1, 8, 8)
+    expect = u8.astype(np.float32) * np.float32(1.0 / 255.0)
+    got = images_to_tensor(u8).numpy()
+    assert got.dtype == np.float32
+    np.testing.assert_array_equal(got, expect)
+    assert got[0, 3, 0, 7, 7] == 1.0 and got[0, 0, 0, 0, 0] == 0.0
+    f = np.random.default_rng(0).random((1, 2, 3, 4, 4), dtype=np.float32)
+    np.testing.assert_array_equal(images_to_tensor(f).numpy(), f)  # float batches pass through
+
+
+def test_uint8_items_collate_and_match_float_items(cached):
+    from ppihd.data.dataset import images_to_tensor, set_uint8_images
+
+    cfg, _ = cached
+    flt, u8 = SeriesDataset(cfg, "train"), SeriesDataset(cfg, "train")
+    assert set_uint8_images(u8) and u8.uint8_images and not flt.uint8_images
+    a, b = flt[1], u8[1]
+    assert b["images"].dtype == np.uint8 and b["images"].shape == a["images"].shape == (4, 3, 128, 128)
+    np.testing.assert_array_equal(images_to_tensor(b["images"]).numpy(), a["images"])
+    batch = collate_series([u8[0], u8[1]])
+    assert batch["images"].dtype == np.uint8
+    mixed = collate_series([u8[0], flt[1]])  # a mix (never made by the package) becomes float32 in [0, 1]
+    assert mixed["images"].dtype == np.float32
+    np.testing.assert_array_equal(mixed["images"][0], flt[0]["images"])
+    np.testing.assert_array_equal(mixed["images"][1], a["images"])
+
+
+def test_set_uint8_images_reaches_both_parts_of_a_mix():
+    from ppihd.data.dataset import set_uint8_images
+
+    class Part:
+        uint8_images = False
+
+    class Mix:
+        def __init__(self):
+            self.labelled, self.pseudo = Part(), Part()
+
+    m = Mix()
+    assert set_uint8_images(m) and m.labelled.uint8_images and m.pseudo.uint8_images
+    assert not set_uint8_images(object())  # nothing to switch: says so
+
+
+def test_build_dataloader_train_sends_uint8(cached):
+    cfg, _ = cached
+    ds = SeriesDataset(cfg, "train")
+    b = next(iter(build_dataloader(cfg, ds, train=True)))
+    assert "uint8" in str(b["images"].dtype) and ds.uint8_images
+    off = {**cfg, "DataLoader": {**cfg["DataLoader"], "Train": {**cfg["DataLoader"]["Train"], "uint8": False}}}
+    ds2 = SeriesDataset(off, "train")
+    assert "float32" in str(next(iter(build_dataloader(off, ds2, train=True)))["images"].dtype)
+    ev = SeriesDataset(cfg, "val")
+    build_dataloader(cfg, ev, train=False)
+    assert not ev.uint8_images  # evaluation data is left as it is

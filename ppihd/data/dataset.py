@@ -9,6 +9,10 @@ Item: ``{"images": float32 [S, 3, H, W] in [0, 1], "labels": float32 [S, 6], "la
 (0 where a label is unknown, e.g. test series), "series_id": str, "slice_idx": int64 [S]}`` where
 ``slice_idx`` are the rows of the series' cache array (0..S-1 unless ``Data.max_slices`` cropped it).
 Transforms see uint8 [S, H, W, 3] and a ``numpy.random.Generator``: ``transform(slices, rng) -> slices``.
+With ``uint8_images`` (set on the training set by the trainer and :func:`build_dataloader` when
+``DataLoader.Train.uint8`` is on, the default) ``images`` stay uint8 [S, 3, H, W] (0..255): loader threads skip
+the float pass, worker processes send 4x fewer bytes, and :func:`images_to_tensor` divides by 255 in the model's
+process (on its device) -- the same float32 numbers.
 """
 from __future__ import annotations
 
@@ -28,6 +32,32 @@ except Exception:  # pragma: no cover
 
 Transform = Callable[[np.ndarray, np.random.Generator], np.ndarray]
 SPLITS = ("train", "val", "test")
+INV255 = np.float32(1.0 / 255.0)
+
+
+def images_to_tensor(images: Any):
+    """A batch's ``images`` (float32 in [0, 1], or uint8 0..255 from ``uint8_images`` datasets) -> float32
+    paddle tensor in [0, 1] on the current device; uint8 is converted there (float32(x) * float32(1/255),
+    the same numbers the dataset computes in numpy)."""
+    import paddle
+
+    if str(getattr(images, "dtype", "")).endswith("uint8"):
+        t = images if isinstance(images, paddle.Tensor) else paddle.to_tensor(np.asarray(images))
+        return t.astype("float32") * float(INV255)
+    return paddle.to_tensor(np.asarray(images, dtype="float32"))
+
+
+def set_uint8_images(dataset: Any, on: bool = True) -> bool:
+    """Switch ``uint8_images`` on every series dataset inside ``dataset`` (itself, or the parts of a
+    ``MixedDataset``); returns whether any was switched."""
+    done = False
+    if hasattr(dataset, "uint8_images"):
+        dataset.uint8_images = bool(on)
+        done = True
+    for part in ("labelled", "pseudo"):
+        if getattr(dataset, part, None) is not None:
+            done = set_uint8_images(getattr(dataset, part), on) or done
+    return done
 
 
 def read_index(path: str) -> pd.DataFrame:
@@ -75,6 +105,7 @@ class SeriesDataset(_Base):
         self.max_slices = data.get("max_slices")
         self.image_size = int(data["image_size"])
         self.epoch = 0
+        self.uint8_images = False  # see the module docstring
         self.items: List[Dict[str, Any]] = []
         for sid, g in rows.sort_values(["series_id", "slice_idx"]).groupby("series_id", sort=True):
             lab = g[list(LABELS)].to_numpy(dtype=np.float64)
@@ -135,8 +166,11 @@ class SeriesDataset(_Base):
         slices = np.array(arr[rows[0]:rows[-1] + 1] if contiguous else arr[rows])
         if self.transform is not None:
             slices = self.transform(slices, rng)
-        images = slices.astype(np.float32).transpose(0, 3, 1, 2)
-        images *= np.float32(1.0 / 255.0)
+        if self.uint8_images:
+            images = slices.transpose(0, 3, 1, 2)
+        else:
+            images = slices.astype(np.float32).transpose(0, 3, 1, 2)
+            images *= INV255
         return {"images": np.ascontiguousarray(images), "labels": it["labels"][sel].copy(),
                 "label_mask": it["label_mask"][sel].copy(), "series_id": it["series_id"],
                 "slice_idx": rows.copy()}
@@ -154,15 +188,18 @@ def collate_series(items: Sequence[Mapping[str, Any]]) -> Dict[str, Any]:
     b = len(items)
     lens = [int(np.asarray(it["images"]).shape[0]) for it in items]
     s_max = max(lens)
+    dtypes = {np.asarray(it["images"]).dtype for it in items}
     first = np.asarray(items[0]["images"])
-    images = np.zeros((b, s_max) + first.shape[1:], dtype=np.float32)
+    uint8 = dtypes == {np.dtype(np.uint8)}  # all uint8 stays uint8 (uint8_images); any mix becomes float32 [0, 1]
+    images = np.zeros((b, s_max) + first.shape[1:], dtype=np.uint8 if uint8 else np.float32)
     n_cls = np.asarray(items[0]["labels"]).shape[-1]
     labels = np.zeros((b, s_max, n_cls), dtype=np.float32)
     label_mask = np.zeros((b, s_max, n_cls), dtype=np.float32)
     mask = np.zeros((b, s_max), dtype=bool)
     slice_idx = np.full((b, s_max), -1, dtype=np.int64)
     for i, (it, n) in enumerate(zip(items, lens)):
-        images[i, :n] = it["images"]
+        im = np.asarray(it["images"])
+        images[i, :n] = im * INV255 if (im.dtype == np.uint8 and not uint8) else im
         labels[i, :n] = it["labels"]
         label_mask[i, :n] = it.get("label_mask", np.ones((n, n_cls), np.float32))
         mask[i, :n] = True
@@ -235,6 +272,8 @@ def build_dataloader(cfg: Mapping[str, Any], dataset: Any, train: bool = True,
     else:
         sampler = SeededBatchSampler(dataset, batch_size=bs, shuffle=shuffle, seed=seed)
     workers = int(sect.get("num_workers", 0))
+    if train and sect.get("uint8", True):
+        set_uint8_images(dataset)
     return paddle.io.DataLoader(dataset, batch_sampler=sampler, collate_fn=collate_fn, num_workers=workers,
                                 worker_init_fn=worker_init_fn if workers > 0 else None, return_list=True,
                                 use_shared_memory=False)

@@ -13,6 +13,7 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
 import numpy as np
 
 from .. import LABELS
+from ..data.dataset import images_to_tensor
 from ..metric import compute_metrics, prior_probabilities, weighted_log_loss
 from ..utils.fileio import atomic_path
 
@@ -69,7 +70,7 @@ def predict_dataset(model: Any, dataset: Any, batch_series: int = 1, max_series:
         with paddle.no_grad():
             for start in tqdm(range(0, n, batch_series), desc=desc, disable=not progress, leave=False):
                 batch = collate_fn([dataset[i] for i in range(start, min(start + batch_series, n))])
-                images = paddle.to_tensor(np.asarray(batch["images"], dtype="float32"))
+                images = images_to_tensor(batch["images"])
                 mask_np = np.asarray(batch["mask"], dtype=bool)
                 l2, l1 = forward_heads(m, images, paddle.to_tensor(mask_np))
                 l2 = l2.astype("float32").numpy()

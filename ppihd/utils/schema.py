@@ -59,6 +59,9 @@ DEFAULTS: Dict[str, Any] = {
     "DataLoader": {
         "Train": {
             "num_workers": 0,
+            "uint8": True,                         # training series stay uint8 until the model's process (loader
+                                                   # threads/workers skip the float pass, 4x fewer bytes), where
+                                                   # they become float32 / 255 on the device: the same numbers
             "batch_series": 1,                     # paper: one series per GPU per step
             "max_slices": None,                    # train on a random contiguous window of at most this many
                                                    # slices per series (None = Data.max_slices); eval sees all
