@@ -79,3 +79,31 @@ def test_ablation_runner_end_to_end_ci(tmp_path):
     md = open(os.path.join(out, "ablation.md")).read()
     assert "| + FM | • | • | • | • | • | • | • | 0.04368 |" in md
     assert "Constant-prior baseline (train-split positive rates): test 0." in md
+
+
+def test_ablation_runner_stage1_is_shared_per_cache_and_norm(tmp_path):
+    """--stage1: one slice pre-training per (cache, post_norm), loaded by every row with that setting."""
+    from ppihd.data.synthetic import generate_dataset
+
+    data = str(tmp_path / "data")
+    generate_dataset(data, n_train=6, n_test=3, size=64, slices_min=4, slices_max=6, progress=False)
+    out = str(tmp_path / "out")
+    cmd = [sys.executable, os.path.join(ROOT, "tools", "run_ablation.py"), "--data", data, "--out", out, "--ci",
+           "--stage1", "--rows", "03_rbe", "04_ds", "05_pn"]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    pre = os.path.join(out, "stage1_rbe_prenorm", "slice_pretrain", "backbone.pdparams")
+    post = os.path.join(out, "stage1_rbe_postnorm", "slice_pretrain", "backbone.pdparams")
+    assert os.path.isfile(pre) and os.path.isfile(post)
+    assert sorted(n for n in os.listdir(out) if n.startswith("stage1_")) == ["stage1_rbe_postnorm", "stage1_rbe_prenorm"]
+    got = {row: load_config(os.path.join(out, row, "row_config.yaml"))["Arch"]["pretrained"]
+           for row in ("03_rbe", "04_ds", "05_pn")}
+    assert got == {"03_rbe": pre, "04_ds": pre, "05_pn": post}
+    assert load_config(os.path.join(out, "stage1_rbe_postnorm", "stage1_config.yaml"))["Arch"]["backbone"][
+        "post_norm"] is True
+    assert r.stdout.count("slice pre-training ->") == 2
+    df = pd.read_csv(os.path.join(out, "ablation.csv"))
+    assert (df["val_wll"] > 0).all() and df["note"].str.contains("stage 1: stage1_rbe_").all()
+    again = subprocess.run(cmd, capture_output=True, text=True, timeout=600)  # resumes: nothing is rerun
+    assert again.returncode == 0 and again.stdout.count("finished before, not rerun") == 2
+    assert "slice pre-training ->" not in again.stdout

@@ -18,6 +18,9 @@ split (from the training run). The FM row pseudo-labels the test split with the 
 
 Writes ``<out>/ablation.csv``, ``<out>/ablation.md`` (paper numbers beside ours) and one folder per row.
 A finished row (same resolved config, ``history.json`` present) is not retrained: re-running resumes the table.
+``--stage1`` runs the two-stage recipe of ``make demo``: stage 1 (``tools/pretrain_slices.py``, the slice-level
+backbone pre-training that stands in for ImageNet weights on CPU) once per cache and ``post_norm`` setting
+(``<out>/stage1_<rbe|norbe>_<postnorm|prenorm>``), and each row starts from it (``Arch.pretrained``).
 ``--ci`` shrinks everything (32-px micro model, 2 iterations) to check the pipeline end to end in about a minute.
 """
 from __future__ import annotations
@@ -60,6 +63,9 @@ CI_OVERRIDES = [
     "Arch.backbone.variant=micro", "Arch.backbone.img_size=32", "Arch.backbone.drop_path_rate=0.0",
     "DataLoader.Train.num_workers=0", "DataLoader.Eval.batch_series=2", "Optimizer.lr.warmup_steps=1",
 ]
+
+
+CI_STAGE1 = ["SlicePretrain.iters=2", "SlicePretrain.batch_slices=4", "SlicePretrain.eval_interval=0"]
 
 
 def _flatten(node: Mapping[str, Any], prefix: str = "") -> List[str]:
@@ -127,6 +133,45 @@ def train_row(cfg_path: str, log_path: str) -> None:
         with open(log_path, encoding="utf-8") as f:
             tail = "".join(f.readlines()[-15:])
         raise RuntimeError(f"training failed (exit {r.returncode}): {' '.join(cmd)}\n{tail}")
+
+
+def stage1_backbone(cfg: Mapping[str, Any], out: str, done: Dict[tuple, str]) -> str:
+    """Stage 1 of the two-stage recipe (``tools/pretrain_slices.py``, the CPU stand-in for ImageNet weights) for
+    this row's cache and backbone; run once per (cache, post_norm) and shared by the rows with that setting.
+    Returns the ``backbone.pdparams`` to pass as ``Arch.pretrained``."""
+    key = (cfg["Data"]["cache_dir"], bool(cfg["Arch"]["backbone"]["post_norm"]))
+    if key in done:
+        return done[key]
+    tag = ("rbe" if cfg["Data"]["remove_black_edges"] else "norbe") + ("_postnorm" if key[1] else "_prenorm")
+    s1 = os.path.join(out, f"stage1_{tag}")
+    weights = os.path.join(s1, "slice_pretrain", "backbone.pdparams")
+    os.makedirs(s1, exist_ok=True)
+    cfg_path = os.path.join(s1, "stage1_config.yaml")
+    sig_path = os.path.join(s1, "stage1_signature.yaml")
+    clean = {k: v for k, v in cfg.items() if not k.startswith("_")}
+    clean = {**clean, "Global": {**clean["Global"], "output_dir": s1}}
+    # what stage 1 depends on (the rows sharing it differ in the rest): rerun only when this changed
+    new_sig = yaml.safe_dump({"Data": clean["Data"], "backbone": clean["Arch"]["backbone"],
+                              "SlicePretrain": clean["SlicePretrain"], "seed": clean["Global"]["seed"],
+                              "threads": clean["Global"]["num_threads"]}, sort_keys=True)
+    old_sig = open(sig_path, encoding="utf-8").read() if os.path.isfile(sig_path) else None
+    if old_sig == new_sig and os.path.isfile(weights):
+        print(f"[ablation] stage 1 {tag}: finished before, not rerun", flush=True)
+    else:
+        save_config(clean, cfg_path)
+        print(f"[ablation] stage 1 {tag}: slice pre-training -> {weights}", flush=True)
+        cmd = [sys.executable, os.path.join(ROOT, "tools", "pretrain_slices.py"), "-c", cfg_path]
+        log_path = os.path.join(s1, "stage1_stdout.log")
+        with open(log_path, "w", encoding="utf-8") as log:
+            r = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT)
+        if r.returncode != 0 or not os.path.isfile(weights):
+            with open(log_path, encoding="utf-8") as f:
+                tail = "".join(f.readlines()[-15:])
+            raise RuntimeError(f"stage 1 failed (exit {r.returncode}): {' '.join(cmd)}\n{tail}")
+        with open(sig_path, "w", encoding="utf-8") as f:
+            f.write(new_sig)
+    done[key] = weights
+    return weights
 
 
 def predict_test(cfg: Mapping[str, Any], weights: str, progress: bool) -> pd.DataFrame:
@@ -237,6 +282,9 @@ def main(argv=None) -> int:
     ap.add_argument("--test-labels", default=None,
                     help="ID,Label file of the test split (default <data>/synthetic_test_labels.csv if present)")
     ap.add_argument("--tau-s", type=float, default=None, help="FM row: confidence threshold (PseudoLabel.tau_s)")
+    ap.add_argument("--stage1", action="store_true",
+                    help="two-stage recipe of make demo: stage 1 (tools/pretrain_slices.py) once per cache and "
+                         "post_norm setting, loaded by the rows with -o Arch.pretrained")
     ap.add_argument("--ci", action="store_true", help="tiny CI-sized run (32-px micro model, 2 iterations)")
     ap.add_argument("--no-progress", action="store_true")
     a = ap.parse_args(argv)
@@ -249,7 +297,7 @@ def main(argv=None) -> int:
     if not os.path.isdir(a.data):
         print(f"run_ablation: --data {a.data} is not a folder (make one with tools/make_demo_data.py)", file=sys.stderr)
         return 2
-    user = (CI_OVERRIDES if a.ci else []) + list(a.override)
+    user = (CI_OVERRIDES + (CI_STAGE1 if a.stage1 else []) if a.ci else []) + list(a.override)
     progress = not a.no_progress and not a.ci
     os.makedirs(a.out, exist_ok=True)
     from ppihd.data.labels import read_labels
@@ -264,6 +312,7 @@ def main(argv=None) -> int:
     results: List[Dict[str, Any]] = []
     baseline: Optional[Dict[str, float]] = None
     caches: set = set()
+    stage1: Dict[tuple, str] = {}
     last_pred: Optional[pd.DataFrame] = None
     pseudo_csv = os.path.join(a.out, "pseudo.csv")
     for name in [r[0] for r in ROWS if r[0] in a.rows]:
@@ -286,6 +335,13 @@ def main(argv=None) -> int:
                 write_pseudo_csv(sel.pseudo, pseudo_csv)
             cfg = resolve_row(name, a.base_config, a.data, a.out, user, pseudo_csv if use_pseudo else None)
             setup_threads(cfg["Global"]["num_threads"])
+            if a.stage1:
+                ensure_cache(cfg, caches, progress)
+                backbone = stage1_backbone(cfg, a.out, stage1)
+                cfg = resolve_row(name, a.base_config, a.data, a.out, [*user, f"Arch.pretrained={backbone}"],
+                                  pseudo_csv if use_pseudo else None)
+                rec["note"] = (rec["note"] + "; " if rec["note"] else "") + \
+                    f"stage 1: {os.path.relpath(backbone, a.out)}"
             rec["iters"] = int(cfg["Global"]["iters"])
             row_dir = cfg["Global"]["output_dir"]
             os.makedirs(row_dir, exist_ok=True)
