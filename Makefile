@@ -85,6 +85,8 @@ bench: install
 	$(PY) benchmarks/train_memory.py
 	$(PY) benchmarks/loader.py
 	$(PY) benchmarks/scaling.py
+	$(if $(wildcard $(DEMO)/best_model.pdparams),$(PY) benchmarks/lowprec.py -c $(DEMO_CFG) \
+		--weights $(DEMO)/best_model.pdparams -o Data.root=$(DEMO_DATA),@echo "bench: no $(DEMO)/best_model.pdparams: run make demo for benchmarks/lowprec.py")
 
 bench-quick: install
 	$(PY) benchmarks/infer.py --quick
