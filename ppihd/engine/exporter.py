@@ -89,17 +89,18 @@ def export_paddle_bf16(model: Any, save_dir: str, image_size: int) -> Dict[str, 
             return self.net.slice_tokens(images)[0]
 
     class Body(paddle.nn.Layer):
-        def __init__(self, net):
+        def __init__(self, net, grid_h: int, grid_w: int):
             super().__init__()
-            self.net = net
+            self.net, self.grid_h, self.grid_w = net, grid_h, grid_w  # attributes: Paddle 2.6's dy2static
+            # does not see a closure's variables
 
         def forward(self, tokens):
-            return paddle.nn.functional.sigmoid(self.net.logits_from_tokens(tokens, h, w))
+            return paddle.nn.functional.sigmoid(self.net.logits_from_tokens(tokens, self.grid_h, self.grid_w))
 
     files = {}
     for key, layer, spec in (
             ("stem", Stem(model), InputSpec([1, None, 3, size, size], "float32", name="images")),
-            ("body", Body(model), InputSpec([None, h * w, dim], "float32", name="tokens"))):
+            ("body", Body(model, h, w), InputSpec([None, h * w, dim], "float32", name="tokens"))):
         out = _jit_save(layer, [spec], save_dir, BF16_STEM if key == "stem" else BF16_BODY)
         files[f"{key}_model_file"], files[f"{key}_params_file"] = out["model_file"], out["params_file"]
     return files

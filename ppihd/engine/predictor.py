@@ -232,6 +232,9 @@ class PaddleInferenceBackend(Backend):
                                  "or fp32 on GPU")
             if not mkldnn:
                 raise ValueError("precision bf16 runs through oneDNN; it cannot be combined with --no-mkldnn")
+            if paddle.__version__.split(".")[0] in ("1", "2"):
+                raise RuntimeError(f"precision bf16 needs paddlepaddle 3.x (this is {paddle.__version__}: its CPU "
+                                   "build has no kernel for the dequantize op its bf16 passes insert); use fp32")
             if not cpu_supports_bf16():
                 raise RuntimeError("precision bf16: this CPU has no native bfloat16 (needs the avx512_bf16 or "
                                    "amx_bf16 flag in lscpu); use fp32")

@@ -48,3 +48,24 @@ def test_export_and_predict(tmp_path):
     for mkldnn in (True, False):
         b = PaddleInferenceBackend(str(tmp_path), threads=2, mkldnn=mkldnn).predict_series(x)
         np.testing.assert_allclose(b, a, atol=1e-5)
+
+
+def test_bf16_programs_export_and_compose_in_fp32(tmp_path):
+    """export_paddle_bf16 works on both Paddle versions; the two programs run in fp32 give the model's numbers.
+    precision bf16 itself is Paddle 3 only: on 2.x it is a clear error (2.6.2 has no dequantize kernel)."""
+    from paddle import inference as pinf
+
+    from ppihd.engine.exporter import BF16_BODY, BF16_STEM, export_paddle_bf16
+    from ppihd.engine.predictor import DygraphBackend, PaddleInferenceBackend, find_model_files
+
+    _, model = tiny_model(64, seed=2)
+    export_paddle_bf16(model, str(tmp_path), 64)
+    run = PaddleInferenceBackend._run
+    progs = [pinf.create_predictor(PaddleInferenceBackend._config(pinf, find_model_files(str(tmp_path), p), "cpu",
+                                                                  2, True, False)) for p in (BF16_STEM, BF16_BODY)]
+    x = np.random.default_rng(4).random((3, 3, 64, 64), dtype=np.float32)
+    np.testing.assert_allclose(run(progs[1], run(progs[0], x[None]))[0], DygraphBackend(model).predict_series(x),
+                               atol=1e-5, rtol=0)
+    if paddle.__version__.startswith("2."):
+        with pytest.raises(RuntimeError, match="needs paddlepaddle 3.x"):
+            PaddleInferenceBackend(str(tmp_path), precision="bf16")
