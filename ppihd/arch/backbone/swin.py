@@ -150,12 +150,16 @@ def window_slots(height: int, width: int, window: int) -> np.ndarray:
     return grid.transpose(0, 2, 1, 3).reshape(-1)
 
 
+def _inverse_permutation(perm: np.ndarray) -> np.ndarray:
+    """int64 ``inv`` with ``inv[perm[i]] = i``."""
+    inv = np.empty(perm.size, dtype=np.int64)
+    inv[perm] = np.arange(perm.size, dtype=np.int64)
+    return inv
+
+
 def _slot_of(height: int, width: int, window: int) -> np.ndarray:
     """Inverse of :func:`window_slots`: padded-grid position -> window-order slot."""
-    pos = window_slots(height, width, window)
-    inv = np.empty_like(pos)
-    inv[pos] = np.arange(pos.size, dtype=np.int64)
-    return inv
+    return _inverse_permutation(window_slots(height, width, window))
 
 
 def spatial_to_window_index(height: int, width: int, window: int) -> np.ndarray:
@@ -196,9 +200,7 @@ def shift_index(height: int, width: int, window: int, shift: int) -> Tuple[np.nd
     i, j = pos // wp, pos % wp
     src = ((i + shift) % hp) * wp + (j + shift) % wp  # where each came from in the unrolled grid
     fwd = _slot_of(height, width, window)[src].astype("int64")
-    inv = np.empty_like(fwd)
-    inv[fwd] = np.arange(fwd.size, dtype=np.int64)
-    return fwd, inv
+    return fwd, _inverse_permutation(fwd)
 
 
 def uses_window_order(token_layout: str, height: int, width: int, window: int) -> bool:
