@@ -156,15 +156,12 @@ def test_uint8_items_collate_and_match_float_items(cached):
 
 def test_set_uint8_images_reaches_both_parts_of_a_mix():
     from ppihd.data.dataset import set_uint8_images
+    from ppihd.data.pseudo import MixedDataset
 
     class Part:
         uint8_images = False
 
-    class Mix:
-        def __init__(self):
-            self.labelled, self.pseudo = Part(), Part()
-
-    m = Mix()
+    m = MixedDataset(Part(), Part())
     assert set_uint8_images(m) and m.labelled.uint8_images and m.pseudo.uint8_images
     assert not set_uint8_images(object())  # nothing to switch: says so
 

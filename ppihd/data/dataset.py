@@ -48,16 +48,12 @@ def images_to_tensor(images: Any):
 
 
 def set_uint8_images(dataset: Any, on: bool = True) -> bool:
-    """Switch ``uint8_images`` on every series dataset inside ``dataset`` (itself, or the parts of a
-    ``MixedDataset``); returns whether any was switched."""
-    done = False
-    if hasattr(dataset, "uint8_images"):
-        dataset.uint8_images = bool(on)
-        done = True
-    for part in ("labelled", "pseudo"):
-        if getattr(dataset, part, None) is not None:
-            done = set_uint8_images(getattr(dataset, part), on) or done
-    return done
+    """Switch ``uint8_images`` on ``dataset`` (a ``MixedDataset`` passes it to its parts); returns whether the
+    dataset has the switch."""
+    if not hasattr(dataset, "uint8_images"):
+        return False
+    dataset.uint8_images = bool(on)
+    return True
 
 
 def read_index(path: str) -> pd.DataFrame:

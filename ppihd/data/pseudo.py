@@ -90,6 +90,17 @@ class MixedDataset(_Base):
                 ds.set_epoch(epoch)
 
     @property
+    def uint8_images(self) -> bool:
+        """Whether both parts hand out uint8 images (``ppihd.data.dataset.set_uint8_images``)."""
+        return all(getattr(ds, "uint8_images", False) for ds in (self.labelled, self.pseudo))
+
+    @uint8_images.setter
+    def uint8_images(self, on: bool) -> None:
+        for ds in (self.labelled, self.pseudo):
+            if hasattr(ds, "uint8_images"):
+                ds.uint8_images = bool(on)
+
+    @property
     def num_slices(self) -> int:
         return int(getattr(self.labelled, "num_slices", 0)) + self.pseudo.num_slices
 
