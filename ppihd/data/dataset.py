@@ -182,19 +182,18 @@ def collate_series(items: Sequence[Mapping[str, Any]]) -> Dict[str, Any]:
     if not items:
         raise ValueError("collate_series: empty batch")
     b = len(items)
-    lens = [int(np.asarray(it["images"]).shape[0]) for it in items]
+    ims = [np.asarray(it["images"]) for it in items]
+    lens = [int(im.shape[0]) for im in ims]
     s_max = max(lens)
-    dtypes = {np.asarray(it["images"]).dtype for it in items}
-    first = np.asarray(items[0]["images"])
-    uint8 = dtypes == {np.dtype(np.uint8)}  # all uint8 stays uint8 (uint8_images); any mix becomes float32 [0, 1]
-    images = np.zeros((b, s_max) + first.shape[1:], dtype=np.uint8 if uint8 else np.float32)
+    # all uint8 stays uint8 (uint8_images); any mix becomes float32 [0, 1]
+    uint8 = all(im.dtype == np.uint8 for im in ims)
+    images = np.zeros((b, s_max) + ims[0].shape[1:], dtype=np.uint8 if uint8 else np.float32)
     n_cls = np.asarray(items[0]["labels"]).shape[-1]
     labels = np.zeros((b, s_max, n_cls), dtype=np.float32)
     label_mask = np.zeros((b, s_max, n_cls), dtype=np.float32)
     mask = np.zeros((b, s_max), dtype=bool)
     slice_idx = np.full((b, s_max), -1, dtype=np.int64)
-    for i, (it, n) in enumerate(zip(items, lens)):
-        im = np.asarray(it["images"])
+    for i, (it, im, n) in enumerate(zip(items, ims, lens)):
         images[i, :n] = im * INV255 if (im.dtype == np.uint8 and not uint8) else im
         labels[i, :n] = it["labels"]
         label_mask[i, :n] = it.get("label_mask", np.ones((n, n_cls), np.float32))
