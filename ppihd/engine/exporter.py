@@ -98,10 +98,10 @@ def export_paddle_bf16(model: Any, save_dir: str, image_size: int) -> Dict[str, 
             return paddle.nn.functional.sigmoid(self.net.logits_from_tokens(tokens, self.grid_h, self.grid_w))
 
     files = {}
-    for key, layer, spec in (
-            ("stem", Stem(model), InputSpec([1, None, 3, size, size], "float32", name="images")),
-            ("body", Body(model, h, w), InputSpec([None, h * w, dim], "float32", name="tokens"))):
-        out = _jit_save(layer, [spec], save_dir, BF16_STEM if key == "stem" else BF16_BODY)
+    for key, prefix, layer, spec in (
+            ("stem", BF16_STEM, Stem(model), InputSpec([1, None, 3, size, size], "float32", name="images")),
+            ("body", BF16_BODY, Body(model, h, w), InputSpec([None, h * w, dim], "float32", name="tokens"))):
+        out = _jit_save(layer, [spec], save_dir, prefix)
         files[f"{key}_model_file"], files[f"{key}_params_file"] = out["model_file"], out["params_file"]
     return files
 
