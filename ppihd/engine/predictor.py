@@ -253,8 +253,7 @@ class PaddleInferenceBackend(Backend):
         self.config = self._config(pinf, files, dev, threads, mkldnn, precision == "bf16")
         self.predictor = pinf.create_predictor(self.config)
         self.device, self.threads, self.precision = dev, threads, precision
-        cfg = self.config
-        self.mkldnn = bool(cfg.mkldnn_enabled()) if hasattr(cfg, "mkldnn_enabled") else bool(mkldnn)
+        self.mkldnn = bool(self.config.mkldnn_enabled()) if hasattr(self.config, "mkldnn_enabled") else bool(mkldnn)
 
     @staticmethod
     def _config(pinf, files: Tuple[str, str], dev: str, threads: Optional[int], mkldnn: bool, bf16: bool):
