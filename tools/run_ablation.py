@@ -124,15 +124,16 @@ def write_row_config(cfg: Mapping[str, Any], path: str) -> str:
     return save_config(clean, path)
 
 
-def train_row(cfg_path: str, log_path: str) -> None:
-    """``tools/train.py -c <row config>`` in a subprocess (isolated logs and memory); raises on failure."""
-    cmd = [sys.executable, os.path.join(ROOT, "tools", "train.py"), "-c", cfg_path]
+def run_tool(tool: str, cfg_path: str, log_path: str, what: str, expect: Optional[str] = None) -> None:
+    """``tools/<tool> -c <config>`` in a subprocess (isolated logs and memory), output to ``log_path``; raises
+    with the log's tail when it fails or does not write ``expect``."""
+    cmd = [sys.executable, os.path.join(ROOT, "tools", tool), "-c", cfg_path]
     with open(log_path, "w", encoding="utf-8") as log:
         r = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT)
-    if r.returncode != 0:
+    if r.returncode != 0 or (expect is not None and not os.path.isfile(expect)):
         with open(log_path, encoding="utf-8") as f:
             tail = "".join(f.readlines()[-15:])
-        raise RuntimeError(f"training failed (exit {r.returncode}): {' '.join(cmd)}\n{tail}")
+        raise RuntimeError(f"{what} failed (exit {r.returncode}): {' '.join(cmd)}\n{tail}")
 
 
 def stage1_backbone(cfg: Mapping[str, Any], out: str, done: Dict[tuple, str]) -> str:
@@ -160,14 +161,7 @@ def stage1_backbone(cfg: Mapping[str, Any], out: str, done: Dict[tuple, str]) ->
     else:
         save_config(clean, cfg_path)
         print(f"[ablation] stage 1 {tag}: slice pre-training -> {weights}", flush=True)
-        cmd = [sys.executable, os.path.join(ROOT, "tools", "pretrain_slices.py"), "-c", cfg_path]
-        log_path = os.path.join(s1, "stage1_stdout.log")
-        with open(log_path, "w", encoding="utf-8") as log:
-            r = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT)
-        if r.returncode != 0 or not os.path.isfile(weights):
-            with open(log_path, encoding="utf-8") as f:
-                tail = "".join(f.readlines()[-15:])
-            raise RuntimeError(f"stage 1 failed (exit {r.returncode}): {' '.join(cmd)}\n{tail}")
+        run_tool("pretrain_slices.py", cfg_path, os.path.join(s1, "stage1_stdout.log"), "stage 1", expect=weights)
         with open(sig_path, "w", encoding="utf-8") as f:
             f.write(new_sig)
     done[key] = weights
@@ -360,7 +354,7 @@ def main(argv=None) -> int:
                 write_row_config(cfg, cfg_path)
                 print(f"[ablation] {name} ({title}): training {rec['iters']} iterations -> {row_dir}", flush=True)
                 t0 = time.time()
-                train_row(cfg_path, os.path.join(row_dir, "train_stdout.log"))
+                run_tool("train.py", cfg_path, os.path.join(row_dir, "train_stdout.log"), "training")
                 rec["train_minutes"] = (time.time() - t0) / 60.0
                 with open(timing, "w") as f:
                     f.write(f"{rec['train_minutes']:.3f}")
