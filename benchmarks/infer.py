@@ -19,6 +19,7 @@ Steps (each in a fresh process, so its peak RSS is its own):
 Paths: ``dygraph`` (eval, no_grad), ``pi-native`` (Paddle Inference, oneDNN off), ``pi-onednn`` (the deployed
 path: ``deploy/python/predict.py`` default), ``ort`` (onnxruntime fp32), ``pi-onednn-bf16`` (the deployed bf16
 path, ``predict.py --precision bf16``: fp32 stem program + ``enable_mkldnn_bfloat16`` body program),
+``pi-onednn-bf16-plain`` (the same, body traced without ``Export.bf16_kernels``: the A/B of that switch),
 ``pi-onednn-bf16-whole`` (the one graph all in bf16), ``pi-onednn-int8`` (``enable_mkldnn_int8`` on the fp32
 graph), ``ort-int8``
 (dynamic quantisation), ``ort-bf16`` (probe: can onnxruntime's CPU provider run a bf16 MatMul?).
@@ -37,8 +38,9 @@ from benchmarks._common import (emit, machine_info, machine_lines, run_child, sa
                                 table, time_best)
 
 SCRIPT = os.path.abspath(__file__)
-ALL_PATHS = ("dygraph", "pi-native", "pi-onednn", "ort", "pi-onednn-bf16", "pi-onednn-bf16-whole", "pi-onednn-int8",
-             "ort-int8", "ort-bf16")
+ALL_PATHS = ("dygraph", "pi-native", "pi-onednn", "ort", "pi-onednn-bf16", "pi-onednn-bf16-plain",
+             "pi-onednn-bf16-whole", "pi-onednn-int8", "ort-int8", "ort-bf16")
+PLAIN_DIR = "model_bf16_plain"  # pi-onednn-bf16-plain: the two bf16 programs with Export.bf16_kernels=False
 DEPLOYED = "pi-onednn"
 
 
@@ -67,7 +69,8 @@ def _load_cfg(config: str, overrides):
     return load_config(config, overrides or [])
 
 
-def child_export(config: str, overrides, workdir: str, weights: str, threads: int, onnx: bool) -> None:
+def child_export(config: str, overrides, workdir: str, weights: str, threads: int, onnx: bool,
+                 plain_bf16: bool = False) -> None:
     set_threads(threads)
     import paddle
 
@@ -92,6 +95,8 @@ def child_export(config: str, overrides, workdir: str, weights: str, threads: in
     out["export_s"] = round(time.time() - t0, 1)
     out.update(files)
     export_paddle_bf16(model, os.path.join(workdir, "model"), size)  # the two programs of --precision bf16
+    if plain_bf16:
+        export_paddle_bf16(model, os.path.join(workdir, PLAIN_DIR), size, bf16_kernels=False)
     if onnx:
         try:
             out["onnx_file"] = export_onnx(files["model_file"], files["params_file"],
@@ -209,11 +214,11 @@ def child_run(path: str, meta_file: str, workdir: str, slices: int, repeats: int
     elif path == "pi-native":  # oneDNN is on by default in Paddle 3 configs: switch it off explicitly
         predict = _pi_runner(paddle_inference_predictor(meta["model_file"], meta["params_file"], threads,
                                                         mkldnn=False))
-    elif path == "pi-onednn-bf16":  # the deployed bf16 path: fp32 stem program + bf16 body program
+    elif path in ("pi-onednn-bf16", "pi-onednn-bf16-plain"):  # the deployed bf16 path: fp32 stem + bf16 body
         from ppihd.engine.predictor import PaddleInferenceBackend
 
-        predict = PaddleInferenceBackend(os.path.dirname(meta["model_file"]), "cpu", threads,
-                                         precision="bf16").predict_series
+        d = os.path.dirname(meta["model_file"]) if path == "pi-onednn-bf16" else os.path.join(workdir, PLAIN_DIR)
+        predict = PaddleInferenceBackend(d, "cpu", threads, precision="bf16").predict_series
     elif path.startswith("pi-onednn-"):  # -bf16-whole: the one graph all in bf16; -int8: enable_mkldnn_int8
         bf16, int8 = path.endswith("bf16-whole"), path.endswith("int8")
         predict = _pi_runner(paddle_inference_predictor(meta["model_file"], meta["params_file"], threads,
@@ -265,7 +270,7 @@ def main(argv=None) -> int:
             child_peak(int(rest[0]), int(rest[1]), int(rest[2]))
         elif kind == "export":
             cfgp, wd, w, th, onnx, ov = rest[0], rest[1], rest[2], int(rest[3]), rest[4] == "1", json.loads(rest[5])
-            child_export(cfgp, ov, wd, w, th, onnx)
+            child_export(cfgp, ov, wd, w, th, onnx, rest[6] == "1")
         elif kind == "run":
             child_run(rest[0], rest[1], rest[2], int(rest[3]), int(rest[4]), int(rest[5]))
         return 0
@@ -291,8 +296,8 @@ def main(argv=None) -> int:
           f"(load {peak['load_avg_1m']})", flush=True)
 
     need_onnx = any(x.startswith("ort") and x != "ort-bf16" for x in paths)
-    exp = run_child(SCRIPT, ["export", a.config, wd, a.weights, threads, int(need_onnx), json.dumps(a.override)],
-                    timeout=a.timeout)
+    exp = run_child(SCRIPT, ["export", a.config, wd, a.weights, threads, int(need_onnx), json.dumps(a.override),
+                             int("pi-onednn-bf16-plain" in paths)], timeout=a.timeout)
     if "error" in exp:
         print(f"export failed: {exp['error']}", file=sys.stderr)
         return 1

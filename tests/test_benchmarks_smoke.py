@@ -25,7 +25,8 @@ def _run(script, *args, timeout=600):
 
 
 def test_infer_quick(tmp_path):
-    out = _run("infer.py", "--workdir", str(tmp_path), "--paths", "dygraph,pi-onednn,pi-native,ort,pi-onednn-bf16")
+    out = _run("infer.py", "--workdir", str(tmp_path), "--paths",
+               "dygraph,pi-onednn,pi-native,ort,pi-onednn-bf16,pi-onednn-bf16-plain")
     assert "| path" in out and "GFLOP/s" in out
     res = json.loads((tmp_path / "infer.json").read_text())
     assert res["peak"]["gflops"] > 0
@@ -38,6 +39,9 @@ def test_infer_quick(tmp_path):
     assert rows["pi-native"]["max_dp"] < 1e-4
     if "error" not in rows["ort"]:
         assert rows["ort"]["max_dp"] < 1e-4
+    for path in ("pi-onednn-bf16", "pi-onednn-bf16-plain"):  # bf16 (where the CPU has it): close, not equal
+        if "error" not in rows[path]:
+            assert rows[path]["max_dp"] < 0.05, rows[path]
     # the analytic cost of the micro backbone at 224² (ppihd.arch.summary): 0.37 GMACs -> ~0.74 GFLOP
     assert 0.5 < res["model"]["gflop_per_slice"] < 1.0
 

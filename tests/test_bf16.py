@@ -138,3 +138,34 @@ def test_export_paddle_bf16_rejects_nothing_silently(split, tmp_path):
     files = export_paddle_bf16(model, str(tmp_path), 112)
     assert sorted(files) == ["body_model_file", "body_params_file", "stem_model_file", "stem_params_file"]
     assert sorted(n.split(".")[0] for n in os.listdir(tmp_path)) == [BF16_BODY] * 2 + [BF16_STEM] * 2
+
+
+def test_bf16_kernels_body_equals_the_plain_body(split, tmp_path):
+    """Export.bf16_kernels (the default) traces the body with key-major scores and one-hot permutations of
+    grids <= 256 tokens (here stage 2, 14x14); bf16_kernels=False the plain formulation. Same probabilities:
+    to 1e-5 in fp32; in bf16 both within the bound of the plain one's fp32 numbers."""
+    from paddle import inference as pinf
+
+    _, model, _, d, x, ref = split
+    plain = str(tmp_path / "plain")
+    export_paddle_bf16(model, plain, 112, bf16_kernels=False)
+
+    def ops(directory, name):
+        with open(find_model_files(directory, BF16_BODY)[0], "rb") as f:
+            return f.read().count(name)
+
+    assert ops(d, b"one_hot") > 0 and ops(plain, b"one_hot") == 0
+    assert ops(d, b"gather") < ops(plain, b"gather")
+    run = PaddleInferenceBackend._run
+    stem = pinf.create_predictor(PaddleInferenceBackend._config(pinf, find_model_files(d, BF16_STEM), "cpu", 2,
+                                                                True, False))
+    tokens = run(stem, x[None])
+    for directory in (d, plain):
+        body = pinf.create_predictor(PaddleInferenceBackend._config(pinf, find_model_files(directory, BF16_BODY),
+                                                                    "cpu", 2, True, False))
+        np.testing.assert_allclose(run(body, tokens)[0], ref, atol=1e-5, rtol=0)
+    if cpu_supports_bf16():
+        for directory in (d, plain):
+            body = pinf.create_predictor(PaddleInferenceBackend._config(
+                pinf, find_model_files(directory, BF16_BODY), "cpu", 2, True, True))
+            assert np.abs(run(body, tokens)[0] - ref).max() < 0.02

@@ -478,3 +478,66 @@ def test_window_order_only_on_grids_without_padding(size, window, orders):
     got = [uses_window_order(m.token_layout, h, w, window) for h, w in m.stage_shapes(*size)]
     assert got == orders
     assert not any(uses_window_order("spatial", h, w, window) for h, w in m.stage_shapes(*size))
+
+
+# --- SwinTransformer.bf16_kernels: the exact reformulations traced into the oneDNN bf16 program ---
+
+@pytest.mark.parametrize("post_norm", [False, True])
+def test_bf16_kernels_backbone_matches_independent_numpy_forward(post_norm, monkeypatch):
+    """Key-major scores (softmax over axis -2) and one-hot token permutations: the same numpy reference as the
+    plain formulation; the permutations of grids up to 64 tokens are products, not gathers, inside the context."""
+    embed, depths, heads, window = 8, [2, 2, 2], [1, 2, 2], 2
+    paddle.seed(0)
+    m = SwinTransformer("micro", embed_dim=embed, depths=depths, num_heads=heads, window_size=window,
+                        post_norm=post_norm)
+    randomize(m, seed=11, scale=0.2)
+    m.eval()
+    x = np.random.default_rng(4).random((1, 3, 32, 32)).astype("float32")  # maps 8x8, 4x4, 2x2
+    exp = numpy_swin_features(params(m), x[0].astype(np.float64), embed, depths, heads, window, post_norm)
+    gathered = []
+    real_gather = paddle.gather
+    monkeypatch.setattr(paddle, "gather", lambda t, i, axis=None: gathered.append(int(i.shape[0])) or
+                        real_gather(t, i, axis=axis))
+    with m.bf16_kernels(onehot_max_tokens=16):
+        assert all(a.key_major for a in m.sublayers() if hasattr(a, "key_major"))
+        got = m.forward_features(paddle.to_tensor(x)).numpy()[0]
+    # row-major -> window order (64 tokens), stage-1 shift there and back (64), merge 64 -> 16: gathers;
+    # stage-2 shift (16) and merge 16 -> 4: one-hot products (16 <= onehot_max_tokens)
+    assert sorted(gathered) == [64, 64, 64, 64]
+    np.testing.assert_allclose(got, exp, rtol=1e-4, atol=1e-4)
+    # restored on exit
+    assert not any(a.key_major for a in m.sublayers() if hasattr(a, "key_major"))
+    assert all(b.onehot_max_tokens == 0 for b in m.sublayers() if hasattr(b, "onehot_max_tokens"))
+
+
+def test_bf16_kernels_give_the_plain_features_and_restore_on_error():
+    paddle.seed(0)
+    m = SwinTransformer("micro", post_norm_init="one")
+    randomize(m, seed=3, scale=0.1)
+    m.eval()
+    x = paddle.to_tensor(np.random.default_rng(5).random((2, 3, 224, 224)).astype("float32"))
+    plain = m(x).numpy()
+    with m.bf16_kernels():  # 224²: stage 3 (14x14 = 196 tokens) permutes by one-hot products
+        tuned = m(x).numpy()
+    np.testing.assert_allclose(tuned, plain, rtol=1e-5, atol=1e-6)
+    with pytest.raises(RuntimeError):
+        with m.bf16_kernels():
+            raise RuntimeError("export failed")
+    assert not any(getattr(a, "key_major", False) for a in m.sublayers())
+    assert not any(getattr(b, "onehot_max_tokens", 0) for b in m.sublayers())
+
+
+def test_onehot_permutation_is_exact_and_only_for_permutations():
+    from ppihd.arch.backbone.swin import _gather_tokens
+
+    rng = np.random.default_rng(7)
+    x = (rng.standard_normal((3, 12, 5)) * 10.0 ** rng.integers(-20, 20, (3, 12, 5))).astype("float32")
+    perm = rng.permutation(12)
+    got = _gather_tokens(paddle.to_tensor(x), paddle.to_tensor(perm), onehot_max=12).numpy()
+    np.testing.assert_array_equal(got, x[:, perm])  # bit-exact: one non-zero term per output
+    sub = np.array([3, 3, 0, 11])  # not a permutation of the 12 tokens: plain gather
+    got = _gather_tokens(paddle.to_tensor(x), paddle.to_tensor(sub), onehot_max=12).numpy()
+    np.testing.assert_array_equal(got, x[:, sub])
+    # larger than onehot_max: plain gather, same values
+    np.testing.assert_array_equal(_gather_tokens(paddle.to_tensor(x), paddle.to_tensor(perm), onehot_max=8).numpy(),
+                                  x[:, perm])

@@ -244,12 +244,13 @@ class PaddleInferenceBackend(Backend):
         if keep_memory and not dev.startswith("gpu"):
             keep_freed_memory()
         self.stem = None
-        files = find_model_files(model_dir)
         if precision == "bf16":  # two programs: fp32 stem, bf16 body (ppihd.engine.exporter.export_paddle_bf16)
             from ppihd.engine.exporter import BF16_BODY, BF16_STEM
 
             stem_files, files = find_model_files(model_dir, BF16_STEM), find_model_files(model_dir, BF16_BODY)
             self.stem = pinf.create_predictor(self._config(pinf, stem_files, dev, threads, True, False))
+        else:
+            files = find_model_files(model_dir)
         self.config = self._config(pinf, files, dev, threads, mkldnn, precision == "bf16")
         self.predictor = pinf.create_predictor(self.config)
         self.device, self.threads, self.precision = dev, threads, precision

@@ -185,6 +185,9 @@ DEFAULTS: Dict[str, Any] = {
         "opset_version": 13,                       # ONNX opset
         "bf16": False,                             # also write inference_stem + inference_body: the programs of
                                                    # deploy/python/predict.py --precision bf16 (fp32 stem, bf16 rest)
+        "bf16_kernels": True,                      # trace inference_body with key-major attention scores and one-hot
+                                                   # permutations of small grids (exact; ~12 % faster in bf16);
+                                                   # False = the plain formulation, for A/B (docs/benchmarks.md)
     },
     "PseudoLabel": {
         "tau_s": 0.95,                             # series kept if every slice/class has max(p,1-p) > tau_s

@@ -23,9 +23,13 @@ Differences from PaddleClas that do not change the 224² result:
   attention and its inverse after, and PatchMerging is one gather straight into the next stage's window order.
   Same parameters, same outputs (to float rounding) as ``"spatial"``; it only removes memory-bound copies
   (docs/benchmarks.md, "CPU inference").
+* :meth:`SwinTransformer.bf16_kernels` (used only while exporting the oneDNN bf16 program) switches two exact
+  reformulations on: attention scores computed key-major (softmax over axis -2) and small token permutations
+  as products with a one-hot matrix. Same outputs in fp32 (the first is bit-identical); faster in bf16.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
@@ -45,6 +49,11 @@ VARIANTS: Dict[str, Dict[str, Any]] = {
     "small": dict(embed_dim=96, depths=[2, 2, 18, 2], num_heads=[3, 6, 12, 24]),
     "base": dict(embed_dim=128, depths=[2, 2, 18, 2], num_heads=[4, 8, 16, 32]),
 }
+
+#: :meth:`SwinTransformer.bf16_kernels`: token permutations (shift, merge) of grids with at most this many tokens run
+#: as a one-hot matrix product. Cost 2*L FLOPs per element, so only small grids: at 224², stage 3 (196 tokens) is
+#: faster this way in oneDNN bf16, stage 2 (784) is not (docs/benchmarks.md, "Below fp32").
+ONEHOT_MAX_TOKENS = 256
 
 #: Additive attention-mask value for forbidden pairs (the official Swin value; finite, so no NaN).
 MASK_VALUE = -100.0
@@ -258,8 +267,16 @@ def _const(cache: Dict[Any, Any], key: Any, make) -> Any:
     return cache[key]
 
 
-def _gather_tokens(x: paddle.Tensor, index: paddle.Tensor) -> paddle.Tensor:
-    """``x[:, index]`` for ``x [B, L, C]``."""
+def _gather_tokens(x: paddle.Tensor, index: paddle.Tensor, onehot_max: int = 0) -> paddle.Tensor:
+    """``x[:, index]`` for ``x [B, L, C]``.
+
+    With ``0 < L <= onehot_max`` and ``index`` a permutation of the L tokens, computed as ``onehot(index) @ x``
+    instead: exact in any precision for finite x (one non-zero term per output; 0/1 are exact in bf16), and in
+    a oneDNN bf16 program a bf16 matmul instead of Paddle's fp32 CPU gather with a dequantize before and a
+    quantize after it. Used only by :meth:`SwinTransformer.bf16_kernels`."""
+    n = int(index.shape[0])
+    if onehot_max and n == x.shape[1] and 0 < n <= onehot_max:
+        return paddle.matmul(F.one_hot(index, n).astype(x.dtype), x)
     return paddle.gather(x, index, axis=1)
 
 
@@ -325,6 +342,8 @@ class WindowAttention(nn.Layer):
         self.attn_drop = nn.Dropout(attn_drop)
         self.proj = nn.Linear(dim, dim)
         self.proj_drop = nn.Dropout(proj_drop)
+        #: scores as ``[keys, queries]`` with the softmax over axis -2 (:meth:`SwinTransformer.bf16_kernels`)
+        self.key_major = False
 
     def relative_bias(self) -> paddle.Tensor:
         """``[heads, N, N]`` bias gathered from the table."""
@@ -354,8 +373,18 @@ class WindowAttention(nn.Layer):
         n, c = self.window_size * self.window_size, x.shape[-1]
         h = self.num_heads
         q, k, v = (self._project(x, i, n) for i in range(3))  # each [B*nW, h, N, d]
-        attn = paddle.matmul(q * self.scale, k, transpose_y=True)
-        bias = self.relative_bias().unsqueeze(0)  # [1, h, N, N]
+        # key_major: the same scores transposed, [keys, queries] (each the same dot product, so bit-identical in
+        # fp32), softmax over axis -2. oneDNN's bf16 softmax over the 49-long last axis is ~2x slower than over
+        # an outer axis, where it vectorises across the 49 queries (docs/benchmarks.md, "Below fp32").
+        km = self.key_major
+        attn = paddle.matmul(k, q * self.scale, transpose_y=True) if km else paddle.matmul(q * self.scale, k,
+                                                                                          transpose_y=True)
+        bias = self.relative_bias()
+        if km:
+            bias = bias.transpose([0, 2, 1])
+            if mask is not None:
+                mask = mask.transpose([0, 2, 1])
+        bias = bias.unsqueeze(0)  # [1, h, N, N]
         if mask is None:
             attn = attn + bias
         else:
@@ -366,8 +395,8 @@ class WindowAttention(nn.Layer):
             nw = mask.shape[0]
             bias = bias + mask.unsqueeze(1)
             attn = (attn.reshape([-1, nw, h, n, n]) + bias.unsqueeze(0)).reshape([-1, h, n, n])
-        attn = self.attn_drop(F.softmax(attn, axis=-1))
-        out = paddle.matmul(attn, v).transpose([0, 2, 1, 3]).reshape([-1, tokens or n, c])
+        attn = self.attn_drop(F.softmax(attn, axis=-2 if km else -1))
+        out = paddle.matmul(attn, v, transpose_x=km).transpose([0, 2, 1, 3]).reshape([-1, tokens or n, c])
         return self.proj_drop(self.proj(out))
 
     def extra_repr(self) -> str:
@@ -409,6 +438,7 @@ class SwinTransformerBlock(nn.Layer):
         if token_layout not in TOKEN_LAYOUTS:
             raise ValueError(f"Arch.backbone.token_layout '{token_layout}' unknown; expected spatial | window")
         self.token_layout = token_layout
+        self.onehot_max_tokens = 0  # :func:`_gather_tokens`; set by SwinTransformer.bf16_kernels
         self._mask_cache: Dict[Tuple[int, int, int], Optional[paddle.Tensor]] = {}
         self._index_cache: Dict[Any, Any] = {}
 
@@ -457,10 +487,10 @@ class SwinTransformerBlock(nn.Layer):
         if shift:
             fwd, inv = _const(self._index_cache, ("shift", height, width, shift),
                               lambda: shift_index(height, width, w, shift))
-            x = _gather_tokens(x, fwd)
+            x = _gather_tokens(x, fwd, self.onehot_max_tokens)
         x = self.attn(x, mask=self._mask(height, width, shift), tokens=lp)
         if shift:
-            x = _gather_tokens(x, inv)
+            x = _gather_tokens(x, inv, self.onehot_max_tokens)
         return x
 
     def forward(self, x: paddle.Tensor, height: int, width: int) -> paddle.Tensor:
@@ -487,6 +517,7 @@ class PatchMerging(nn.Layer):
         self.dim = dim
         self.reduction = nn.Linear(4 * dim, 2 * dim, bias_attr=False)
         self.norm = nn.LayerNorm(4 * dim)
+        self.onehot_max_tokens = 0  # :func:`_gather_tokens`; set by SwinTransformer.bf16_kernels
         self._index_cache: Dict[Any, Any] = {}
 
     def forward(self, x: paddle.Tensor, height: int, width: int) -> Tuple[paddle.Tensor, int, int]:
@@ -515,7 +546,7 @@ class PatchMerging(nn.Layer):
         if needs_zero:
             x = pad_zeros(x, 1, 1)
         lp2 = _padded(h2, window) * _padded(w2, window) if dst_window else h2 * w2
-        x = _gather_tokens(x, idx).reshape([-1, lp2, 4 * c])
+        x = _gather_tokens(x, idx, self.onehot_max_tokens).reshape([-1, lp2, 4 * c])
         return self.reduction(self.norm(x)), h2, w2
 
 
@@ -728,6 +759,33 @@ class SwinTransformer(nn.Layer):
         # over tokens does not depend on their order
         x = self.norm(x)
         return x.max(axis=1) if self.pool == "max" else x.mean(axis=1)
+
+    @contextlib.contextmanager
+    def bf16_kernels(self, onehot_max_tokens: int = ONEHOT_MAX_TOKENS):
+        """While exporting the oneDNN bf16 program (``export_paddle_bf16``): the formulation Paddle Inference's
+        oneDNN bf16 runs fastest, restored on exit. Two exact reformulations:
+
+        - attention scores key-major, softmax over axis -2 (:class:`WindowAttention`; bit-identical in fp32);
+        - token permutations (shift, merge) of grids with at most ``onehot_max_tokens`` tokens as one-hot matrix
+          products (:func:`_gather_tokens`; exact).
+
+        Measured on Swin-B at 224², 32 slices (docs/benchmarks.md, "Below fp32"): together ~12 % less time for
+        the bf16 program; neither helps the fp32 program (the one-hot products cost 2 % there), so the fp32
+        export and training keep the plain formulation."""
+        attn = [m for m in self.sublayers() if isinstance(m, WindowAttention)]
+        perm = [m for m in self.sublayers() if isinstance(m, (SwinTransformerBlock, PatchMerging))]
+        saved = [(m, m.key_major) for m in attn], [(m, m.onehot_max_tokens) for m in perm]
+        try:
+            for m in attn:
+                m.key_major = True
+            for m in perm:
+                m.onehot_max_tokens = int(onehot_max_tokens)
+            yield self
+        finally:
+            for m, v in saved[0]:
+                m.key_major = v
+            for m, v in saved[1]:
+                m.onehot_max_tokens = v
 
     def forward(self, x: paddle.Tensor) -> paddle.Tensor:
         """``[N, 3, H, W]`` -> logits ``[N, num_classes]``, or features when there is no classifier."""
