@@ -10,8 +10,11 @@ round of each is reported, with the peak measured in the same rounds.
     python benchmarks/infer_ab.py --variants spatial,window --slices 8 --rounds 5
     python benchmarks/infer_ab.py --streams 1,2 --variants window   # throughput: 1 x 2 threads vs 2 x 1 thread
     python benchmarks/infer_ab.py --quick                           # micro model, 2 slices (smoke run)
+    python benchmarks/infer_ab.py --variants window,bf16,bf16-plain --slices 32 --rounds 15  # bf16 vs fp32
 
-A variant is a token layout (``spatial`` | ``window``: ``Arch.backbone.token_layout``), exported from the same
+A variant is a token layout (``spatial`` | ``window``: ``Arch.backbone.token_layout``; fp32), or ``bf16`` /
+``bf16-plain``: the two programs of ``--precision bf16`` (window layout) traced with / without
+``Export.bf16_kernels``, run by ``PaddleInferenceBackend(precision="bf16")``. All are exported from the same
 seeded weights with ``Arch.backbone.post_norm_init=one`` (with the default zero res-post-norm init every block
 is the identity at init, and "same outputs" would not test the attention). ``--streams 1,2``
 times, per variant, one predictor with all threads on one series (``1``) against N predictors with one thread
@@ -27,6 +30,10 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from benchmarks._common import load_average, machine_info, machine_lines, save_json, set_threads, table  # noqa: E402
+
+
+#: variants that are the bf16 deployment (value: Export.bf16_kernels) instead of a token layout
+BF16_VARIANTS = {"bf16": True, "bf16-plain": False}
 
 
 class StreamPool:
@@ -96,7 +103,7 @@ def main(argv=None) -> int:
 
     from ppihd.arch import build_model
     from ppihd.arch.summary import backbone_macs
-    from ppihd.engine.exporter import export_paddle
+    from ppihd.engine.exporter import export_paddle, export_paddle_bf16
     from ppihd.engine.predictor import PaddleInferenceBackend
     from ppihd.utils.config import load_config
 
@@ -116,8 +123,12 @@ def main(argv=None) -> int:
         model = build_model(cfg["Arch"])
         gflop = 2.0 * backbone_macs(model.backbone, size, size)["total"] / 1e9
         del model
+    bad = [v for v in variants if v in BF16_VARIANTS and streams != [1]]
+    if bad:
+        p.error(f"--variants {bad} (bf16: two programs per model) run with --streams 1 only")
     for v in ([] if a.model_dirs else variants):
-        cfg = load_config(a.config, a.override + [f"Arch.backbone.token_layout={v}"])
+        layout = "window" if v in BF16_VARIANTS else v
+        cfg = load_config(a.config, a.override + [f"Arch.backbone.token_layout={layout}"])
         size = int(cfg["Data"]["image_size"])
         paddle.seed(0)  # same weights for every variant (the layout has no parameters of its own)
         model = build_model(cfg["Arch"])
@@ -125,7 +136,10 @@ def main(argv=None) -> int:
         gflop = 2.0 * backbone_macs(model.backbone, size, size)["total"] / 1e9
         dirs[v] = os.path.join(wd, v)
         t0 = time.time()
-        export_paddle(model, dirs[v], size)
+        if v in BF16_VARIANTS:
+            export_paddle_bf16(model, dirs[v], size, bf16_kernels=BF16_VARIANTS[v])
+        else:
+            export_paddle(model, dirs[v], size)
         print(f"exported {v} in {time.time() - t0:.0f} s", flush=True)
         del model
 
@@ -137,7 +151,8 @@ def main(argv=None) -> int:
     for v in variants:
         for s in streams:
             if s == 1:
-                be = PaddleInferenceBackend(dirs[v], "cpu", threads)
+                be = PaddleInferenceBackend(dirs[v], "cpu", threads,
+                                            precision="bf16" if v in BF16_VARIANTS else "fp32")
                 runners[(v, s)] = (lambda be=be: [be.predict_series(series[0])])
             else:
                 pool = StreamPool(dirs[v], s, threads_per_stream=max(1, threads // s))

@@ -97,3 +97,23 @@ def test_infer_ab_quick(tmp_path):
                                                                     for s in (1, 2)}
     for r in res["rows"]:
         assert r["s_per_slice"] > 0 and r["max_dp"] < 1e-5, r
+
+
+def test_infer_ab_quick_bf16_variants(tmp_path):
+    """bf16 / bf16-plain: the --precision bf16 programs with and without Export.bf16_kernels, interleaved with
+    fp32; bf16 is close to fp32, and the variants reject the multi-stream mode by name."""
+    from ppihd.engine.predictor import cpu_supports_bf16
+
+    if not cpu_supports_bf16():
+        pytest.skip("this CPU has no native bfloat16")
+    _run("infer_ab.py", "--workdir", str(tmp_path), "--variants", "window,bf16,bf16-plain")
+    res = json.loads((tmp_path / "infer_ab.json").read_text())
+    rows = {r["variant"]: r for r in res["rows"]}
+    assert set(rows) == {"window", "bf16", "bf16-plain"}
+    assert rows["window"]["max_dp"] == 0
+    for v in ("bf16", "bf16-plain"):
+        assert rows[v]["s_per_slice"] > 0 and 0 < rows[v]["max_dp"] < 0.05, rows[v]
+    res = subprocess.run([sys.executable, os.path.join(REPO, "benchmarks", "infer_ab.py"), "--quick", "--workdir",
+                          str(tmp_path), "--variants", "bf16", "--streams", "1,2"], cwd=REPO, capture_output=True,
+                         text=True, timeout=300)
+    assert res.returncode == 2 and "--streams 1 only" in res.stderr
