@@ -541,3 +541,33 @@ def test_onehot_permutation_is_exact_and_only_for_permutations():
     # larger than onehot_max: plain gather, same values
     np.testing.assert_array_equal(_gather_tokens(paddle.to_tensor(x), paddle.to_tensor(perm), onehot_max=8).numpy(),
                                   x[:, perm])
+
+
+@pytest.mark.parametrize("H,W,w", [(4, 6, 2), (14, 21, 7), (6, 6, 3)])
+def test_window_order_transposes_are_the_index_permutations(H, W, w):
+    """The transposes that replace gathers on unpadded grids: the same permutations as the indices."""
+    from ppihd.arch.backbone.swin import _rows_to_windows, _windows_to_rows
+
+    x = np.random.default_rng(0).standard_normal((2, H * W, 3)).astype("float32")
+    got = _rows_to_windows(paddle.to_tensor(x), H, W, w).numpy()
+    np.testing.assert_array_equal(got, x[:, spatial_to_window_index(H, W, w)])
+    np.testing.assert_array_equal(_windows_to_rows(paddle.to_tensor(got), H, W, w).numpy(), x)
+    np.testing.assert_array_equal(got[:, window_to_spatial_index(H, W, w)], x)
+
+
+@pytest.mark.parametrize("H,W,w", [(8, 12, 2), (28, 28, 7), (12, 6, 3)])
+def test_patch_merging_transposes_equal_the_merge_gather(H, W, w):
+    """PatchMerging between window orders of unpadded grids (H, W multiples of 2w) uses two transposes; it is
+    the same permutation as merge_index, so the same numbers as the gather path and the spatial forward."""
+    paddle.seed(0)
+    pm = PatchMerging(4)
+    randomize(pm, seed=1)
+    x = np.random.default_rng(3).standard_normal((2, H * W, 4)).astype("float32")
+    xw = paddle.to_tensor(x[:, spatial_to_window_index(H, W, w)])
+    got, h2, w2 = pm.forward_window(xw, H, W, w)
+    idx, *_ = merge_index(H, W, w, True, True)
+    ref = pm.reduction(pm.norm(paddle.gather(xw, paddle.to_tensor(idx), axis=1).reshape([2, -1, 16]))).numpy()
+    np.testing.assert_array_equal(got.numpy(), ref)
+    spatial, _, _ = pm(paddle.to_tensor(x), H, W)
+    np.testing.assert_allclose(got.numpy()[:, window_to_spatial_index(h2, w2, w)], spatial.numpy(), rtol=1e-6,
+                               atol=1e-6)

@@ -269,6 +269,20 @@ def _const(cache: Dict[Any, Any], key: Any, make) -> Any:
     return cache[key]
 
 
+def _rows_to_windows(x: paddle.Tensor, height: int, width: int, window: int) -> paddle.Tensor:
+    """Row-major tokens ``[B, H*W, C]`` -> window order (:func:`spatial_to_window_index`) for H, W multiples of
+    the window: ``[B*H/w, w, W/w, w*C]`` transposed ``[0, 2, 1, 3]`` (row a of window-row wi, window column wj,
+    (b, C) -> wj, a); one reorder, no index."""
+    c, ws = x.shape[-1], window
+    return x.reshape([-1, ws, width // ws, ws * c]).transpose([0, 2, 1, 3]).reshape([-1, height * width, c])
+
+
+def _windows_to_rows(x: paddle.Tensor, height: int, width: int, window: int) -> paddle.Tensor:
+    """Inverse of :func:`_rows_to_windows`: window order -> row-major ``[B, H*W, C]``."""
+    c, ws = x.shape[-1], window
+    return x.reshape([-1, width // ws, ws, ws * c]).transpose([0, 2, 1, 3]).reshape([-1, height * width, c])
+
+
 def _gather_tokens(x: paddle.Tensor, index: paddle.Tensor, onehot_max: int = 0) -> paddle.Tensor:
     """``x[:, index]`` for ``x [B, L, C]``.
 
@@ -549,10 +563,12 @@ class PatchMerging(nn.Layer):
             # 2x2 concat straight into the next window order). One oneDNN reorder each instead of Paddle's CPU
             # gather: 3-4 % faster in bf16, neutral in fp32 at 224² (docs/benchmarks.md, "Below fp32")
             h2, w2, ws = height // 2, width // 2, window
-            x = x.reshape([-1, height // ws, width // ws, ws, ws, c]).transpose([0, 1, 3, 2, 4, 5])
-            # row-major row i = (wi2 * ws + a2) * 2 + di -> [B, wi2, wj2, a2, b2, dj, di, C]: channel block
-            # di + 2 * dj = the order x0 (0,0), x1 (1,0), x2 (0,1), x3 (1,1) of forward()
-            x = x.reshape([-1, h2 // ws, ws, 2, w2 // ws, ws, 2, c]).transpose([0, 1, 4, 2, 5, 6, 3, 7])
+            x = _windows_to_rows(x, height, width, ws)
+            # row-major row i = (wi2 * ws + a2) * 2 + di, column j = (wj2 * ws + b2) * 2 + dj ->
+            # [B, wi2, wj2, a2, b2, dj, di, C] (channel block di + 2 * dj = the order x0 (0,0), x1 (1,0), x2 (0,1),
+            # x3 (1,1) of forward()); as a 6-D transpose of [B*wi2, a2, di, wj2, (b2, dj), C] (Paddle 2.6's oneDNN
+            # transpose fails on 8-D)
+            x = x.reshape([-1, ws, 2, w2 // ws, ws * 2, c]).transpose([0, 3, 1, 4, 2, 5])
             return self.reduction(self.norm(x.reshape([-1, h2 * w2, 4 * c]))), h2, w2
         idx, h2, w2, needs_zero = _const(self._index_cache, (height, width, window, src_window, dst_window),
                                          lambda: merge_index(height, width, window, src_window, dst_window))
@@ -767,8 +783,7 @@ class SwinTransformer(nn.Layer):
             # no padding here (uses_window_order), so the permutation of spatial_to_window_index is a reshape /
             # transpose / reshape: one oneDNN reorder instead of Paddle's CPU gather, 2-5 % faster in both
             # fp32 and bf16 at 224² (docs/benchmarks.md, "Below fp32"); same numbers
-            ws, c = self.window_size, x.shape[-1]
-            x = x.reshape([-1, h // ws, ws, w // ws, ws, c]).transpose([0, 1, 3, 2, 4, 5]).reshape([-1, h * w, c])
+            x = _rows_to_windows(x, h, w, self.window_size)
         for layer in self.layers:
             x, h, w = layer(x, h, w)
         # the last stage's tokens are all real in either order (window order only without padding): pooling
