@@ -31,7 +31,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--no-mkldnn", action="store_true", help="disable oneDNN on CPU (paddle back-end)")
     p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
                    help="paddle back-end on CPU: bf16 = oneDNN bfloat16 on AVX512-BF16/AMX CPUs (Paddle 3.x; export "
-                        "with -o Export.bf16=True), 2.75-2.94x the fp32 speed for Swin-B, probabilities not "
+                        "with -o Export.bf16=True), 3.06-3.42x the fp32 speed for Swin-B, probabilities not "
                         "bit-equal to fp32 (docs/inference.md)")
     p.add_argument("--threshold", type=float, default=None, help="series.json threshold (default inference.yml)")
     p.add_argument("--chunk-slices", type=int, default=None,

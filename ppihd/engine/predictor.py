@@ -211,7 +211,7 @@ class PaddleInferenceBackend(Backend):
 
     ``precision``: ``fp32`` (default) | ``bf16`` — oneDNN bfloat16 on CPUs with AVX512-BF16 / AMX
     (``config.enable_mkldnn_bfloat16()``) on the two programs of ``export_paddle_bf16`` (fp32 patch embedding,
-    bf16 rest): 2.75-2.94x the fp32 speed for Swin-B, probabilities within 0.006 of fp32 on the trained demo
+    bf16 rest): 3.06-3.42x the fp32 speed for Swin-B, probabilities within 0.006 of fp32 on the trained demo
     model, not bit-equal (docs/benchmarks.md, "Below fp32"); check a trained model with ``benchmarks/lowprec.py``
     before deploying it."""
 
