@@ -54,7 +54,7 @@ VARIANTS: Dict[str, Dict[str, Any]] = {
 
 #: :meth:`SwinTransformer.bf16_kernels`: token permutations (shift, merge) of grids with at most this many tokens run
 #: as a one-hot matrix product. Cost 2*L FLOPs per element, so only small grids: at 224², stage 3 (196 tokens) is
-#: faster this way in oneDNN bf16, stage 2 (784) is not (docs/benchmarks.md, "Below fp32").
+#: faster this way in oneDNN bf16, stage 2 (784) is not (docs/benchmarks.md, "Closing the bf16 gap").
 ONEHOT_MAX_TOKENS = 256
 
 #: Additive attention-mask value for forbidden pairs (the official Swin value; finite, so no NaN).
@@ -391,7 +391,7 @@ class WindowAttention(nn.Layer):
         q, k, v = (self._project(x, i, n) for i in range(3))  # each [B*nW, h, N, d]
         # key_major: the same scores transposed, [keys, queries] (each the same dot product, so bit-identical in
         # fp32), softmax over axis -2. oneDNN's bf16 softmax over the 49-long last axis is ~2x slower than over
-        # an outer axis, where it vectorises across the 49 queries (docs/benchmarks.md, "Below fp32").
+        # an outer axis, where it vectorises across the 49 queries (docs/benchmarks.md, "Closing the bf16 gap").
         km = self.key_major
         attn = paddle.matmul(k, q * self.scale, transpose_y=True) if km else paddle.matmul(q * self.scale, k,
                                                                                           transpose_y=True)
@@ -561,7 +561,7 @@ class PatchMerging(nn.Layer):
         if src_window and dst_window and height % (2 * window) == 0 and width % (2 * window) == 0:
             # neither grid padded: the same permutation as two transposes (window order -> row-major, then the
             # 2x2 concat straight into the next window order). One oneDNN reorder each instead of Paddle's CPU
-            # gather: 3-4 % faster in bf16, neutral in fp32 at 224² (docs/benchmarks.md, "Below fp32")
+            # gather: 2-5 % faster in bf16, neutral in fp32 at 224² (docs/benchmarks.md, "Closing the bf16 gap")
             h2, w2, ws = height // 2, width // 2, window
             x = _windows_to_rows(x, height, width, ws)
             # row-major row i = (wi2 * ws + a2) * 2 + di, column j = (wj2 * ws + b2) * 2 + dj ->
@@ -782,7 +782,7 @@ class SwinTransformer(nn.Layer):
         if uses_window_order(self.token_layout, h, w, self.window_size):  # row-major -> window order
             # no padding here (uses_window_order), so the permutation of spatial_to_window_index is a reshape /
             # transpose / reshape: one oneDNN reorder instead of Paddle's CPU gather, 2-5 % faster in both
-            # fp32 and bf16 at 224² (docs/benchmarks.md, "Below fp32"); same numbers
+            # fp32 and bf16 at 224² (docs/benchmarks.md, "Closing the bf16 gap"); same numbers
             x = _rows_to_windows(x, h, w, self.window_size)
         for layer in self.layers:
             x, h, w = layer(x, h, w)
@@ -800,9 +800,9 @@ class SwinTransformer(nn.Layer):
         - token permutations (shift, merge) of grids with at most ``onehot_max_tokens`` tokens as one-hot matrix
           products (:func:`_gather_tokens`; exact).
 
-        Measured on Swin-B at 224², 32 slices (docs/benchmarks.md, "Below fp32"): together ~12 % less time for
-        the bf16 program; neither helps the fp32 program (the one-hot products cost 2 % there), so the fp32
-        export and training keep the plain formulation."""
+        Measured on Swin-B at 224², 32 slices (docs/benchmarks.md, "Closing the bf16 gap"): together ~12 % less
+        time for the bf16 program; neither helps the fp32 program (the one-hot products cost 2 % there), so the
+        fp32 export and training keep the plain formulation."""
         attn = [m for m in self.sublayers() if isinstance(m, WindowAttention)]
         perm = [m for m in self.sublayers() if isinstance(m, (SwinTransformerBlock, PatchMerging))]
         saved = [(m, m.key_major) for m in attn], [(m, m.onehot_max_tokens) for m in perm]
