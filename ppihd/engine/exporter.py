@@ -212,10 +212,10 @@ def export_model(model: Any, cfg: Mapping[str, Any], save_dir: Optional[str] = N
     Returns the written files: ``model_file``, ``params_file``, ``inference_yml`` and ``onnx_file`` (if asked).
     """
     save_dir = save_dir or cfg["Global"]["save_inference_dir"]
-    files = export_paddle(model, save_dir, int(cfg["Data"]["image_size"]))
+    size = int(cfg["Data"]["image_size"])
+    files = export_paddle(model, save_dir, size)
     if cfg["Export"].get("bf16"):
-        files.update(export_paddle_bf16(model, save_dir, int(cfg["Data"]["image_size"]),
-                                        bool(cfg["Export"].get("bf16_kernels", True))))
+        files.update(export_paddle_bf16(model, save_dir, size, bool(cfg["Export"].get("bf16_kernels", True))))
     want_onnx = cfg["Export"]["onnx"] if onnx is None else onnx
     if want_onnx:
         files["onnx_file"] = export_onnx(files["model_file"], files["params_file"],

@@ -292,11 +292,11 @@ class PaddleInferenceBackend(Backend):
 
     def predict_series(self, images: np.ndarray) -> np.ndarray:
         x = np.ascontiguousarray(np.asarray(images, np.float32)[None])
-        if self.stem is not None:  # bf16: fp32 patch embedding, then the bf16 body
-            out = self._run(self.predictor, self._run(self.stem, x))
-        else:
-            out = self._run(self.predictor, x)
-        return np.asarray(out, dtype=np.float32).reshape(x.shape[1], -1)
+        slices = x.shape[1]
+        if self.stem is not None:  # bf16: fp32 patch embedding, whose tokens the bf16 body takes
+            x = self._run(self.stem, x)
+        out = self._run(self.predictor, x)
+        return np.asarray(out, dtype=np.float32).reshape(slices, -1)
 
 
 class OnnxBackend(Backend):

@@ -291,7 +291,7 @@ def _gather_tokens(x: paddle.Tensor, index: paddle.Tensor, onehot_max: int = 0) 
     a oneDNN bf16 program a bf16 matmul instead of Paddle's fp32 CPU gather with a dequantize before and a
     quantize after it. Used only by :meth:`SwinTransformer.bf16_kernels`."""
     n = int(index.shape[0])
-    if onehot_max and n == x.shape[1] and 0 < n <= onehot_max:
+    if n == x.shape[1] and 0 < n <= onehot_max:
         return paddle.matmul(F.one_hot(index, n).astype(x.dtype), x)
     return paddle.gather(x, index, axis=1)
 
@@ -393,8 +393,8 @@ class WindowAttention(nn.Layer):
         # fp32), softmax over axis -2. oneDNN's bf16 softmax over the 49-long last axis is ~2x slower than over
         # an outer axis, where it vectorises across the 49 queries (docs/benchmarks.md, "Closing the bf16 gap").
         km = self.key_major
-        attn = paddle.matmul(k, q * self.scale, transpose_y=True) if km else paddle.matmul(q * self.scale, k,
-                                                                                          transpose_y=True)
+        a, b = (k, q * self.scale) if km else (q * self.scale, k)
+        attn = paddle.matmul(a, b, transpose_y=True)
         bias = self.relative_bias()
         if km:
             bias = bias.transpose([0, 2, 1])
@@ -803,20 +803,17 @@ class SwinTransformer(nn.Layer):
         Measured on Swin-B at 224², 32 slices (docs/benchmarks.md, "Closing the bf16 gap"): together ~12 % less
         time for the bf16 program; neither helps the fp32 program (the one-hot products cost 2 % there), so the
         fp32 export and training keep the plain formulation."""
-        attn = [m for m in self.sublayers() if isinstance(m, WindowAttention)]
-        perm = [m for m in self.sublayers() if isinstance(m, (SwinTransformerBlock, PatchMerging))]
-        saved = [(m, m.key_major) for m in attn], [(m, m.onehot_max_tokens) for m in perm]
+        settings = [(m, "key_major", True) for m in self.sublayers() if isinstance(m, WindowAttention)] + [
+            (m, "onehot_max_tokens", int(onehot_max_tokens)) for m in self.sublayers()
+            if isinstance(m, (SwinTransformerBlock, PatchMerging))]
+        saved = [(m, name, getattr(m, name)) for m, name, _ in settings]
         try:
-            for m in attn:
-                m.key_major = True
-            for m in perm:
-                m.onehot_max_tokens = int(onehot_max_tokens)
+            for m, name, value in settings:
+                setattr(m, name, value)
             yield self
         finally:
-            for m, v in saved[0]:
-                m.key_major = v
-            for m, v in saved[1]:
-                m.onehot_max_tokens = v
+            for m, name, value in saved:
+                setattr(m, name, value)
 
     def forward(self, x: paddle.Tensor) -> paddle.Tensor:
         """``[N, 3, H, W]`` -> logits ``[N, num_classes]``, or features when there is no classifier."""
