@@ -183,11 +183,10 @@ def test_rsna_layout_submission_ids(tmp_path):
 
 def test_same_file_given_twice_is_predicted_once(tmp_path, fixture_series_dir):
     ckpt = save_tiny_checkpoint(str(tmp_path / "m.pdparams"))
-    a = os.path.join(fixture_series_dir, "01.dcm")
-    b = os.path.join(fixture_series_dir, "02.dcm")
-    rc = load_tool("tools/infer.py").main(infer_args(ckpt) + ["--input", a, b, a, "--output", str(tmp_path / "o"),
+    a, b, c = (os.path.join(fixture_series_dir, f"0{i}.dcm") for i in (1, 2, 3))
+    rc = load_tool("tools/infer.py").main(infer_args(ckpt) + ["--input", a, b, c, a, "--output", str(tmp_path / "o"),
                                                               "-o", "Infer.save_plots=False"])
     assert rc == EXIT_OK
     rows = _read(tmp_path / "o" / "predictions.csv")
-    assert [os.path.basename(r["path"]) for r in rows] == ["01.dcm", "02.dcm"]
-    assert [r["slice_idx"] for r in rows] == ["0", "1"]
+    assert [os.path.basename(r["path"]) for r in rows] == ["01.dcm", "02.dcm", "03.dcm"]
+    assert [r["slice_idx"] for r in rows] == ["0", "1", "2"]

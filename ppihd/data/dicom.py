@@ -16,7 +16,7 @@ import os
 import struct
 import warnings
 from dataclasses import dataclass, field
-from typing import Any, List, Optional, Tuple, Union
+from typing import Any, Dict, List, Optional, Tuple, Union
 
 import numpy as np
 import pydicom
@@ -59,13 +59,16 @@ _PLUGIN_HINTS = (
 class DicomError(Exception):
     """A file that cannot be used. ``path`` names the file, ``reason`` says why in a few words."""
 
-    def __init__(self, path: str, reason: str):
+    def __init__(self, path: str, reason: str, identity: Optional[Dict[str, str]] = None):
         super().__init__(f"{path}: {reason}")
         self.path = str(path)
         self.reason = reason
+        #: for a DICOM object that is not a usable CT image (an SR, an MR slice, a colour screen capture):
+        #: the series it belongs to (:func:`series_identity`), so a study can list it with its role
+        self.identity = identity
 
     def __reduce__(self):  # picklable across worker processes
-        return (DicomError, (self.path, self.reason))
+        return (DicomError, (self.path, self.reason, self.identity))
 
 
 @dataclass
@@ -94,6 +97,12 @@ class SliceHeader:
     transfer_syntax: str = ""
     bits_allocated: int = 16
     pixel_offset: Optional[int] = None                  # byte offset of native (uncompressed) pixel values
+    # what the series roles of ppihd.data.study are decided from ("" / () / None where absent, as in RSNA files)
+    sop_class: str = ""                                 # SOPClassUID
+    image_type: Tuple[str, ...] = ()                    # ImageType values, upper case
+    series_number: Optional[int] = None
+    series_description: str = ""
+    kernel: str = ""                                    # ConvolutionKernel (first value)
     warnings: List[str] = field(default_factory=list)
 
     @property
@@ -132,6 +141,15 @@ def _floats(value: Any, n: int) -> Optional[Tuple[float, ...]]:
     if len(vals) != n or not all(np.isfinite(vals)):
         return None
     return tuple(vals)
+
+
+def _strings(value: Any) -> Tuple[str, ...]:
+    """A CS/SH/LO value (single, multi-valued or backslash-joined) as a tuple of stripped upper-case strings."""
+    if value is None:
+        return ()
+    items = list(value) if isinstance(value, (list, tuple)) or type(value).__name__ == "MultiValue" \
+        else str(value).split("\\")
+    return tuple(str(v).strip().upper() for v in items)
 
 
 def _str(ds: Dataset, keyword: str) -> str:
@@ -267,26 +285,43 @@ def read_native_pixels(header: SliceHeader) -> Optional[np.ndarray]:
     return arr.reshape(header.rows, header.cols)
 
 
+def _sop_class(ds: Dataset) -> str:
+    return _str(ds, "SOPClassUID") or str(getattr(getattr(ds, "file_meta", None), "MediaStorageSOPClassUID", ""))
+
+
+def series_identity(ds: Dataset, path: str) -> Dict[str, str]:
+    """The series a file belongs to and what it is, for any DICOM object (image or not): ``patient_id,
+    study_uid, series_uid`` (the :class:`SliceHeader` key; a missing SeriesInstanceUID groups by folder),
+    ``modality, sop_class, series_number, series_description``."""
+    series_uid = _str(ds, "SeriesInstanceUID") or "dir:" + os.path.dirname(os.path.abspath(path))
+    return {"patient_id": _str(ds, "PatientID"), "study_uid": _str(ds, "StudyInstanceUID"),
+            "series_uid": series_uid, "modality": _str(ds, "Modality"), "sop_class": _sop_class(ds),
+            "series_number": _str(ds, "SeriesNumber"), "series_description": _str(ds, "SeriesDescription")}
+
+
 def header_from_dataset(ds: Dataset, path: str = "<dataset>") -> SliceHeader:
-    """Build a :class:`SliceHeader` from an already read dataset; raises :class:`DicomError` if unusable."""
+    """Build a :class:`SliceHeader` from an already read dataset; raises :class:`DicomError` if unusable.
+    A DICOM object that is not a usable CT image (SR, MR, colour, multi-frame) raises with its
+    :func:`series_identity`, so the study it belongs to can list it."""
     notes: List[str] = []
-    sop_class = _str(ds, "SOPClassUID") or str(getattr(getattr(ds, "file_meta", None), "MediaStorageSOPClassUID", ""))
+    sop_class = _sop_class(ds)
     if sop_class == DICOMDIR_SOP_CLASS or "DirectoryRecordSequence" in ds:
         raise DicomError(path, "DICOMDIR (a directory index, not an image)")
+    ident = series_identity(ds, path)
     modality = _str(ds, "Modality") or None
     if modality is None:
         notes.append("Modality missing: assumed CT")
     elif modality.upper() != "CT":
-        raise DicomError(path, f"not CT (Modality {modality})")
+        raise DicomError(path, f"not CT (Modality {modality})", ident)
     rows, cols = ds.get("Rows", None), ds.get("Columns", None)
     if not rows or not cols:
-        raise DicomError(path, "missing Rows/Columns (not an image)")
+        raise DicomError(path, "missing Rows/Columns (not an image)", ident)
     spp = int(ds.get("SamplesPerPixel", 1) or 1)
     if spp != 1:
-        raise DicomError(path, f"colour image (SamplesPerPixel {spp}); CT must be greyscale")
+        raise DicomError(path, f"colour image (SamplesPerPixel {spp}); CT must be greyscale", ident)
     frames = int(_first_number(ds.get("NumberOfFrames", 1)) or 1)
     if frames != 1:
-        raise DicomError(path, f"multi-frame image ({frames} frames) is not supported; export single slices")
+        raise DicomError(path, f"multi-frame image ({frames} frames) is not supported; export single slices", ident)
     slope = _first_number(ds.get("RescaleSlope", None))
     intercept = _first_number(ds.get("RescaleIntercept", None))
     if slope is None or slope == 0:
@@ -294,15 +329,14 @@ def header_from_dataset(ds: Dataset, path: str = "<dataset>") -> SliceHeader:
     if intercept is None:
         intercept = 0.0
     sop = _str(ds, "SOPInstanceUID") or os.path.splitext(os.path.basename(path))[0]
-    series_uid = _str(ds, "SeriesInstanceUID")
-    if not series_uid:  # group by folder rather than lump unrelated files together
-        series_uid = "dir:" + os.path.dirname(os.path.abspath(path))
+    if not _str(ds, "SeriesInstanceUID"):  # grouped by folder rather than lump unrelated files together
         notes.append("SeriesInstanceUID missing: grouped by folder")
     inst = _first_number(ds.get("InstanceNumber", None))
+    series_no = _first_number(ds.get("SeriesNumber", None))
     spacing = _floats(ds.get("PixelSpacing", None), 2)
     return SliceHeader(
-        path=str(path), sop_uid=sop, patient_id=_str(ds, "PatientID"), study_uid=_str(ds, "StudyInstanceUID"),
-        series_uid=series_uid, modality=modality,
+        path=str(path), sop_uid=sop, patient_id=ident["patient_id"], study_uid=ident["study_uid"],
+        series_uid=ident["series_uid"], modality=modality,
         position=_floats(ds.get("ImagePositionPatient", None), 3),
         orientation=_floats(ds.get("ImageOrientationPatient", None), 6),
         instance_number=None if inst is None else int(inst), rows=int(rows), cols=int(cols),
@@ -314,7 +348,9 @@ def header_from_dataset(ds: Dataset, path: str = "<dataset>") -> SliceHeader:
         slice_thickness=_first_number(ds.get("SliceThickness", None)),
         pixel_spacing=None if spacing is None else (spacing[0], spacing[1]),
         transfer_syntax=_transfer_syntax(ds), bits_allocated=int(ds.get("BitsAllocated", 16) or 16),
-        warnings=notes)
+        sop_class=sop_class, image_type=_strings(ds.get("ImageType", None)),
+        series_number=None if series_no is None else int(series_no), series_description=ident["series_description"],
+        kernel=(_strings(ds.get("ConvolutionKernel", None)) or ("",))[0], warnings=notes)
 
 
 def read_header(path: str) -> SliceHeader:

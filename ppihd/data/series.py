@@ -69,13 +69,13 @@ def list_files(inputs: Union[str, Sequence[str]]) -> Tuple[List[str], Skipped]:
     return files, skipped
 
 
-def _scan_one(path: str) -> Union[SliceHeader, Tuple[str, str]]:
+def _scan_one(path: str) -> Union[SliceHeader, Tuple[str, str, Optional[Dict[str, str]]]]:
     try:
         return read_header(path)
     except DicomError as e:
-        return (e.path, e.reason)
+        return (e.path, e.reason, e.identity)
     except Exception as e:  # never let one odd file stop a scan
-        return (path, f"unreadable ({type(e).__name__}: {str(e)[:120]})")
+        return (path, f"unreadable ({type(e).__name__}: {str(e)[:120]})", None)
 
 
 def _pool(num_workers: int):
@@ -90,11 +90,13 @@ def _pool(num_workers: int):
 
 
 def scan(inputs: Union[str, Sequence[str]], num_workers: int = 1, progress: bool = True,
-         desc: str = "scan headers") -> Tuple[List[SliceHeader], Skipped]:
+         desc: str = "scan headers", rejected: Optional[list] = None) -> Tuple[List[SliceHeader], Skipped]:
     """Read the header of every file under ``inputs`` with ``num_workers`` processes (tqdm progress).
 
     Returns ``(headers, skipped)``; ``skipped`` lists ``(path, reason)`` for missing inputs, empty folders,
     non-DICOM files, non-CT, truncated or undecodable files. Order of ``headers`` follows the file list.
+    ``rejected``: a list to which every skipped DICOM object that names its series (an SR, a dose report, an MR
+    slice, ...) is appended as ``(path, reason, identity)`` (:func:`ppihd.data.dicom.series_identity`).
     """
     from tqdm import tqdm
 
@@ -113,7 +115,9 @@ def scan(inputs: Union[str, Sequence[str]], num_workers: int = 1, progress: bool
         if isinstance(r, SliceHeader):
             headers.append(r)
         else:
-            skipped.append(r)
+            skipped.append(r[:2])
+            if r[2] is not None and rejected is not None:
+                rejected.append(r)
     return headers, skipped
 
 
@@ -219,8 +223,8 @@ def group_series(headers: Iterable[SliceHeader], order: str = "normal") -> List[
 
 
 # -------------------------------------------------------------------------------------------- loading
-def load_slice(header: SliceHeader, data_cfg: Mapping[str, Any]) -> np.ndarray:
-    """Read and preprocess one slice → uint8 [H, W, 3]. Raises :class:`DicomError`.
+def read_hu(header: SliceHeader, data_cfg: Mapping[str, Any]) -> np.ndarray:
+    """One slice in HU, float32 [rows, cols] (``Data.fix_intercept`` applied). Raises :class:`DicomError`.
 
     Native (uncompressed) files whose pixel offset the scan recorded are read straight with numpy
     (:func:`~ppihd.data.dicom.read_native_pixels`, same values as pydicom); others go through pydicom."""
@@ -230,9 +234,61 @@ def load_slice(header: SliceHeader, data_cfg: Mapping[str, Any]) -> np.ndarray:
         ds = read_dataset(header.path)
         h = header_from_dataset(ds, header.path)
         raw = read_raw_pixels(ds, header.path)
-    hu = to_hu(raw, h.slope, h.intercept, h.bits_stored, h.pixel_representation,
-               bool(data_cfg.get("fix_intercept", True)))
-    return preprocess_slice(hu, data_cfg)
+    return to_hu(raw, h.slope, h.intercept, h.bits_stored, h.pixel_representation,
+                 bool(data_cfg.get("fix_intercept", True)))
+
+
+def load_slice(header: SliceHeader, data_cfg: Mapping[str, Any]) -> np.ndarray:
+    """Read and preprocess one slice → uint8 [H, W, 3]. Raises :class:`DicomError`."""
+    return preprocess_slice(read_hu(header, data_cfg), data_cfg)
+
+
+def load_slabs(series: Series, slabs: Sequence[Sequence[int]], data_cfg: Mapping[str, Any]
+               ) -> Tuple[np.ndarray, Skipped, List[List[int]]]:
+    """Preprocessed images of ``series``, one per slab: the mean HU of the slab's slices (indices into
+    ``series.slices``), then windows, crop and resize as for one slice. A slab of one slice is that slice.
+
+    Returns ``(images, skipped, members)``: uint8 [K, H, W, 3] for the K slabs that kept at least one
+    readable slice, ``(path, reason)`` of every slice that could not be read (dropped, the others continue),
+    and for each returned image the indices of the slices averaged into it. Slices of another size than the
+    slab's first readable one are resized to it (bilinear) before averaging.
+    """
+    import cv2
+
+    size = int(data_cfg.get("image_size", 224))
+    out = np.empty((len(slabs), size, size, len(data_cfg.get("windows", [0, 0, 0]))), dtype=np.uint8)
+    skipped: Skipped = []
+    members: List[List[int]] = []
+    for slab in slabs:
+        total, kept = None, []
+        for i in slab:
+            h = series.slices[i]
+            try:
+                hu = read_hu(h, data_cfg)
+            except DicomError as e:
+                skipped.append((e.path, e.reason))
+                continue
+            except Exception as e:
+                skipped.append((h.path, f"cannot read pixels ({type(e).__name__}: {str(e)[:120]})"))
+                continue
+            if total is None:
+                total = hu.astype(np.float64) if len(slab) > 1 else hu
+            else:
+                if hu.shape != total.shape:
+                    hu = cv2.resize(hu, (total.shape[1], total.shape[0]), interpolation=cv2.INTER_LINEAR)
+                total = total + hu
+            kept.append(i)
+        if not kept:
+            continue
+        hu = total if len(kept) == 1 and len(slab) == 1 else (total / len(kept)).astype(np.float32)
+        try:
+            out[len(members)] = preprocess_slice(hu, data_cfg)
+        except Exception as e:
+            skipped.extend((series.slices[i].path, f"cannot preprocess ({type(e).__name__}: {str(e)[:120]})")
+                           for i in kept)
+            continue
+        members.append(kept)
+    return out[:len(members)], skipped, members
 
 
 def load_series(series: Series, data_cfg: Mapping[str, Any]) -> Tuple[np.ndarray, Skipped]:
@@ -241,16 +297,5 @@ def load_series(series: Series, data_cfg: Mapping[str, Any]) -> Tuple[np.ndarray
     A slice that cannot be read is dropped and listed in ``skipped`` as ``(path, reason)``; the others
     continue. All slices unreadable → an array of shape [0, H, W, 3].
     """
-    size = int(data_cfg.get("image_size", 224))
-    out = np.empty((len(series.slices), size, size, len(data_cfg.get("windows", [0, 0, 0]))), dtype=np.uint8)
-    skipped: Skipped = []
-    k = 0
-    for h in series.slices:
-        try:
-            out[k] = load_slice(h, data_cfg)
-            k += 1
-        except DicomError as e:
-            skipped.append((e.path, e.reason))
-        except Exception as e:
-            skipped.append((h.path, f"cannot preprocess ({type(e).__name__}: {str(e)[:120]})"))
-    return out[:k], skipped
+    arr, skipped, _ = load_slabs(series, [[i] for i in range(len(series.slices))], data_cfg)
+    return arr, skipped

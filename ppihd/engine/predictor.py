@@ -351,29 +351,51 @@ def _to_model_input(slices_u8: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(np.asarray(slices_u8).transpose(0, 3, 1, 2), dtype=np.float32) / np.float32(255.0)
 
 
-def _title(series: Any) -> str:
-    patient, study, suid = (list(series.key) + ["", "", ""])[:3]
+def _title(plan: Any) -> str:
+    patient, study, suid = (list(plan.key) + ["", "", ""])[:3]
     short = (lambda u: u if len(u) <= 28 else "…" + u[-27:])
-    return f"patient {patient or '?'} | study {short(study)} | series {short(suid)}"
+    role = "PRIMARY series" if plan.primary else "series"
+    return f"patient {patient or '?'} | study {short(study)} | {role} {short(suid)}"
+
+
+def _log_inputs(inputs: Sequence[str], headers: Sequence[Any], log: logging.Logger) -> None:
+    """An ERROR naming each input that does not exist or holds no readable CT image."""
+    dirs = {os.path.dirname(os.path.abspath(h.path)) for h in headers}
+    files = {os.path.abspath(h.path) for h in headers}
+    for inp in inputs:
+        root = os.path.abspath(inp)
+        if not os.path.exists(inp):
+            log.error("input %s: no such file or folder", inp)
+        elif os.path.isdir(inp) and not any(d == root or d.startswith(root.rstrip(os.sep) + os.sep) for d in dirs):
+            log.error("input %s: no readable DICOM CT image found in this folder (each file's reason is in "
+                      "skipped.csv)", inp)
+        elif os.path.isfile(inp) and root not in files:
+            log.error("input %s: not a readable DICOM CT image (the reason is in skipped.csv)", inp)
 
 
 def run_inference(inputs: Sequence[str], out_dir: str, backend: Backend, data_cfg: Mapping[str, Any],
                   infer_cfg: Mapping[str, Any], num_workers: int = 0, progress: bool = True,
                   logger: Optional[logging.Logger] = None) -> Dict[str, Any]:
-    """Predict every CT series found under ``inputs`` and write the outputs to ``out_dir``.
+    """Predict the CT studies found under ``inputs`` and write the outputs to ``out_dir``.
+
+    Every series is given its role (:func:`ppihd.data.study.plan_studies`); the usable ones (or only each
+    study's primary series, ``Infer.predict_series``) are predicted, thin ones in slabs (``Infer.slab_mm``);
+    the study answer goes to ``studies.csv`` / ``series.csv`` / ``studies/*.json`` (:mod:`ppihd.engine.studies`).
 
     Args:
         inputs: DICOM files and/or folders (any nesting, several studies / series).
         backend: one of the back-ends above.
         data_cfg: the ``Data`` section (windows, crop, image size, slice order).
-        infer_cfg: the ``Infer`` section (threshold, chunk_slices, chunk_overlap, batch_series, key_slices,
-            save_plots).
+        infer_cfg: the ``Infer`` section (threshold, chunking, batch_series, key_slices, save_plots, the
+            study keys).
     Returns:
-        ``{"exit_code", "num_series", "num_predicted", "num_skipped", "out_dir"}``; exit codes in
+        ``{"exit_code", "num_series", "num_studies", "num_predicted", "num_skipped", "out_dir"}``; exit codes in
         :mod:`ppihd.engine.outputs` (0 all predicted, 3 some files skipped, 4 nothing predicted).
     """
     from tqdm import tqdm
-    from ppihd.data.series import group_series, load_series, scan
+    from ppihd.data.series import group_series, load_slabs, scan
+    from ppihd.data.study import plan_studies
+    from ppihd.engine.studies import SeriesResult, write_studies
 
     log = logger or _log
     inputs = [str(i) for i in inputs]
@@ -386,8 +408,10 @@ def run_inference(inputs: Sequence[str], out_dir: str, backend: Backend, data_cf
     chunk_bounds(1000, chunk, overlap)  # validate the chunk settings before any work
 
     with OutputWriter(out_dir) as writer:
-        headers, skipped = scan(inputs, num_workers, progress=progress)  # also lists missing inputs, empty folders
-        writer.add_skipped_many((str(p), str(r)) for p, r in skipped)
+        rejected: list = []
+        headers, skipped = scan(inputs, num_workers, progress=progress, rejected=rejected)
+        writer.add_skipped_many((str(p), str(r)) for p, r in skipped)  # also missing inputs, empty folders
+        _log_inputs(inputs, headers, log)
         uniq, seen = [], set()
         for h in headers:  # the same file given twice (a folder and a file in it) is predicted once
             if os.path.abspath(h.path) not in seen:
@@ -396,30 +420,45 @@ def run_inference(inputs: Sequence[str], out_dir: str, backend: Backend, data_cf
         headers = uniq
         try:
             series_list = group_series(headers, order=data_cfg.get("slice_order", "normal"))
+            studies = plan_studies(series_list, rejected, infer_cfg, inputs)
+        except ValueError:
+            raise  # a bad Infer setting
         except Exception as e:  # pragma: no cover - defensive: grouping must not lose the skipped list
             log.error("grouping series failed: %s", e)
-            series_list = []
+            studies = []
             writer.add_skipped_many((h.path, f"series grouping failed: {e}") for h in headers)
-        log.info("%d input series, %d files skipped while scanning", len(series_list), writer.n_skipped)
+        plans = [m for st in studies for m in st.series]
+        for m in plans:
+            if m.series is not None and not m.predict:
+                why = (f"series role {m.role}: {m.reason}" if not m.usable else
+                       "not the primary series of its study (Infer.predict_series=primary)")
+                writer.add_skipped_many((h.path, f"not predicted: {why}") for h in m.series.slices)
+        todo = [m for m in plans if m.predict]
+        log.info("%d studies, %d series (%d to predict), %d files skipped while scanning", len(studies),
+                 len(plans), len(todo), len(skipped))
+        for st in studies:
+            roles = ", ".join(f"{m.series_id} {m.role}{' (primary)' if m.primary else ''}" for m in st.series)
+            log.info("study %s: %s", st.folder or st.key[1], roles)
 
-        bar = tqdm(total=len(series_list), desc="series", unit="series", disable=not progress)
-        for b0 in range(0, len(series_list), nbatch):
-            loaded = []  # (series, kept indices, uint8 slices)
-            for series in series_list[b0:b0 + nbatch]:
+        results: Dict[str, SeriesResult] = {}
+        bar = tqdm(total=len(todo), desc="series", unit="series", disable=not progress)
+        for b0 in range(0, len(todo), nbatch):
+            loaded = []  # (plan, kept slice indices, image index of each kept slice, uint8 images)
+            for m in todo[b0:b0 + nbatch]:
+                series = m.series
                 try:
-                    arr, bad = load_series(series, data_cfg)
-                    bad_paths = {os.path.abspath(str(p)) for p, _ in bad}
+                    groups = m.slabs or [[i] for i in range(len(series))]
+                    arr, bad, members = load_slabs(series, groups, data_cfg)
                     writer.add_skipped_many((str(p), str(r)) for p, r in bad)
-                    keep = [i for i, h in enumerate(series.slices) if os.path.abspath(h.path) not in bad_paths]
-                    if len(keep) != len(arr):
-                        raise RuntimeError(f"load_series returned {len(arr)} slices for {len(keep)} readable files")
+                    keep = [i for g in members for i in g]
+                    image_of = np.repeat(np.arange(len(members)), [len(g) for g in members])
                     if len(keep):
-                        loaded.append((series, keep, arr))
+                        loaded.append((m, keep, image_of, arr))
                 except Exception as e:
-                    log.warning("series %s: could not be loaded: %s", series.series_id, e)
+                    log.warning("series %s: could not be loaded: %s", m.series_id, e)
                     writer.add_skipped_many((h.path, f"series could not be loaded: {e}") for h in series.slices)
             # predict: flatten (series, chunk) pieces so batch_series also batches chunks
-            images = [_to_model_input(arr) for _, _, arr in loaded]
+            images = [_to_model_input(arr) for *_, arr in loaded]
             probs_list: List[Optional[np.ndarray]] = []
             try:
                 pieces, owners = [], []
@@ -435,48 +474,63 @@ def run_inference(inputs: Sequence[str], out_dir: str, backend: Backend, data_cf
             except Exception as e:
                 if len(images) > 1:  # retry one at a time so one series cannot sink the batch
                     probs_list = []
-                    for (series, _, _), x in zip(loaded, images):
+                    for (m, *_), x in zip(loaded, images):
                         try:
                             probs_list.append(backend.predict(x, chunk, overlap))
                         except Exception as e1:
-                            log.warning("series %s: prediction failed: %s", series.series_id, e1)
+                            log.warning("series %s: prediction failed: %s", m.series_id, e1)
                             probs_list.append(None)
                 else:
                     log.warning("prediction failed: %s\n%s", e, traceback.format_exc(limit=3))
                     probs_list = [None] * len(images)
-            for (series, keep, arr), probs in zip(loaded, probs_list):
+            for (m, keep, image_of, arr), probs in zip(loaded, probs_list):
                 if probs is None or not np.all(np.isfinite(probs)):
-                    writer.add_skipped_many((series.slices[i].path, "model prediction failed (see log)")
+                    writer.add_skipped_many((m.series.slices[i].path, "model prediction failed (see log)")
                                             for i in keep)
                     continue
-                rows = series_rows(series, keep)
-                writer.add_series(rows, probs)
-                _write_report(writer.series_dir, series, rows, probs, arr, threshold, n_keys, save_plots, log)
-            bar.update(min(nbatch, len(series_list) - b0))
+                slice_probs = probs[image_of]           # every slice of a slab gets the slab's probabilities
+                rows = series_rows(m.series, keep)
+                writer.add_series(rows, slice_probs)
+                results[m.series_id] = SeriesResult([r["sop_uid"] for r in rows], [r["slice_idx"] for r in rows],
+                                                    slice_probs)
+                _write_report(writer.series_dir, m, rows, slice_probs, np.asarray(arr)[..., 0][image_of], image_of,
+                              threshold, n_keys, save_plots, log)
+            bar.update(min(nbatch, len(todo) - b0))
         bar.close()
         # safety net: every input file is in exactly one of predictions / skipped
         for path in unaccounted(inputs, writer):
             writer.add_skipped(path, "not a readable DICOM file (ignored by the scan)")
-        result = {"exit_code": writer.exit_code(), "num_series": writer.n_series,
+        try:
+            write_studies(writer.out_dir, studies, results, infer_cfg)
+        except Exception as e:  # the per-slice CSVs are complete either way
+            log.error("studies.csv / series.csv could not be written: %s\n%s", e, traceback.format_exc(limit=3))
+        result = {"exit_code": writer.exit_code(), "num_series": writer.n_series, "num_studies": len(studies),
                   "num_predicted": writer.n_predicted, "num_skipped": writer.n_skipped,
                   "out_dir": writer.out_dir}
-    log.info("predicted %d slices in %d series, skipped %d files -> %s", result["num_predicted"],
-             result["num_series"], result["num_skipped"], result["out_dir"])
+    if result["num_predicted"] == 0:
+        log.error("nothing was predicted: no usable CT series under %s (reasons in %s)", " ".join(inputs),
+                  os.path.join(result["out_dir"], "skipped.csv"))
+    log.info("predicted %d slices in %d series of %d studies, skipped %d files -> %s", result["num_predicted"],
+             result["num_series"], result["num_studies"], result["num_skipped"], result["out_dir"])
     return result
 
 
-def _write_report(series_dir: str, series: Any, rows: List[Dict[str, Any]], probs: np.ndarray, arr: np.ndarray,
-                  threshold: float, n_keys: int, save_plots: bool, log: logging.Logger) -> None:
+def _write_report(series_dir: str, plan: Any, rows: List[Dict[str, Any]], probs: np.ndarray, brain: np.ndarray,
+                  image_of: np.ndarray, threshold: float, n_keys: int, save_plots: bool, log: logging.Logger) -> None:
     meta = {k: rows[0][k] for k in ("patient_id", "study_uid", "series_uid", "series_id")}
+    meta.update(role=plan.role, primary=bool(plan.primary))
+    if plan.slabs:  # [first, last] slice_idx of each slab
+        meta["slabs"] = [[int(np.flatnonzero(image_of == j)[0]), int(np.flatnonzero(image_of == j)[-1])]
+                         for j in range(int(image_of[-1]) + 1)]
     try:
         summary = report.series_summary(meta, probs, threshold,
                                         positions=[r["position"] for r in rows],
                                         sop_uids=[r["sop_uid"] for r in rows],
-                                        warnings=list(getattr(series, "warnings", []) or []))
-        report.write_summary(os.path.join(series_dir, f"{series.series_id}.json"), summary)
+                                        warnings=list(getattr(plan.series, "warnings", []) or []))
+        report.write_summary(os.path.join(series_dir, f"{plan.series_id}.json"), summary)
         if save_plots:
-            report.plot_series(os.path.join(series_dir, f"{series.series_id}.png"), probs,
-                               brain=np.asarray(arr)[..., 0], title=_title(series), threshold=threshold,
-                               key_slices=n_keys, positions=[r["position"] for r in rows])
+            report.plot_series(os.path.join(series_dir, f"{plan.series_id}.png"), probs, brain=brain,
+                               title=_title(plan), threshold=threshold, key_slices=n_keys,
+                               positions=[r["position"] for r in rows])
     except Exception as e:  # a failed picture never loses the predictions
-        log.warning("series %s: report failed: %s", series.series_id, e)
+        log.warning("series %s: report failed: %s", plan.series_id, e)

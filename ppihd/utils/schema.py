@@ -179,6 +179,20 @@ DEFAULTS: Dict[str, Any] = {
         "chunk_overlap": 32,                       # slices shared by consecutive chunks (their probabilities averaged)
         "key_slices": 4,                           # brain-window thumbnails in the per-series PNG
         "save_plots": True,                        # write series/<series_id>.png (the JSON is always written)
+        # studies (ppihd.data.study, docs/inference.md "Studies"): which series the model reads, which answers
+        "predict_series": "usable",                # usable (every axial CT series) | primary (one per study)
+        "min_slices": 3,                           # fewer slices -> role too_few_slices, not predicted (1-2
+                                                   # images are key images or screens, never a brain volume)
+        "axial_max_angle_deg": 40.0,               # slice normal further than this from z -> non_axial (gantry
+                                                   # tilt reaches ~30 deg; coronal/sagittal are 90)
+        "train_spacing_mm": 5.0,                   # slice spacing of the training series (RSNA: ~5 mm): the
+                                                   # primary series is the usable one closest to it
+        "slab_mm": 5.0,                            # thin series averaged (in HU) into slabs of round(slab_mm /
+                                                   # spacing) slices before the model, each slice then gets its
+                                                   # slab's probability; applies below slab_mm / 1.5 spacing, so
+                                                   # RSNA-like series are untouched; None = off (every slice as is)
+        "study_aggregation": "primary_max",        # study probability: primary_max (max over the primary series'
+                                                   # slices) | all_max (max over every predicted series)
     },
     "Export": {                                    # tools/export_model.py
         "onnx": False,                             # also write inference.onnx (paddle2onnx, --optimize_tool None)
