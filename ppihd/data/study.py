@@ -191,7 +191,7 @@ def classify_objects(objects: Sequence[Tuple[str, str, Mapping[str, str]]]) -> T
     if modality in NON_IMAGE_MODALITIES or sop.startswith("1.2.840.10008.5.1.4.1.1.88.") \
             or reason.startswith(("missing Rows/Columns", "missing pixel data")):
         return "non_image", f"not an image ({what})"
-    return "other", f"{reason} ({what})"
+    return "other", f"{reason}; {what}"
 
 
 # ------------------------------------------------------------------------------------------ choosing
@@ -224,7 +224,7 @@ def study_folder(paths: Sequence[str], inputs: Sequence[str]) -> str:
     common = os.path.commonpath([os.path.dirname(os.path.abspath(p)) for p in paths])
     for inp in inputs:
         root = os.path.abspath(inp)
-        if os.path.isdir(root) and common != root and common.startswith(root.rstrip(os.sep) + os.sep):
+        if common != root and common.startswith(root.rstrip(os.sep) + os.sep):
             return os.path.relpath(common, root).split(os.sep)[0]
     return os.path.basename(common)
 

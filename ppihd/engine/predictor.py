@@ -410,7 +410,8 @@ def run_inference(inputs: Sequence[str], out_dir: str, backend: Backend, data_cf
     with OutputWriter(out_dir) as writer:
         rejected: list = []
         headers, skipped = scan(inputs, num_workers, progress=progress, rejected=rejected)
-        writer.add_skipped_many((str(p), str(r)) for p, r in skipped)  # also missing inputs, empty folders
+        objects = {p for p, _, _ in rejected}  # DICOM objects of a series: recorded with their series' role below
+        writer.add_skipped_many((str(p), str(r)) for p, r in skipped if p not in objects)  # + missing inputs etc.
         _log_inputs(inputs, headers, log)
         uniq, seen = [], set()
         for h in headers:  # the same file given twice (a folder and a file in it) is predicted once
@@ -427,8 +428,11 @@ def run_inference(inputs: Sequence[str], out_dir: str, backend: Backend, data_cf
             log.error("grouping series failed: %s", e)
             studies = []
             writer.add_skipped_many((h.path, f"series grouping failed: {e}") for h in headers)
+            writer.add_skipped_many((p, r) for p, r, _ in rejected)
         plans = [m for st in studies for m in st.series]
         for m in plans:
+            writer.add_skipped_many((p, r if m.series is not None else f"series role {m.role}: {m.reason}")
+                                    for p, r in m.objects)
             if m.series is not None and not m.predict:
                 why = (f"series role {m.role}: {m.reason}" if not m.usable else
                        "not the primary series of its study (Infer.predict_series=primary)")
