@@ -292,8 +292,8 @@ def match_studies(ids: List[str], preds, pred_path: str = "studies.csv"
     taken = [r for r in rows if r is not None]
     if len(set(taken)) < len(taken):
         r = next(r for r in taken if taken.count(r) > 1)
-        raise StudyEvalError(f"predictions file {pred_path}: the study on line {r + 2} is matched by several label ids "
-                             f"({', '.join(s for s, x in zip(ids, rows) if x == r)})")
+        raise StudyEvalError(f"predictions file {pred_path}: the study on line {r + 2} is matched by several "
+                             f"label ids ({', '.join(s for s, x in zip(ids, rows) if x == r)})")
     return rows, counts
 
 
