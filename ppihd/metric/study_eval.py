@@ -15,14 +15,15 @@ Labels CSV. Id column: the first of :data:`ID_COLUMNS` present (case-insensitive
 ``R<k>:<class>`` (``R1:ICH``, ``R2:ICH``, ``R3:ICH``) are combined by majority vote (positive when more than half
 of the readers say 1) for a class that has no plain column.
 
-CQ500 (Chilamkurthy et al. 2018, qure.ai) ``reads.csv``, as confirmed from public code that reads it: columns
-``name`` (``CQ500-CT-427``), ``Category`` (``B1`` / ``B2``) and, for each of three radiologists ``R1``-``R3``,
-0/1 columns ``R<k>:ICH``, ``R<k>:IPH``, ``R<k>:IVH``, ``R<k>:SDH``, ``R<k>:EDH``, ``R<k>:SAH`` and further findings
-(``Fracture``, ``CalvarialFracture``, ``OtherFracture``, ``MassEffect``, ``MidlineShift``, ``BleedLocation-Left``,
-``BleedLocation-Right``, ``ChronicBleed``), which are not hemorrhage classes and are ignored. The paper's gold
-standard is the consensus (majority) of the three reads. The ``name`` values are not the DICOM StudyInstanceUID;
-they match ``study_folder`` when the folder is named ``CQ500-CT-427`` or ``CQ500CT427`` (ids are compared exactly,
-then lower-cased with everything but letters and digits removed).
+CQ500 (Chilamkurthy et al. 2018, qure.ai) ``reads.csv``, as confirmed from several public repositories' code that
+reads it (the file itself was not available here): columns ``name`` (``CQ500-CT-427``), ``Category`` (``B1`` /
+``B2``) and, for each of three radiologists ``R1``-``R3``, 0/1 columns ``R<k>:ICH``, ``R<k>:IPH``, ``R<k>:IVH``,
+``R<k>:SDH``, ``R<k>:EDH``, ``R<k>:SAH`` and further findings (``Fracture``, ``CalvarialFracture``,
+``OtherFracture``, ``MassEffect``, ``MidlineShift``, ``BleedLocation-Left``, ``BleedLocation-Right``,
+``ChronicBleed``), which are not hemorrhage classes and are ignored. The paper calls its gold standard the
+consensus of the three readers; that code takes it as the majority (at least 2 of 3). The ``name`` values are not
+DICOM StudyInstanceUIDs; they match ``study_folder`` when the folder is named ``CQ500-CT-427`` or ``CQ500CT427``
+(ids are compared exactly, then lower-cased with everything but letters and digits removed).
 """
 from __future__ import annotations
 
