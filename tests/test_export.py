@@ -103,6 +103,14 @@ def test_deploy_predict_matches_tools_infer(exported, fixture_series_dir, tmp_pa
             assert abs(float(ra[lab]) - float(rb[lab])) < 1e-5
     assert [r["ID"] for r in _rows(tmp_path / "a" / "submission.csv")] == \
         [r["ID"] for r in _rows(tmp_path / "b" / "submission.csv")]
+    # the same study answer: one study, its primary series, the same flagged classes and key slices
+    sa, sb = _rows(tmp_path / "a" / "studies.csv"), _rows(tmp_path / "b" / "studies.csv")
+    assert len(sa) == len(sb) == 1 and sa[0]["primary_series_uid"] == sb[0]["primary_series_uid"] == a[0]["series_uid"]
+    for lab in LABELS:
+        assert float(sa[0][lab]) == pytest.approx(max(float(r[lab]) for r in a), abs=1e-6)
+        assert abs(float(sa[0][lab]) - float(sb[0][lab])) < 1e-5
+    if all(abs(float(sa[0][lab]) - 0.5) > 1e-4 for lab in LABELS):   # no class on the threshold's edge
+        assert sa[0]["flagged"] == sb[0]["flagged"] and sa[0]["key_slices"] == sb[0]["key_slices"]
 
 
 def test_deploy_bad_model_dir_is_clear(tmp_path, fixture_series_dir, capsys):

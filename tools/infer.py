@@ -3,7 +3,8 @@
     python tools/infer.py -c configs/swin_b_seq.yaml -o Global.pretrained_model=output/swin_b_seq/best.pdparams \
         --input /data/stage_2_test --output output/infer [--batch-series 2 --threads 4 --device cpu]
 
-Writes OUT/predictions.csv, OUT/submission.csv, OUT/skipped.csv and OUT/series/<series_id>.{png,json}.
+Writes OUT/studies.csv (one answer per study), OUT/series.csv (every series with its role), OUT/predictions.csv,
+OUT/submission.csv, OUT/skipped.csv, OUT/studies/<study_id>.json and OUT/series/<series_id>.{png,json}.
 Exit status: 0 all input files predicted, 3 some skipped (see skipped.csv), 4 nothing predicted,
 2 bad command line / config / checkpoint. See docs/inference.md.
 """

@@ -5,7 +5,8 @@
 
 Reads MODEL_DIR/inference.yml (preprocessing, labels) and inference.json / inference.pdmodel +
 inference.pdiparams (or inference.onnx), and writes the same files as tools/infer.py:
-OUT/predictions.csv, OUT/submission.csv, OUT/skipped.csv, OUT/series/<series_id>.{png,json}.
+OUT/studies.csv, OUT/series.csv, OUT/predictions.csv, OUT/submission.csv, OUT/skipped.csv,
+OUT/studies/<study_id>.json, OUT/series/<series_id>.{png,json}.
 Exit status: 0 all input files predicted, 3 some skipped, 4 nothing predicted, 2 bad arguments / model.
 """
 from __future__ import annotations
@@ -38,6 +39,12 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="series longer than this go in overlapping chunks (default: inference.yml Infer.chunk_slices, "
                         "128); 0 = always the whole series")
     p.add_argument("--chunk-overlap", type=int, default=None)
+    p.add_argument("--predict-series", choices=("usable", "primary"), default=None,
+                   help="every axial CT series of a study, or only its primary one (Infer.predict_series)")
+    p.add_argument("--slab-mm", type=float, default=None,
+                   help="average thin series into slabs of this thickness, mm (Infer.slab_mm, default 5); 0 = off")
+    p.add_argument("--study-aggregation", choices=("primary_max", "all_max"), default=None,
+                   help="study probability from the primary series or from every predicted series")
     p.add_argument("--num-workers", type=int, default=0, help="header-scan processes")
     p.add_argument("--no-plots", action="store_true", help="skip the per-series PNG")
     p.add_argument("--no-progress", action="store_true")
@@ -77,7 +84,8 @@ def main(argv=None) -> int:
     data_cfg = deep_merge(DEFAULTS["Data"], meta["Preprocess"])
     infer_cfg = deep_merge(DEFAULTS["Infer"], meta.get("Infer") or {})
     for key, val in (("threshold", args.threshold), ("chunk_slices", args.chunk_slices),
-                     ("chunk_overlap", args.chunk_overlap)):
+                     ("chunk_overlap", args.chunk_overlap), ("predict_series", args.predict_series),
+                     ("slab_mm", args.slab_mm), ("study_aggregation", args.study_aggregation)):
         if val is not None:
             infer_cfg[key] = val
     if args.no_plots:
