@@ -166,9 +166,18 @@ def test_matching_by_uid_then_folder(tmp_path):
         se.match_studies(["1.2.2", "studyB"], preds)
     rows, counts = se.match_studies(["1.2.2", "CQ500-CT-0", "nope", "studyB2"], preds)
     assert rows == [1, 0, None, 2]  # studyB2 is row 2's uid (uid before folder)
-    assert counts == {"study_uid": 2, "study_folder": 0, "study_folder (normalised)": 1}
+    assert counts == {"study_uid": 2, "study_folder": 0, "study_folder (normalised)": 1,
+                      "a word of study_folder (normalised)": 0}
     rows, counts = se.match_studies(["studyB"], preds)
     assert rows == [1] and counts["study_folder"] == 1
+
+
+def test_matching_a_word_of_the_folder(tmp_path):
+    """CQ500's archives unpack to folders named twice ("CQ500CT427 CQ500CT427"); its reads name "CQ500-CT-427"."""
+    pred = _studies(tmp_path, [["P1", "1.2.1", "CQ500CT427 CQ500CT427", *[0.1] * 6],
+                               ["P2", "1.2.2", "CQ500CT42 CQ500CT42", *[0.2] * 6]])
+    rows, counts = se.match_studies(["CQ500-CT-42", "CQ500-CT-427"], se.read_predictions(pred))
+    assert rows == [1, 0] and counts["a word of study_folder (normalised)"] == 2
 
 
 def test_ambiguous_folder_is_an_error(tmp_path):

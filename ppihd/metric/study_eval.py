@@ -23,7 +23,8 @@ reads it (the file itself was not available here): columns ``name`` (``CQ500-CT-
 ``ChronicBleed``), which are not hemorrhage classes and are ignored. The paper calls its gold standard the
 consensus of the three readers; that code takes it as the majority (at least 2 of 3). The ``name`` values are not
 DICOM StudyInstanceUIDs; they match ``study_folder`` when the folder is named ``CQ500-CT-427`` or ``CQ500CT427``
-(ids are compared exactly, then lower-cased with everything but letters and digits removed).
+(ids are compared exactly, then lower-cased with everything but letters and digits removed, then with each
+space-separated word of the folder name so normalised: CQ500's ``CQ500-CT-427`` matches ``CQ500CT427 CQ500CT427``).
 """
 from __future__ import annotations
 
@@ -270,17 +271,21 @@ def match_studies(ids: List[str], preds, pred_path: str = "studies.csv"
                   ) -> Tuple[List[Optional[int]], Dict[str, int]]:
     """Row of ``preds`` for each label id: ``study_uid`` first, else ``study_folder`` (exact, then lower-case
     letters and digits only). Returns ``(rows, {how: count})``; an id matching several studies is an error."""
-    index: Dict[str, Dict[str, List[int]]] = {"study_uid": {}, "study_folder": {}, "study_folder (normalised)": {}}
+    index: Dict[str, Dict[str, List[int]]] = {"study_uid": {}, "study_folder": {}, "study_folder (normalised)": {},
+                                              "a word of study_folder (normalised)": {}}
     for i, (uid, folder) in enumerate(zip(preds["study_uid"], preds["study_folder"])):
         for how, key in (("study_uid", uid.strip()), ("study_folder", folder.strip()),
                          ("study_folder (normalised)", _norm(folder))):
             if key:
                 index[how].setdefault(key, []).append(i)
+        for word in sorted({_norm(w) for w in folder.split()} - {""}):  # CQ500's "CQ500CT427 CQ500CT427"
+            index["a word of study_folder (normalised)"].setdefault(word, []).append(i)
     rows: List[Optional[int]] = []
     counts = {how: 0 for how in index}
     for sid in ids:
         row = None
-        for how, key in (("study_uid", sid), ("study_folder", sid), ("study_folder (normalised)", _norm(sid))):
+        for how, key in (("study_uid", sid), ("study_folder", sid), ("study_folder (normalised)", _norm(sid)),
+                         ("a word of study_folder (normalised)", _norm(sid))):
             hit = index[how].get(key) if key else None
             if hit:
                 if len(hit) > 1:
