@@ -58,9 +58,14 @@ def test_roles_hand_worked():
     assert classify_series(_series(30, ori=(1, 0, 0, 0, c, -s)), axial_max_angle_deg=50)[0] == "axial"
     assert classify_series(_series(2)) == ("too_few_slices", "2 slices (< Infer.min_slices 3)")
     assert classify_series(_series(2), min_slices=2)[0] == "axial"
-    # two planes in one series (an AP + lateral scout pair without LOCALIZER in ImageType)
+    # axial and sagittal slices in one series (a scout pair without LOCALIZER in ImageType)
     hs = [_h(0), _h(1), _h(2, ori=(0, 1, 0, 0, 0, -1))]
-    assert classify_series(group_series(hs)[0])[1].startswith("ImageOrientationPatient differs")
+    assert classify_series(group_series(hs)[0]) == \
+        ("non_axial", "axial and non-axial slices in one series (normals 0.0° to 90.0° from z)")
+    # two gantry tilts in one acquisition (0 and 30 degrees): still axial
+    c, s = math.cos(math.radians(30)), math.sin(math.radians(30))
+    hs = [_h(i) for i in range(3)] + [_h(i, ori=(1, 0, 0, 0, c, -s)) for i in range(3, 6)]
+    assert classify_series(group_series(hs)[0]) == ("axial", "6 axial slices, normals 0.0° to 30.0° from z")
 
 
 def test_axis_angle_and_kernels():

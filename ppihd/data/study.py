@@ -13,7 +13,7 @@ other          an image that is not a greyscale single-frame CT (MR, colour, mul
 derived        Secondary Capture SOP class, or an ImageType naming a projection / rendering / screen
 localizer      ImageType LOCALIZER / SCOUT / TOPOGRAM / SURVIEW
 non_axial      slice normal more than ``Infer.axial_max_angle_deg`` from the patient's z axis (coronal,
-               sagittal, oblique), or slice planes that differ within the series
+               sagittal, oblique), for some or all of the series' slices
 too_few_slices fewer than ``Infer.min_slices`` slices
 axial          everything else: an axial CT series the model can read (gantry tilt included)
 ============== =====================================================================================
@@ -53,8 +53,6 @@ NON_IMAGE_MODALITIES = {"SR", "PR", "KO", "REG", "SEG", "RTSTRUCT", "RTPLAN", "D
 SHARP_WORDS = ("BONE", "LUNG", "SHARP", "EDGE")
 #: Siemens-style kernel names (H, J, B, Q with an optional r, then two digits): 60 and above are sharp.
 _SIEMENS_KERNEL = re.compile(r"^(?:[HJBQ]R?)(\d{2})")
-#: ImageOrientationPatient differences above this (cosine units) count as different planes.
-ORIENTATION_TOL = 0.05
 
 
 @dataclass
@@ -161,22 +159,25 @@ def classify_series(series: Series, min_slices: int = 3, axial_max_angle_deg: fl
         return "derived", f"ImageType {der[0]} ({shown}): a projection or rendering"
     oris = [h.orientation for h in series.slices if h.orientation is not None]
     if oris:
-        o = np.asarray(oris, dtype=np.float64)
-        if np.abs(o - o[0]).max() > ORIENTATION_TOL:
-            return "non_axial", "ImageOrientationPatient differs between slices (several planes in one series)"
         try:
-            angle, plane = axis_angle_deg(oris[0]), plane_name(oris[0])
+            angles = [axis_angle_deg(o) for o in oris]
         except ValueError as e:
             return "other", str(e)
-        if angle > axial_max_angle_deg:
-            return "non_axial", (f"{plane} slices: normal {angle:.1f}° from the patient's z axis "
+        steep = [a > axial_max_angle_deg for a in angles]
+        if any(steep) and not all(steep):
+            return "non_axial", (f"axial and non-axial slices in one series (normals {min(angles):.1f}° to "
+                                 f"{max(angles):.1f}° from z)")
+        if all(steep):
+            return "non_axial", (f"{plane_name(oris[0])} slices: normal {angles[0]:.1f}° from the patient's z axis "
                                  f"(> Infer.axial_max_angle_deg {axial_max_angle_deg:g})")
     n = len(series)
     if n < min_slices:
         return "too_few_slices", f"{n} slice{'s' if n != 1 else ''} (< Infer.min_slices {min_slices})"
     if not oris:
         return "axial", f"{n} slices; ImageOrientationPatient missing: taken as axial"
-    return "axial", f"{n} axial slices, normal {axis_angle_deg(oris[0]):.1f}° from z"
+    if max(angles) - min(angles) > 0.5:  # e.g. two gantry tilts in one acquisition: still axial
+        return "axial", f"{n} axial slices, normals {min(angles):.1f}° to {max(angles):.1f}° from z"
+    return "axial", f"{n} axial slices, normal {angles[0]:.1f}° from z"
 
 
 def classify_objects(objects: Sequence[Tuple[str, str, Mapping[str, str]]]) -> Tuple[str, str]:

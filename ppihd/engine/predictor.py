@@ -355,7 +355,9 @@ def _title(plan: Any) -> str:
     patient, study, suid = (list(plan.key) + ["", "", ""])[:3]
     short = (lambda u: u if len(u) <= 28 else "…" + u[-27:])
     role = "PRIMARY series" if plan.primary else "series"
-    return f"patient {patient or '?'} | study {short(study)} | {role} {short(suid)}"
+    slabs = f" | read as {len(plan.slabs)} slabs of {len(plan.slabs[0])} ({plan.spacing_mm:.3g} mm slices)" \
+        if plan.slabs else ""
+    return f"patient {patient or '?'} | study {short(study)} | {role} {short(suid)}{slabs}"
 
 
 def _log_inputs(inputs: Sequence[str], headers: Sequence[Any], log: logging.Logger) -> None:
@@ -441,7 +443,8 @@ def run_inference(inputs: Sequence[str], out_dir: str, backend: Backend, data_cf
         log.info("%d studies, %d series (%d to predict), %d files skipped while scanning", len(studies),
                  len(plans), len(todo), len(skipped))
         for st in studies:
-            roles = ", ".join(f"{m.series_id} {m.role}{' (primary)' if m.primary else ''}" for m in st.series)
+            roles = ", ".join(f"#{m.series_number if m.series_number is not None else '?'} {m.role}"
+                              f"{' (primary)' if m.primary else ''}" for m in st.series)
             log.info("study %s: %s", st.folder or st.key[1], roles)
 
         results: Dict[str, SeriesResult] = {}
