@@ -3,7 +3,8 @@
 Four slices of the real GE fixture (signed int16, Explicit VR LE) are re-encoded with every encoder at hand:
 pydicom's own (RLE, deflate), pydicom through pylibjpeg-openjpeg (JPEG 2000) and pyjpegls (JPEG-LS; a
 requirements-dev.txt package, used here only to *encode*), and dcmtk (``dcmcjpeg`` JPEG Lossless process 14 with
-every predictor 1-7 and SV1, ``dcmcjpls``, ``dcmcrle``, ``dcmconv`` for implicit / big-endian / deflated). The
+every predictor 1-7 and SV1, ``dcmcjpls``, ``dcmcrle``, ``dcmconv`` for implicit / big-endian / deflated), and
+HTJ2K Lossless from codestreams OpenJPH wrote once (tests/data/htj2k: no HTJ2K encoder installs with the tests). The
 file meta of every output is checked to be the intended transfer syntax. For the lossless syntaxes the decoded
 values are compared with the *uncompressed original* (an independent decode: pydicom / numpy on the native file):
 ``read_pixels_hu`` HU, ``load_slice`` uint8 images (default ``Data`` config) and ``tools/infer.py`` probabilities
@@ -36,6 +37,7 @@ from conftest import require_tool
 from infer_utils import infer_args, load_tool, save_tiny_checkpoint
 
 SLICES = ("12.dcm", "13.dcm", "14.dcm", "15.dcm")
+HTJ2K_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "htj2k")
 DEV_ONLY_PLUGINS = {"pyjpegls"}          # in requirements-dev.txt only; not what a default install decodes with
 DATA = dict(DEFAULTS["Data"])
 
@@ -58,12 +60,26 @@ def _pydicom(ts, **kw):
     return enc
 
 
+def _openjph_htj2k(src, dst):
+    """No HTJ2K encoder installs with the tests: the stored values of these slices were encoded once by OpenJPH
+    (tests/data/htj2k/make_htj2k.py); here the codestream replaces the native pixel data of the same slice."""
+    ds = pydicom.dcmread(src)
+    with open(os.path.join(HTJ2K_DIR, "ge_" + os.path.basename(src) + ".j2c"), "rb") as f:
+        frame = f.read()
+    ds.PixelData = pydicom.encaps.encapsulate([frame])
+    ds["PixelData"].VR = "OB"
+    ds["PixelData"].is_undefined_length = True
+    ds.file_meta.TransferSyntaxUID = U.HTJ2KLossless
+    ds.save_as(dst)
+
+
 # (id, encoder, transfer syntax the output must have)
 LOSSLESS = [
     ("pydicom-rle", _pydicom(U.RLELossless, encoding_plugin="pydicom"), U.RLELossless),
     ("pydicom-deflated", _pydicom(U.DeflatedExplicitVRLittleEndian), U.DeflatedExplicitVRLittleEndian),
     ("pydicom-j2k-lossless", _pydicom(U.JPEG2000Lossless), U.JPEG2000Lossless),
     ("pyjpegls-jls-lossless", _pydicom(U.JPEGLSLossless, encoding_plugin="pyjpegls"), U.JPEGLSLossless),
+    ("openjph-htj2k-lossless", _openjph_htj2k, U.HTJ2KLossless),
     ("dcmtk-jpeg-sv1", _dcmtk("dcmcjpeg", "+e1"), U.JPEGLosslessSV1),
 ] + [
     (f"dcmtk-jpeg-p14-sv{sv}", _dcmtk("dcmcjpeg", "+el", "+sv", str(sv)), U.JPEGLossless) for sv in range(1, 8)
