@@ -64,7 +64,7 @@ test: install
 	$(PY) -m pytest -q tests
 	$(MAKE) test-paddle26
 
-# Paddle 2.6 (numpy<2) smoke subset in a second venv: model forward, export (.pdmodel), predictor, infer
+# Paddle 2.6 (numpy<2) smoke subset in a second venv: model forward, export (.pdmodel), predictor, infer, decoders
 $(STAMP26): requirements-paddle26.txt setup.py
 	$(PYTHON) -m venv $(VENV26)
 	$(VENV26)/bin/pip install --upgrade pip
@@ -73,7 +73,8 @@ $(STAMP26): requirements-paddle26.txt setup.py
 	touch $(STAMP26)
 
 test-paddle26: $(STAMP26)
-	$(VENV26)/bin/python -m pytest -q -p no:cacheprovider tests/paddle26 tests/test_export.py tests/test_infer.py
+	$(VENV26)/bin/python -m pytest -q -p no:cacheprovider tests/paddle26 tests/test_export.py tests/test_infer.py \
+		tests/test_transfer_syntax.py
 
 test-fast: install
 	$(PY) -m pytest -q -x -m "not slow" tests

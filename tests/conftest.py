@@ -18,3 +18,17 @@ def fixture_series_dir():
     if not os.path.isdir(FIXTURE_SERIES):
         pytest.fail(f"real fixture series missing: {FIXTURE_SERIES} (shared/ must sit beside the checkout)")
     return FIXTURE_SERIES
+
+
+def require_tool(name: str, package: str = None) -> str:
+    """Path of the external program ``name``. Missing: the test FAILS when ``PPIHD_REQUIRE_TOOLS=1`` (CI, where
+    .ci/run installs the program), otherwise it is skipped with the reason (a developer machine without it)."""
+    import shutil
+
+    path = shutil.which(name)
+    if path:
+        return path
+    reason = f"{name} is not installed (apt-get install {package or name})"
+    if os.environ.get("PPIHD_REQUIRE_TOOLS") == "1":
+        pytest.fail(f"{reason}; PPIHD_REQUIRE_TOOLS=1 says every external tool must be present", pytrace=False)
+    pytest.skip(reason)

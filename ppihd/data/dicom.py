@@ -46,13 +46,14 @@ UNCOMPRESSED_SYNTAXES = {
     "1.2.840.10008.1.2.1.99",  # Deflated Explicit VR Little Endian (pixels uncompressed once inflated)
     "1.2.840.10008.1.2.2",     # Explicit VR Big Endian
 }
-# pip packages that decode each family of compressed transfer syntaxes (for the error message).
+# pip packages that decode each family of compressed transfer syntaxes. requirements.txt / setup.py install them
+# all, so a missing one means a broken install: the message names the package and the requirements to reinstall.
 _PLUGIN_HINTS = (
-    ("JPEG 2000", "pip install pylibjpeg pylibjpeg-openjpeg (or python-gdcm)"),
-    ("High-Throughput JPEG 2000", "pip install pylibjpeg pylibjpeg-openjpeg"),
-    ("JPEG-LS", "pip install pylibjpeg pylibjpeg-libjpeg (or pyjpegls, or python-gdcm)"),
-    ("JPEG", "pip install pylibjpeg pylibjpeg-libjpeg (or python-gdcm)"),
-    ("RLE", "pip install pylibjpeg pylibjpeg-rle"),
+    ("JPEG 2000", "pylibjpeg pylibjpeg-openjpeg"),
+    ("High-Throughput JPEG 2000", "pylibjpeg pylibjpeg-openjpeg"),
+    ("JPEG-LS", "pylibjpeg pylibjpeg-libjpeg"),
+    ("JPEG", "pylibjpeg pylibjpeg-libjpeg"),
+    ("RLE", "pylibjpeg pylibjpeg-rle"),
 )
 
 
@@ -205,9 +206,12 @@ def check_decoder(path: str, ts: str) -> None:
         raise DicomError(path, f"unsupported transfer syntax {name} ({ts})") from None
     if dec.is_available:
         return
-    hint = next((h for prefix, h in _PLUGIN_HINTS if name.startswith(prefix)), None)
-    if hint is None:
+    pkgs = next((h for prefix, h in _PLUGIN_HINTS if name.startswith(prefix)), None)
+    if pkgs is None:
         hint = "install one of: " + "; ".join(dec.missing_dependencies)
+    else:
+        hint = (f"{pkgs.split()[-1]} ships with ppihd's requirements but is missing here; reinstall them: "
+                f"pip install -r requirements.txt (or pip install {pkgs})")
     raise DicomError(path, f"{name} needs a decoder plug-in: {hint}")
 
 
