@@ -39,6 +39,7 @@ except AttributeError:  # pragma: no cover - very old pydicom
     pass
 
 PIXEL_DATA_TAG = 0x7FE00010
+DEFLATED_SYNTAX = "1.2.840.10008.1.2.1.99"
 DICOMDIR_SOP_CLASS = "1.2.840.10008.1.3.10"
 UNCOMPRESSED_SYNTAXES = {
     "1.2.840.10008.1.2",       # Implicit VR Little Endian
@@ -51,8 +52,8 @@ UNCOMPRESSED_SYNTAXES = {
 _PLUGIN_HINTS = (
     ("JPEG 2000", "pylibjpeg pylibjpeg-openjpeg"),
     ("High-Throughput JPEG 2000", "pylibjpeg pylibjpeg-openjpeg"),
-    ("JPEG-LS", "pylibjpeg pylibjpeg-libjpeg"),
-    ("JPEG", "pylibjpeg pylibjpeg-libjpeg"),
+    ("JPEG-LS", "python-gdcm"),
+    ("JPEG", "python-gdcm"),
     ("RLE", "pylibjpeg pylibjpeg-rle"),
 )
 
@@ -376,8 +377,25 @@ def read_header(path: str) -> SliceHeader:
         ds = _open_dataset(path, fp, stop_before_pixels=True)
         hdr = header_from_dataset(ds, path)
         check_decoder(path, hdr.transfer_syntax)
-        hdr.pixel_offset = _pixel_element_check(path, fp, ds, hdr.transfer_syntax, size)
+        if hdr.transfer_syntax == DEFLATED_SYNTAX:  # the file offset says nothing about the inflated stream
+            fp.seek(0)
+            _deflated_pixel_check(path, _open_dataset(path, fp, stop_before_pixels=False))
+        else:
+            hdr.pixel_offset = _pixel_element_check(path, fp, ds, hdr.transfer_syntax, size)
     return hdr
+
+
+def _deflated_pixel_check(path: str, ds: Dataset) -> None:
+    """The pixel-data checks of :func:`_pixel_element_check` on a whole (inflated) dataset."""
+    if "PixelData" not in ds:
+        raise DicomError(path, "float pixel data is not supported" if ("FloatPixelData" in ds or
+                                                                        "DoubleFloatPixelData" in ds)
+                         else "missing pixel data")
+    rows, cols = int(ds.get("Rows", 0) or 0), int(ds.get("Columns", 0) or 0)
+    expected = (rows * cols * int(ds.get("BitsAllocated", 16) or 16) + 7) // 8
+    have = len(ds.PixelData)
+    if have < expected:
+        raise DicomError(path, f"truncated pixel data ({have} of {expected} bytes)")
 
 
 def read_dataset(path: str) -> Dataset:
@@ -390,12 +408,27 @@ def read_dataset(path: str) -> Dataset:
         raise DicomError(path, f"cannot open file ({e.strerror or e})") from None
 
 
+#: 12-bit lossy JPEG: GDCM and Pillow decode 8-bit JPEG only; libjpeg (GPL-3.0, so not a default dependency) does
+JPEG_EXTENDED_12BIT = "1.2.840.10008.1.2.4.51"
+_JPEG_12BIT_HINT = ("; 12-bit lossy JPEG needs pylibjpeg-libjpeg (GPL-3.0, not installed by default): "
+                    "pip install pylibjpeg-libjpeg")
+
+
 def read_raw_pixels(ds: Dataset, path: str = "<dataset>") -> np.ndarray:
     """Stored pixel values [h, w] (int16/uint16/...) of a single-frame image; raises :class:`DicomError`."""
     ts = _transfer_syntax(ds)
     check_decoder(path, ts)
     if "PixelData" not in ds:
         raise DicomError(path, "missing pixel data")
+    try:
+        return _decode(ds, path, ts)
+    except DicomError as e:
+        if ts == JPEG_EXTENDED_12BIT and "12-bit" in e.reason:
+            raise DicomError(path, e.reason + _JPEG_12BIT_HINT) from None
+        raise
+
+
+def _decode(ds: Dataset, path: str, ts: str) -> np.ndarray:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
@@ -406,7 +439,7 @@ def read_raw_pixels(ds: Dataset, path: str = "<dataset>") -> np.ndarray:
                 raise DicomError(path, "truncated pixel data") from None
             raise DicomError(path, f"cannot decode pixel data ({msg.splitlines()[0][:120]})") from None
         except (RuntimeError, NotImplementedError, ImportError) as e:
-            raise DicomError(path, f"cannot decode {_syntax_name(ts)} pixel data ({str(e).splitlines()[0][:160]})") \
+            raise DicomError(path, f"cannot decode {_syntax_name(ts)} pixel data ({' '.join(str(e).split())[:300]})") \
                 from None
         except Exception as e:  # decoder plug-ins raise all sorts of things
             raise DicomError(path, f"cannot decode pixel data ({type(e).__name__}: {str(e)[:120]})") from None
