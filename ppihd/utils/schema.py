@@ -54,6 +54,10 @@ DEFAULTS: Dict[str, Any] = {
         "val_fraction": 0.1,                       # paper: 10 % of series
         "split_seed": 42,                          # reference: 42
         "group_by_patient": False,                 # reference: series-level split
+        "split": "ppihd",                          # ppihd (numpy permutation, round(0.1 n) series) | reference
+                                                   # (sklearn train_test_split(sorted unique SeriesInstanceUIDs,
+                                                   # test_size=val_fraction, random_state=split_seed): the
+                                                   # authors' exact split, ceil(0.1 n) series; docs/deviations.md)
         "num_workers": 2,                          # header scan / cache writer processes
     },
     "DataLoader": {
