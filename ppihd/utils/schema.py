@@ -80,6 +80,10 @@ DEFAULTS: Dict[str, Any] = {
                 "rotate": 0.0,                     # degrees, uniform +-; reference: 180
                 "per_slice": True,                 # reference draws per slice; False = per series
                 "crop_oversize": "pad",            # scale > 1: crop box larger than the image -> pad (zeros) | clamp
+                "crop_sampler": "ppihd",           # ppihd (log-uniform ratio, crop_oversize) | reference (authors'
+                                                   # easymia/torchvision rule: uniform ratio, random w/h swap, boxes
+                                                   # larger than the slice re-drawn <= 10 times, then the centred
+                                                   # min(H, W) square; crop_oversize unused)
             },
             "strong_augment": {                    # FixMatch A(.) for pseudo-labelled series (paper gives no values)
                 "crop_scale": [0.5, 1.0],          # random resized crop: area fraction of the slice
