@@ -147,9 +147,12 @@ DEFAULTS: Dict[str, Any] = {
             "padding_mask": True,                  # False = reference (no key-padding mask)
         },
         "num_classes": 6,
-        "head_init": "default",                    # default (Paddle Linear init, as the reference) | zero (head 1/2
+        "head_init": "default",                    # default (Paddle Linear init; see Arch.init) | zero (head 1/2
                                                    # weights 0: both heads start at head_bias for every input)
         "head_bias": None,                         # None (0) | 6 initial head 1/2 bias logits (e.g. prior logits)
+        "init": "paddle",                          # paddle (Paddle layer defaults) | reference (authors' code:
+                                                   # sequence-encoder Linear weights U(-0.1, 0.1), biases 0; head 1
+                                                   # TruncatedNormal(0.02, cut at +-2 std), bias 0; head 2 default)
     },
     "Loss": {
         "name": "IHDLoss",                         # registered in ppihd.loss.LOSSES
