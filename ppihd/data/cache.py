@@ -75,6 +75,8 @@ def cache_settings(data_cfg: Mapping[str, Any]) -> Dict[str, Any]:
     """The settings that key a cache (JSON-normalised)."""
     s = {k: data_cfg.get(k) for k in SETTINGS_KEYS}
     s["windows"] = [[float(c), float(w)] for c, w in s["windows"]]
+    if data_cfg.get("empty_opening", "keep") != "keep":  # keyed only when not the default: older caches stay valid
+        s["empty_opening"] = data_cfg["empty_opening"]
     s["cache_version"] = CACHE_VERSION
     return json.loads(json.dumps(s))
 

@@ -94,13 +94,20 @@ def black_edge_box(channel: np.ndarray, kernel: int = 5, iterations: int = 3,
     return y0, y1, x0, x1
 
 
+EMPTY_OPENING = ("keep", "zero")
+
+
 def remove_black_edges(img: np.ndarray, kernel: int = 5, iterations: int = 3, inclusive: bool = True,
-                       channel: int = 0) -> np.ndarray:
-    """Crop uint8 [h, w, C] to :func:`black_edge_box` of ``img[..., channel]``; an all-zero slice (no box)
-    is returned whole, so it stays all-zero after resizing."""
+                       channel: int = 0, empty: str = "keep") -> np.ndarray:
+    """Crop uint8 [h, w, C] to :func:`black_edge_box` of ``img[..., channel]``. When the opening leaves nothing
+    (no box), ``empty`` (``Data.empty_opening``) decides: ``keep`` returns the slice whole (an all-zero slice
+    stays all-zero; a slice with only small specks keeps them), ``zero`` returns zeros of the same shape, as the
+    reference code does."""
+    if empty not in EMPTY_OPENING:
+        raise ValueError(f"Data.empty_opening must be one of {EMPTY_OPENING}, got {empty!r}")
     box = black_edge_box(img[..., channel], kernel, iterations, inclusive)
     if box is None:
-        return img
+        return img if empty == "keep" else np.zeros_like(img)
     y0, y1, x0, x1 = box
     return img[y0:y1, x0:x1]
 
@@ -117,17 +124,21 @@ def resize(img: np.ndarray, size: int, interpolation: int = cv2.INTER_LINEAR) ->
 def preprocess_slice(hu: np.ndarray, data_cfg: Mapping[str, Any]) -> np.ndarray:
     """float32 HU [h, w] → uint8 [H, W, 3] (channels in ``Data.windows`` order), H = W = ``Data.image_size``:
     windows, black-edge crop (if ``Data.remove_black_edges``; box from the first window, the brain window in
-    the paper's order), bilinear resize.
+    the paper's order; ``Data.empty_opening`` when the opening leaves nothing), bilinear resize.
 
     Same result as ``resize(remove_black_edges(apply_windows(hu)))``, but the windows being pointwise, only the
     first one is computed on the whole slice and the others inside the crop (faster)."""
     windows = data_cfg.get("windows", DEFAULT_WINDOWS)
     size = int(data_cfg.get("image_size", 224))
+    if data_cfg.get("empty_opening", "keep") not in EMPTY_OPENING:
+        raise ValueError(f"Data.empty_opening must be one of {EMPTY_OPENING}, got {data_cfg.get('empty_opening')!r}")
     if not data_cfg.get("remove_black_edges", True):
         return resize(apply_windows(hu, windows), size)
     first = apply_windows(hu, windows[:1])[..., 0]
     box = black_edge_box(first, int(data_cfg.get("opening_kernel", 5)), int(data_cfg.get("opening_iterations", 3)),
                          bool(data_cfg.get("crop_inclusive", True)))
+    if box is None and data_cfg.get("empty_opening", "keep") == "zero":
+        return np.zeros((size, size, len(windows)), dtype=np.uint8)   # the reference: np.zeros_like, then resized
     y0, y1, x0, x1 = box if box is not None else (0, hu.shape[0], 0, hu.shape[1])
     img = np.empty((y1 - y0, x1 - x0, len(windows)), dtype=np.uint8)
     img[..., 0] = first[y0:y1, x0:x1]

@@ -48,6 +48,8 @@ DEFAULTS: Dict[str, Any] = {
         "opening_kernel": 5,
         "opening_iterations": 3,
         "crop_inclusive": True,                    # False = reference (drops last row/column)
+        "empty_opening": "keep",                   # the opening leaves nothing: keep (the uncropped slice) | zero
+                                                   # (an all-zero slice, as the reference's remove_black_edge)
         "image_size": 224,                         # cache / model input side
         "slice_order": "normal",                   # normal (tilt-aware) | reference (lexicographic x,y,z)
         "max_slices": None,                        # None = no limit; reference: 60
