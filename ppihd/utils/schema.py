@@ -105,6 +105,9 @@ DEFAULTS: Dict[str, Any] = {
         "Eval": {
             "num_workers": 0,
             "batch_series": 1,
+            "pad_to": None,                        # None = series as they are (masked batches) | 60 = the reference's
+                                                   # evaluation: black slices up to 60, backbone + sequence encoder
+                                                   # run on them without a mask (real slices scored only)
         },
     },
     "Arch": {
