@@ -1,4 +1,4 @@
-"""Training augmentation of labelled series (SPEC §5): RandomResizedCrop, flips, optional rotation.
+"""Training augmentation of labelled series (docs/training.md, docs/numbers.md): RandomResizedCrop, flips, optional rotation.
 
 Acts on uint8 ``[S, H, W, 3]`` with a ``numpy.random.Generator`` (the dataset transform contract:
 ``transform(slices, rng) -> slices``) and returns uint8 ``[S, out, out, 3]``.

@@ -1,4 +1,4 @@
-"""Preprocess once, train many times: the per-series uint8 cache and the slice index (SPEC §2).
+"""Preprocess once, train many times: the per-series uint8 cache and the slice index (docs/data.md).
 
 Layout of ``<cache_dir>`` (default ``<Data.root>/cache_<Data.image_size>``)::
 

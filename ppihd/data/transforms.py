@@ -1,4 +1,4 @@
-"""Per-slice preprocessing as small pure functions (SPEC §2): HU → windows → black-edge crop → resize.
+"""Per-slice preprocessing as small pure functions (docs/data.md §2): HU → windows → black-edge crop → resize.
 
     hu = to_hu(raw, slope, intercept, bits_stored, pixel_representation)   # float32 [h, w], HU
     img = apply_windows(hu, [[40, 80], [80, 200], [40, 380]])              # uint8 [h, w, 3]
@@ -20,13 +20,13 @@ from typing import Any, Mapping, Optional, Sequence, Tuple
 import cv2
 import numpy as np
 
-#: SPEC §2.2: (center, width) of the brain, blood/subdural and soft-tissue windows, in HU.
+#: docs/numbers.md: (center, width) of the brain, blood/subdural and soft-tissue windows, in HU.
 DEFAULT_WINDOWS = ((40.0, 80.0), (80.0, 200.0), (40.0, 380.0))
 
 
 # ------------------------------------------------------------------------------------------------- HU
 def needs_intercept_fix(bits_stored: Optional[int], pixel_representation: Optional[int], intercept: float) -> bool:
-    """SPEC §2.1 condition of the corrupt RSNA files: BitsStored 12, unsigned pixels, intercept > -100."""
+    """docs/data.md §2 condition of the corrupt RSNA files: BitsStored 12, unsigned pixels, intercept > -100."""
     return bits_stored == 12 and pixel_representation == 0 and float(intercept) > -100.0
 
 
@@ -35,7 +35,7 @@ def to_hu(raw: np.ndarray, slope: float = 1.0, intercept: float = 0.0, bits_stor
     """Stored values → HU, float32, same shape: ``raw × slope + intercept``.
 
     With ``fix_intercept`` and :func:`needs_intercept_fix` true (the corrupt RSNA files), first
-    ``raw + 1000``, values ≥ 4096 lose 4096, and the intercept becomes -1000 (SPEC §2.1).
+    ``raw + 1000``, values ≥ 4096 lose 4096, and the intercept becomes -1000 (docs/data.md §2).
     """
     if fix_intercept and needs_intercept_fix(bits_stored, pixel_representation, intercept):
         x = raw.astype(np.int32) + 1000
@@ -74,7 +74,7 @@ def black_edge_box(channel: np.ndarray, kernel: int = 5, iterations: int = 3,
                    inclusive: bool = True) -> Optional[Tuple[int, int, int, int]]:
     """Bounding box ``(y0, y1, x0, x1)`` (half-open, for ``img[y0:y1, x0:x1]``) of the non-zero pixels of
     ``channel`` (uint8 [h, w], the brain window) after a morphological opening with a ``kernel``×``kernel``
-    ellipse, ``iterations`` times (SPEC §2.3).
+    ellipse, ``iterations`` times (docs/data.md §2).
 
     ``inclusive=False`` reproduces the reference code, whose box ends one row/column early
     (``y1 = last non-zero row``). Returns None when nothing survives the opening (or the box is empty).
