@@ -103,3 +103,73 @@ def test_build_from_paper_config_and_errors():
         TrainAugment(crop_oversize="mirror")
     with pytest.raises(ValueError, match="interpolation"):
         TrainAugment(interpolation="lanczos9")
+
+
+# --- crop_sampler: reference -----------------------------------------------------------------------------------
+def _reference_get_params(rnd, H, W, scale=(0.8, 1.2), ratio=(3 / 4, 4 / 3)):
+    """The authors' RandomResizedCrop.get_params (easymia/transforms/transforms.py), restated with Python's
+    ``random`` module: an independent implementation to compare the distribution of ppihd's boxes against."""
+    import math
+    for _ in range(10):
+        target = rnd.uniform(*scale) * H * W
+        ar = rnd.uniform(*ratio)
+        w = int(round(math.sqrt(target * ar)))
+        h = int(round(math.sqrt(target / ar)))
+        if rnd.random() < 0.5:
+            w, h = h, w
+        if w <= W and h <= H:
+            return rnd.randint(0, H - h), rnd.randint(0, W - w), h, w
+    side = min(H, W)
+    return (H - side) // 2, (W - side) // 2, side, side
+
+
+def _boxes(draw, n):
+    return np.array([draw() for _ in range(n)], dtype=np.float64)  # rows (y0, x0, h, w)
+
+
+@pytest.mark.parametrize("H,W", [(1000, 1000), (300, 200)])
+def test_reference_sampler_matches_reference_distribution(H, W):
+    import random
+
+    from scipy.stats import ks_2samp
+
+    n = 20000
+    aug = TrainAugment(size=8, crop_sampler="reference", crop_oversize="pad")
+    rng = np.random.default_rng(11)
+    ours = _boxes(lambda: aug.draw(rng, H, W)["box"], n)
+    rnd = random.Random(5)
+    ref = _boxes(lambda: _reference_get_params(rnd, H, W), n)
+    side = min(H, W)
+    fb = lambda b: np.mean((b[:, 2] == side) & (b[:, 3] == side) & (b[:, 0] == (H - side) // 2)
+                           & (b[:, 1] == (W - side) // 2))
+    # every box lies inside the slice (no zero padding in the reference)
+    assert (ours[:, 0] >= 0).all() and (ours[:, 1] >= 0).all()
+    assert (ours[:, 0] + ours[:, 2] <= H).all() and (ours[:, 1] + ours[:, 3] <= W).all()
+    # fraction of centred-square fallbacks: two binomial(20000, ~0.13) samples, sd of the difference ~0.0034
+    assert abs(fb(ours) - fb(ref)) < 0.015
+    if H == W:
+        # closed form (no rounding): an attempt fits iff s <= min(r, 1/r), s ~ U(0.8, 1.2), r ~ U(3/4, 4/3):
+        # p = [0.2^2 / 2 + ln 1.25 - 0.2] / 0.4 / (4/3 - 3/4) = 0.18490; fallback = (1 - p)^10 = 0.1296
+        p = (0.02 + np.log(1.25) - 0.2) / 0.4 / (4 / 3 - 3 / 4)
+        assert abs(fb(ours) - (1 - p) ** 10) < 0.01
+    # ratio and area histograms, and the offsets: same distributions (two-sample KS)
+    stats = {"ratio": (ours[:, 3] / ours[:, 2], ref[:, 3] / ref[:, 2]),
+             "area": (ours[:, 2] * ours[:, 3], ref[:, 2] * ref[:, 3]),
+             "y0": (ours[:, 0], ref[:, 0]), "x0": (ours[:, 1], ref[:, 1])}
+    for name, (a, b) in stats.items():
+        assert ks_2samp(a, b).pvalue > 1e-3, name
+    if H == W:  # on a square slice the swap makes the ratio histogram symmetric in log, unlike U(3/4, 4/3)
+        lr = np.log(ours[:, 3] / ours[:, 2])
+        assert abs(np.mean(lr > 0) - np.mean(lr < 0)) < 0.03
+
+
+def test_reference_sampler_differs_from_clamp():
+    # clamp, the old approximation, gives more whole-slice crops at 224^2 than the reference rule
+    import random
+    rng, rnd = np.random.default_rng(0), random.Random(0)
+    clamp = TrainAugment(size=8, crop_oversize="clamp")
+    full_ref = np.mean([_reference_get_params(rnd, 224, 224)[2:] == (224, 224) for _ in range(10000)])
+    full_clamp = np.mean([clamp.draw(rng, 224, 224)["box"][2:] == (224, 224) for _ in range(10000)])
+    assert 0.10 < full_ref < 0.135 and full_clamp > full_ref + 0.03
+    with pytest.raises(ValueError, match="crop_sampler"):
+        TrainAugment(crop_sampler="torch")

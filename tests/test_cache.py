@@ -236,3 +236,23 @@ def test_kill_9_then_resume(tmp_path, mode):
     pd.testing.assert_frame_equal(a, b)
     for sid in a["series_id"].unique():
         np.testing.assert_array_equal(np.load(series_file(cache, sid)), np.load(series_file(clean["cache_dir"], sid)))
+
+
+def test_build_cache_reference_split(tiny):
+    from sklearn.model_selection import train_test_split
+
+    root, info = tiny
+    summary = build_cache(tiny_cfg(root, split="reference"), progress=False)
+    idx = pd.read_csv(summary["index_file"], dtype={"series_uid": str})
+    _, want = train_test_split(np.array(sorted(info["train"])), test_size=0.34, random_state=42)
+    assert set(idx.loc[idx["split"] == "val", "series_uid"]) == set(want)    # ceil(0.34 * 3) = 2 series
+    assert idx.loc[idx["split"] == "val", "series_uid"].nunique() == 2
+
+
+def test_empty_opening_keys_the_cache_only_when_not_default():
+    from ppihd.data.cache import cache_settings
+    from ppihd.utils.config import load_config
+
+    data = load_config(None, [])["Data"]
+    assert "empty_opening" not in cache_settings(data)            # caches built before the switch stay valid
+    assert cache_settings({**data, "empty_opening": "zero"})["empty_opening"] == "zero"

@@ -81,3 +81,41 @@ def test_split_group_by_patient():
     assert (by_patient == 1).all()
     with pytest.raises(ValueError, match="val_fraction"):
         split_series(tab, 1.0)
+
+
+def _reference_val_uids(uids, test_size=0.1, seed=42):
+    """The authors' preprocessing, restated: a slice table sorted by (series_id, position), ``series_id.unique()``
+    (so the UIDs in sorted order), then sklearn ``train_test_split(..., test_size, random_state)``."""
+    from sklearn.model_selection import train_test_split
+
+    rows = [{"series_id": u, "ImagePos3": float(k)} for u in uids for k in (2, 0, 1)]
+    meta = pd.DataFrame(rows).sample(frac=1.0, random_state=3).sort_values(["series_id", "ImagePos3"])
+    _, val = train_test_split(meta.series_id.unique(), test_size=test_size, random_state=seed)
+    return set(val)
+
+
+def test_split_reference_equals_sklearn_on_sorted_uids():
+    rng = np.random.default_rng(7)
+    uids = [f"ID_{rng.integers(16 ** 9):09x}" for _ in range(23)]          # RSNA-style SeriesInstanceUIDs
+    tab = pd.DataFrame({"series_id": [f"{u[-6:]}-h{i}" for i, u in enumerate(uids)], "series_uid": uids})
+    tab = tab.sample(frac=1.0, random_state=1)                               # input order must not matter
+    sp = split_series(tab, 0.1, seed=42, method="reference")
+    got = set(tab.loc[tab["series_id"].map(sp) == "val", "series_uid"])
+    assert got == _reference_val_uids(uids, 0.1, 42)
+    assert len(got) == 3                                                     # sklearn: ceil(0.1 * 23) = 3
+    assert (sp == "train").sum() == 20 and sorted(sp.index) == sorted(tab["series_id"])
+    # a different seed / fraction is the same call with those arguments
+    sp2 = split_series(tab, 0.3, seed=5, method="reference")
+    assert set(tab.loc[tab["series_id"].map(sp2) == "val", "series_uid"]) == _reference_val_uids(uids, 0.3, 5)
+    # RSNA counts: 21,744 train-folder series -> 2,175 val (Table 2); the ppihd method rounds to 2,174
+    assert int(np.ceil(0.1 * 21744)) == 2175 and int(round(0.1 * 21744)) == 2174
+
+
+def test_split_reference_rejects_bad_combinations():
+    tab = pd.DataFrame({"series_id": ["a", "b", "c"], "series_uid": ["1", "2", "3"], "patient_id": ["p", "q", "r"]})
+    with pytest.raises(ValueError, match="group_by_patient"):
+        split_series(tab, 0.34, group_by_patient=True, method="reference")
+    with pytest.raises(ValueError, match="Data.split"):
+        split_series(tab, 0.34, method="sklearn")
+    with pytest.raises(ValueError, match="series_uid"):
+        split_series(tab[["series_id"]], 0.34, method="reference")

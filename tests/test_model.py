@@ -263,3 +263,31 @@ def test_zero_head_init_with_prior_bias_predicts_the_bias_everywhere():
     assert float(paddle.abs(d.head2.weight).max()) > 0 and float(paddle.abs(d.head2.bias).max()) == 0
     with pytest.raises(ValueError, match="head_bias"):
         make("Arch.head_bias=[0.0, 1.0]")
+
+
+def test_reference_init_distributions():
+    from scipy.stats import truncnorm
+
+    m = make("Arch.init=reference", seed=3)
+    lin = [l for l in m.sequence.encoder.sublayers() if isinstance(l, paddle.nn.Linear)]
+    assert len(lin) == 2 * 6                     # per layer: q, k, v, out projections + the 2 feed-forward layers
+    w = np.concatenate([l.weight.numpy().ravel() for l in lin])
+    assert np.abs(w).max() <= 0.1 and np.abs(w).max() > 0.0999
+    assert abs(w.std() - 0.2 / math.sqrt(12)) < 0.002 and abs(w.mean()) < 0.001     # U(-a, a): sd a / sqrt(3)
+    assert all(np.all(l.bias.numpy() == 0) for l in lin)
+    norms = [l for l in m.sequence.encoder.sublayers() if isinstance(l, paddle.nn.LayerNorm)]
+    assert norms and all(np.all(n.weight.numpy() == 1) and np.all(n.bias.numpy() == 0) for n in norms)
+    h1 = m.head1.weight.numpy().ravel()          # micro: 6 x D weights
+    assert np.abs(h1).max() <= 0.04 + 1e-7 and np.all(m.head1.bias.numpy() == 0)
+    sd = 0.02 * truncnorm(-2, 2).std()           # 0.01759: a normal cut at +-2 sd
+    assert abs(h1.std() - sd) < 0.15 * sd
+    # head 2 keeps Paddle's default (Xavier uniform: bound sqrt(6 / (fan_in + fan_out)), bias 0) in both modes
+    d = m.num_features
+    h2 = m.head2.weight.numpy()
+    assert np.abs(h2).max() <= math.sqrt(6 / (d + 6)) and np.all(m.head2.bias.numpy() == 0)
+    # the default (paddle) differs: Xavier-uniform encoder weights, bound sqrt(6 / (fan_in + fan_out)) per layer
+    p = make(seed=3)
+    q = [l for l in p.sequence.encoder.sublayers() if isinstance(l, paddle.nn.Linear)][0].weight.numpy()
+    assert np.abs(q).max() <= math.sqrt(6 / (2 * d)) and np.abs(q).max() > 0.99 * math.sqrt(6 / (2 * d))
+    with pytest.raises(ValueError, match="Arch.init"):
+        make("Arch.init=xavier")

@@ -1,4 +1,4 @@
-"""Pseudo-label selection on hand-made predictions (SPEC §6)."""
+"""Pseudo-label selection on hand-made predictions (paper eq. 2 and eq. 3 weights)."""
 import os
 import subprocess
 import sys
@@ -105,3 +105,59 @@ def test_cli(tmp_path):
     r = subprocess.run([sys.executable, os.path.join(ROOT, "tools", "pseudo_label.py"), "--pred",
                         str(tmp_path / "sub.csv"), "--out", str(tmp_path / "x.csv")], capture_output=True, text=True)
     assert r.returncode == 2 and "sub.csv" in r.stderr and "series_uid" in r.stderr
+
+
+# --- eq. 3 weights (paper example: ranks 1, 2 with pseudo-labels, 33 without) ---------------------------------
+# hand-worked: w1 = 1 - 3/36 (pseudo group), w2 = 1 - 33/36; inside the group (1 - 1/3) w1 and (1 - 2/3) w1
+# -> 22/36, 11/36, 3/36 (they sum to 1)
+EQ3 = np.array([22, 11, 3]) / 36.0
+THREE = [[("X", "ID_x0", 0, NEG), ("X", "ID_x1", 1, NEG)],
+         [("X", "ID_x0", 0, NEG), ("X", "ID_x1", 1, NEG)],
+         [("X", "ID_x0", 0, NEG), ("X", "ID_x1", 1, NEG[:5] + [0.40])]]   # the rank-33 model doubts slice 1
+
+
+def test_weighted_average_eq3_hand_values():
+    frames = [_pred(r) for r in THREE]
+    avg = average_predictions(frames, ["a", "b", "c"], weights=EQ3)
+    # any on slice 1: (22 * 0.02 + 11 * 0.02 + 3 * 0.40) / 36 = 1.86 / 36 = 0.051667 -> s = 0.948 (dropped);
+    # with 0.01 in a, b: see the CLI test; here only the arithmetic
+    assert avg.loc[1, "any"] == pytest.approx((22 * 0.02 + 11 * 0.02 + 3 * 0.40) / 36)
+    assert avg.loc[0, "any"] == pytest.approx(0.02) and avg.loc[1, "epidural"] == pytest.approx(0.01)
+    eq = average_predictions(frames, ["a", "b", "c"])
+    assert eq.loc[1, "any"] == pytest.approx((0.02 + 0.02 + 0.40) / 3)
+    # weights are normalised; wrong count / negative weights are refused
+    np.testing.assert_allclose(average_predictions(frames, None, weights=EQ3 * 7)[list(LABELS)],
+                               avg[list(LABELS)])
+    with pytest.raises(PseudoLabelError, match="weights"):
+        average_predictions(frames, None, weights=[1, 2])
+    with pytest.raises(PseudoLabelError, match="weights"):
+        average_predictions(frames, None, weights=[1, -1, 1])
+
+
+def test_cli_ranks_groups_select_with_eq3(tmp_path):
+    rows = [list(r) for r in THREE]
+    rows[0] = [("X", "ID_x0", 0, NEG), ("X", "ID_x1", 1, NEG[:5] + [0.01])]
+    rows[1] = [("X", "ID_x0", 0, NEG), ("X", "ID_x1", 1, NEG[:5] + [0.01])]
+    paths = []
+    for k, r in enumerate(rows):
+        paths.append(str(tmp_path / f"p{k}.csv"))
+        _pred(r).to_csv(paths[-1], index=False)
+    tool = [sys.executable, os.path.join(ROOT, "tools", "pseudo_label.py"), "--pred", *paths]
+    # eq. 3: any on slice 1 = (33 * 0.01 + 3 * 0.40) / 36 = 0.0425 -> s = 0.9575 > 0.95: the series is kept
+    r = subprocess.run(tool + ["--ranks", "1", "2", "33", "--groups", "pseudo", "pseudo", "plain",
+                               "--out", str(tmp_path / "w.csv")], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert "kept 1/1 series" in r.stdout and "0.611111, 0.305556, 0.083333" in r.stdout
+    assert read_pseudo_csv(str(tmp_path / "w.csv"))["confidence"].min() == pytest.approx(1 - 0.0425)
+    # equal weights: (0.01 + 0.01 + 0.40) / 3 = 0.14 -> s = 0.86: dropped
+    r = subprocess.run(tool + ["--out", str(tmp_path / "e.csv")], capture_output=True, text=True)
+    assert r.returncode == 0 and "kept 0/1 series" in r.stdout
+    # explicit weights, and mistakes
+    r = subprocess.run(tool + ["--weights", "22", "11", "3", "--out", str(tmp_path / "x.csv")],
+                       capture_output=True, text=True)
+    assert r.returncode == 0 and "kept 1/1 series" in r.stdout
+    r = subprocess.run(tool + ["--ranks", "1", "2", "--out", str(tmp_path / "y.csv")], capture_output=True, text=True)
+    assert r.returncode == 2 and "3 --pred files but 2" in r.stderr
+    r = subprocess.run(tool + ["--ranks", "1", "2", "3", "--weights", "1", "1", "1", "--out", str(tmp_path / "z.csv")],
+                       capture_output=True, text=True)
+    assert r.returncode == 2 and "not both" in r.stderr

@@ -119,3 +119,26 @@ def test_preprocess_slice_equals_plain_composition():
         cfg = dict(CFG, image_size=24, crop_inclusive=inclusive)
         ref = T.resize(T.remove_black_edges(T.apply_windows(hu, cfg["windows"]), 5, 3, inclusive), 24)
         np.testing.assert_array_equal(T.preprocess_slice(hu, cfg), ref)
+
+
+def test_empty_opening_keep_or_zero():
+    # a 64x64 slice of air (-1000 HU) with a 2x2 speck of 100 HU: brain window (40, 80) -> 255 there, 0 elsewhere;
+    # a 5x5 ellipse opening (x3) removes anything narrower than the kernel, so no box survives
+    hu = np.full((64, 64), -1000.0, dtype=np.float32)
+    hu[30:32, 40:42] = 100.0
+    win = T.apply_windows(hu)
+    assert T.black_edge_box(win[..., 0]) is None
+    keep = T.preprocess_slice(hu, {"image_size": 64, "empty_opening": "keep"})
+    np.testing.assert_array_equal(keep, win)                       # same size: the uncropped slice, unchanged
+    assert keep[30, 40, 0] == 255
+    zero = T.preprocess_slice(hu, {"image_size": 32, "empty_opening": "zero"})
+    assert zero.shape == (32, 32, 3) and zero.dtype == np.uint8 and not zero.any()
+    np.testing.assert_array_equal(T.remove_black_edges(win, empty="keep"), win)
+    z = T.remove_black_edges(win, empty="zero")
+    assert z.shape == win.shape and not z.any()                    # the reference: np.zeros_like(img)
+    # a slice with a box is unaffected by the switch
+    hu[10:50, 10:50] = 40.0
+    np.testing.assert_array_equal(T.preprocess_slice(hu, {"image_size": 32, "empty_opening": "zero"}),
+                                  T.preprocess_slice(hu, {"image_size": 32}))
+    with pytest.raises(ValueError, match="empty_opening"):
+        T.preprocess_slice(hu, {"empty_opening": "drop"})

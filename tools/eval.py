@@ -1,6 +1,10 @@
-"""Score a checkpoint on the validation split with the competition metric (SPEC §8).
+"""Score a checkpoint on the validation split with the competition metric (docs/training.md "Validation").
 
     python tools/eval.py -c CONFIG -o Global.pretrained_model=output/x/best_model [--output DIR] [--split val]
+                         [--pad-to 60]
+
+``--pad-to 60`` (= ``-o DataLoader.Eval.pad_to=60``) evaluates as the reference code does: each series padded
+with black slices to 60 and run without a mask (docs/deviations.md "Evaluation padding").
 
 Writes DIR/metrics.json (weighted log loss, per-class log loss and ROC-AUC for head 2 and head 1, the constant-prior
 baseline) and DIR/predictions.csv (one row per slice); DIR defaults to <Global.output_dir>/eval.
@@ -27,10 +31,18 @@ def main(argv=None) -> int:
     add_config_args(p)
     p.add_argument("--output", default=None, help="output folder (default <Global.output_dir>/eval)")
     p.add_argument("--split", default="val", help="split to score (default val)")
+    p.add_argument("--pad-to", type=int, default=None, metavar="N",
+                   help="pad every series with black slices to N and run it without a mask, as the reference "
+                        "(N = 60); default: DataLoader.Eval.pad_to (null = no padding)")
     log = get_logger()
     args, cfg = load_cli_config(p, argv, log)  # also sets the threads, before paddle is imported
     if cfg is None:
         return 2
+    if args.pad_to is not None:
+        if args.pad_to < 1:
+            log.error("--pad-to must be a positive slice count, got %d", args.pad_to)
+            return 2
+        cfg["DataLoader"]["Eval"]["pad_to"] = int(args.pad_to)
     if not cfg["Global"]["pretrained_model"]:
         log.error("Global.pretrained_model is not set: pass -o Global.pretrained_model=PATH "
                   "(e.g. output/demo/best_model)")
@@ -59,7 +71,8 @@ def main(argv=None) -> int:
     os.makedirs(out, exist_ok=True)
     preds = res.pop("predictions")
     write_predictions_csv(preds, os.path.join(out, "predictions.csv"))
-    res.update(split=args.split, checkpoint=cfg["Global"]["pretrained_model"], config=cfg.get("_source_"))
+    res.update(split=args.split, checkpoint=cfg["Global"]["pretrained_model"], config=cfg.get("_source_"),
+               pad_to=cfg["DataLoader"]["Eval"].get("pad_to"))
     with atomic_path(os.path.join(out, "metrics.json")) as tmp, open(tmp, "w", encoding="utf-8") as f:
         json.dump(res, f, indent=1)
     print(format_metrics(res))

@@ -1,10 +1,12 @@
 #!/usr/bin/env python
-"""Select confident test series and write FixMatch pseudo-labels (paper eq. 2, SPEC §6).
+"""Select confident test series and write FixMatch pseudo-labels (paper eq. 2; docs/reproduce.md).
 
     python tools/pseudo_label.py --pred out/a/predictions.csv out/b/predictions.csv \
         --tau-s 0.95 --tau-p 0.5 --out pseudo.csv --train-labels data/rsna/stage_2_train.csv
+    python tools/pseudo_label.py --pred a.csv b.csv c.csv --ranks 1 2 33 --groups pseudo pseudo plain --out pseudo.csv
 
-Several prediction files are averaged (they must cover the same slices). A series is kept only if
+Several prediction files are averaged (they must cover the same slices): equally by default, with the paper's
+eq. 3 weights given --ranks (and --groups), as tools/ensemble.py, or with explicit --weights. A series is kept only if
 max(p, 1-p) > tau_s for every slice and all six classes; labels are p > tau_p. Point a training config's
 ``Data.pseudo_label_csv`` at the output (see configs/fixmatch/).
 """
@@ -16,6 +18,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from ppihd.engine.ensemble import EnsembleInputError, normalise_weights, rank_weights  # noqa: E402
 from ppihd.engine.pseudo_label import (PseudoLabelError, average_predictions, label_distribution_table,  # noqa: E402
                                        read_predictions, select_confident_series, train_label_rates,
                                        write_pseudo_csv)
@@ -28,12 +31,27 @@ def main(argv=None) -> int:
     ap.add_argument("--pred", nargs="+", required=True, help="predictions.csv file(s) from tools/infer.py")
     ap.add_argument("--tau-s", type=float, default=d["tau_s"], help=f"confidence threshold (default {d['tau_s']})")
     ap.add_argument("--tau-p", type=float, default=d["tau_p"], help=f"binarisation threshold (default {d['tau_p']})")
+    ap.add_argument("--ranks", nargs="+", type=float,
+                    help="leaderboard rank of each --pred file (1 = best): eq. 3 weights, as tools/ensemble.py")
+    ap.add_argument("--groups", nargs="+", help="group of each --pred file for eq. 3, e.g. pseudo pseudo plain")
+    ap.add_argument("--weights", nargs="+", type=float, help="explicit weights instead of ranks (normalised)")
     ap.add_argument("--out", required=True, help="pseudo-label CSV to write (Data.pseudo_label_csv)")
     ap.add_argument("--train-labels", default=None, help="stage_2_train.csv, to compare label distributions")
     a = ap.parse_args(argv)
     try:
+        if a.ranks is not None and a.weights is not None:
+            raise PseudoLabelError("give either --ranks (eq. 3) or --weights, not both")
+        if a.groups is not None and a.ranks is None:
+            raise PseudoLabelError("--groups needs --ranks")
+        try:
+            w = (rank_weights(a.ranks, a.groups) if a.ranks is not None
+                 else normalise_weights(a.weights) if a.weights is not None else None)
+        except EnsembleInputError as e:
+            raise PseudoLabelError(str(e)) from None
+        if w is not None and len(w) != len(a.pred):
+            raise PseudoLabelError(f"{len(a.pred)} --pred files but {len(w)} ranks/weights")
         frames = [read_predictions(p) for p in a.pred]
-        pred = average_predictions(frames, a.pred) if len(frames) > 1 else frames[0]
+        pred = average_predictions(frames, a.pred, w) if len(frames) > 1 else frames[0]
         sel = select_confident_series(pred, a.tau_s, a.tau_p)
         rates = None
         if a.train_labels:
@@ -42,7 +60,12 @@ def main(argv=None) -> int:
         print(f"pseudo_label: error: {e}", file=sys.stderr)
         return 2
     write_pseudo_csv(sel.pseudo, a.out)
-    src = f"mean of {len(a.pred)} prediction files" if len(a.pred) > 1 else a.pred[0]
+    if len(a.pred) == 1:
+        src = a.pred[0]
+    elif w is None:
+        src = f"mean of {len(a.pred)} prediction files"
+    else:
+        src = f"weighted mean of {len(a.pred)} prediction files (weights {', '.join(f'{x:.6f}' for x in w)})"
     print(f"pseudo-labels from {src}: tau_s={a.tau_s}, tau_p={a.tau_p}")
     print(f"kept {sel.kept_series}/{sel.n_series} series ({100 * sel.kept_series / max(sel.n_series, 1):.1f} %), "
           f"{sel.kept_slices}/{sel.n_slices} slices")

@@ -31,6 +31,11 @@ class IHDNet(nn.Layer):
             weights 0, so both heads start at the constant ``head_bias`` whatever the features).
         head_bias: initial head 1 / head 2 bias: ``None`` (0) or ``num_classes`` logits, e.g. the training
             prevalences' logits so that training starts from the constant prior.
+        init: ``paddle`` (Paddle's layer defaults: Xavier-uniform ``Linear`` weights, zero biases) |
+            ``reference`` (the authors' code: every ``Linear`` of the sequence encoder -- q/k/v/out projections
+            and both feed-forward layers, in both layers -- weights Uniform(-0.1, 0.1) and biases 0, LayerNorms
+            left at 1 / 0; head 1 weights TruncatedNormal(std 0.02) cut at +-2 std, bias 0; head 2 keeps Paddle's
+            ``Linear`` default as there). Applied before ``head_init`` / ``head_bias``, which override it.
 
     ``forward(images [B, S, 3, H, W] float in [0, 1], mask bool [B, S] | None)``: in ``train()`` mode
     ``{"logits": head 2 [B, S, 6], "aux_logits": head 1 [B, S, 6]}`` (no ``aux_logits`` without deep
@@ -41,7 +46,7 @@ class IHDNet(nn.Layer):
     def __init__(self, backbone: Mapping[str, Any], sequence: Optional[Mapping[str, Any]] = None,
                  inter_slice: bool = True, deep_supervision: bool = True, num_classes: int = 6,
                  pretrained: Optional[str] = None, head_init: str = "default",
-                 head_bias: Optional[Sequence[float]] = None) -> None:
+                 head_bias: Optional[Sequence[float]] = None, init: str = "paddle") -> None:
         super().__init__()
         self.backbone = BACKBONES.build(dict(backbone))
         d = int(self.backbone.num_features)
@@ -52,6 +57,10 @@ class IHDNet(nn.Layer):
         self.head1 = nn.Linear(d, num_classes) if self.deep_supervision else None
         self.sequence = SequenceTransformer(d_model=d, **dict(sequence or {})) if self.inter_slice else None
         self.head2 = nn.Linear(d, num_classes)
+        if init not in ("paddle", "reference"):
+            raise ValueError(f"Arch.init '{init}' unknown; expected paddle | reference")
+        if init == "reference":
+            self._reference_init()
         if head_init not in ("default", "zero"):
             raise ValueError(f"Arch.head_init '{head_init}' unknown; expected default | zero")
         if head_bias is not None and len(head_bias) != self.num_classes:
@@ -67,6 +76,24 @@ class IHDNet(nn.Layer):
         if pretrained:
             from .weights import load_backbone_pretrained
             self.load_report = load_backbone_pretrained(self.backbone, pretrained)
+
+    def _reference_init(self) -> None:
+        """``Arch.init: reference`` (see the class docstring). Paddle 2.x's ``TruncatedNormal`` (the paper's
+        Paddle 2.2) cut at mean +- 2 std; Paddle 3 takes absolute bounds (default +-2), so they are given."""
+        uniform, zero = nn.initializer.Uniform(-0.1, 0.1), nn.initializer.Constant(0.0)
+        if self.sequence is not None:
+            for layer in self.sequence.encoder.sublayers():
+                if isinstance(layer, nn.Linear):
+                    uniform(layer.weight)
+                    if layer.bias is not None:
+                        zero(layer.bias)
+        if self.head1 is not None:
+            try:
+                trunc = nn.initializer.TruncatedNormal(mean=0.0, std=0.02, a=-0.04, b=0.04)
+            except TypeError:  # Paddle 2.x: no bounds argument, cut at +-2 std
+                trunc = nn.initializer.TruncatedNormal(mean=0.0, std=0.02)
+            trunc(self.head1.weight)
+            zero(self.head1.bias)
 
     def slice_features(self, images: paddle.Tensor, mask: Optional[paddle.Tensor] = None) -> paddle.Tensor:
         """images ``[B, S, 3, H, W]`` -> backbone features ``[B, S, D]`` (zeros for padded slices)."""

@@ -1,4 +1,4 @@
-"""Preprocess once, train many times: the per-series uint8 cache and the slice index (SPEC §2).
+"""Preprocess once, train many times: the per-series uint8 cache and the slice index (docs/data.md).
 
 Layout of ``<cache_dir>`` (default ``<Data.root>/cache_<Data.image_size>``)::
 
@@ -75,6 +75,8 @@ def cache_settings(data_cfg: Mapping[str, Any]) -> Dict[str, Any]:
     """The settings that key a cache (JSON-normalised)."""
     s = {k: data_cfg.get(k) for k in SETTINGS_KEYS}
     s["windows"] = [[float(c), float(w)] for c, w in s["windows"]]
+    if data_cfg.get("empty_opening", "keep") != "keep":  # keyed only when not the default: older caches stay valid
+        s["empty_opening"] = data_cfg["empty_opening"]
     s["cache_version"] = CACHE_VERSION
     return json.loads(json.dumps(s))
 
@@ -243,9 +245,11 @@ def build_cache(cfg: Mapping[str, Any], num_workers: Optional[int] = None, progr
                 else:
                     split_of[s.series_id] = "test"
         else:
-            tab = pd.DataFrame({"series_id": [s.series_id for s in ser], "patient_id": [s.key[0] for s in ser]})
+            tab = pd.DataFrame({"series_id": [s.series_id for s in ser], "patient_id": [s.key[0] for s in ser],
+                                "series_uid": [s.key[2] for s in ser]})
             split_of.update(split_series(tab, float(data.get("val_fraction", 0.1)), int(data.get("split_seed", 42)),
-                                         bool(data.get("group_by_patient", False))).to_dict())
+                                         bool(data.get("group_by_patient", False)),
+                                         method=str(data.get("split", "ppihd"))).to_dict())
     all_series = [s for name, ser in parts for s in ser if not (name == "test" and split_of[s.series_id] != "test")]
     seen = set()
     all_series = [s for s in all_series if not (s.series_id in seen or seen.add(s.series_id))]

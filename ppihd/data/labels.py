@@ -1,4 +1,4 @@
-"""RSNA labels (``stage_2_train.csv``) and the train/val split (SPEC §1).
+"""RSNA labels (``stage_2_train.csv``) and the train/val split (docs/data.md).
 
     labels, report = read_labels("data/rsna/stage_2_train.csv")   # DataFrame [images, 6], index = SOP UID
     split = split_series(series_table, val_fraction=0.1, seed=42)  # Series: series_id -> "train" | "val"
@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from typing import List, Optional
+from typing import List, Optional, Sequence
 
 import numpy as np
 import pandas as pd
@@ -94,12 +94,34 @@ def read_labels(path: str) -> "tuple[pd.DataFrame, LabelReport]":
     return wide, rep
 
 
+SPLIT_METHODS = ("ppihd", "reference")
+
+
+def reference_split(series_uids: Sequence[str], val_fraction: float = 0.1, seed: int = 42) -> set:
+    """The authors' split: scikit-learn ``train_test_split(uids, test_size=val_fraction, random_state=seed)``
+    over the **sorted unique SeriesInstanceUIDs** of the training folder (their preprocessing sorts the slice
+    table by series UID, then passes ``series_id.unique()``, i.e. the UIDs in sorted order). Returns the set
+    of validation UIDs. scikit-learn rounds the test count up: ``ceil(0.1 * 21,744) = 2,175`` RSNA series."""
+    from sklearn.model_selection import train_test_split
+
+    uids = np.array(sorted(set(str(u) for u in series_uids)), dtype=object)
+    if len(uids) < 2 or float(val_fraction) == 0.0:
+        return set()
+    _, val = train_test_split(uids, test_size=float(val_fraction), random_state=int(seed))
+    return set(val.tolist())
+
+
 def split_series(series: pd.DataFrame, val_fraction: float = 0.1, seed: int = 42,
-                 group_by_patient: bool = False) -> pd.Series:
+                 group_by_patient: bool = False, method: str = "ppihd") -> pd.Series:
     """Assign each series to ``train`` or ``val``: a seeded random ``val_fraction`` of the series
-    (SPEC §1: 10 %, seed 42, series-consistent). ``series`` has one row per series with columns
-    ``series_id`` and (for ``group_by_patient``) ``patient_id``. With ``group_by_patient`` whole patients
-    are drawn until the validation series reach the target count, so no patient is in both splits.
+    (paper: 10 % of the series, series-consistent; seed 42 as the reference). ``series`` has one row per series
+    with columns ``series_id``, (for ``group_by_patient``) ``patient_id`` and (for ``method="reference"``)
+    ``series_uid``. With ``group_by_patient`` whole patients are drawn until the validation series reach the
+    target count, so no patient is in both splits.
+
+    ``method`` (``Data.split``): ``ppihd`` = ``round(val_fraction * n)`` series from a numpy permutation of the
+    sorted series ids; ``reference`` = :func:`reference_split` (the authors' exact split; series sharing a
+    SeriesInstanceUID go together, as in their table).
 
     Returns a Series indexed by ``series_id`` with values "train" / "val". Deterministic for a given
     seed and set of series (input order does not matter).
@@ -108,6 +130,18 @@ def split_series(series: pd.DataFrame, val_fraction: float = 0.1, seed: int = 42
         raise ValueError(f"Data.val_fraction must be in [0, 1), got {val_fraction}")
     if "series_id" not in series.columns:
         raise ValueError("split_series needs a 'series_id' column")
+    if method not in SPLIT_METHODS:
+        raise ValueError(f"Data.split must be one of {SPLIT_METHODS}, got {method!r}")
+    if method == "reference":
+        if group_by_patient:
+            raise ValueError("Data.split: reference is a series-level split; it cannot be combined with "
+                             "Data.group_by_patient: true")
+        if "series_uid" not in series.columns:
+            raise ValueError("split_series(method='reference') needs a 'series_uid' column")
+        tab = series.drop_duplicates("series_id").sort_values("series_id")
+        val = reference_split(tab["series_uid"].astype(str).tolist(), val_fraction, seed)
+        flags = np.where(tab["series_uid"].astype(str).isin(val), "val", "train")
+        return pd.Series(flags, index=tab["series_id"].to_numpy(), name="split", dtype=object)
     tab = series.drop_duplicates("series_id").sort_values("series_id").reset_index(drop=True)
     n = len(tab)
     out = pd.Series("train", index=tab["series_id"].to_numpy(), name="split", dtype=object)

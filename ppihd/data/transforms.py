@@ -1,4 +1,4 @@
-"""Per-slice preprocessing as small pure functions (SPEC §2): HU → windows → black-edge crop → resize.
+"""Per-slice preprocessing as small pure functions (docs/data.md §2): HU → windows → black-edge crop → resize.
 
     hu = to_hu(raw, slope, intercept, bits_stored, pixel_representation)   # float32 [h, w], HU
     img = apply_windows(hu, [[40, 80], [80, 200], [40, 380]])              # uint8 [h, w, 3]
@@ -20,13 +20,13 @@ from typing import Any, Mapping, Optional, Sequence, Tuple
 import cv2
 import numpy as np
 
-#: SPEC §2.2: (center, width) of the brain, blood/subdural and soft-tissue windows, in HU.
+#: docs/numbers.md: (center, width) of the brain, blood/subdural and soft-tissue windows, in HU.
 DEFAULT_WINDOWS = ((40.0, 80.0), (80.0, 200.0), (40.0, 380.0))
 
 
 # ------------------------------------------------------------------------------------------------- HU
 def needs_intercept_fix(bits_stored: Optional[int], pixel_representation: Optional[int], intercept: float) -> bool:
-    """SPEC §2.1 condition of the corrupt RSNA files: BitsStored 12, unsigned pixels, intercept > -100."""
+    """docs/data.md §2 condition of the corrupt RSNA files: BitsStored 12, unsigned pixels, intercept > -100."""
     return bits_stored == 12 and pixel_representation == 0 and float(intercept) > -100.0
 
 
@@ -35,7 +35,7 @@ def to_hu(raw: np.ndarray, slope: float = 1.0, intercept: float = 0.0, bits_stor
     """Stored values → HU, float32, same shape: ``raw × slope + intercept``.
 
     With ``fix_intercept`` and :func:`needs_intercept_fix` true (the corrupt RSNA files), first
-    ``raw + 1000``, values ≥ 4096 lose 4096, and the intercept becomes -1000 (SPEC §2.1).
+    ``raw + 1000``, values ≥ 4096 lose 4096, and the intercept becomes -1000 (docs/data.md §2).
     """
     if fix_intercept and needs_intercept_fix(bits_stored, pixel_representation, intercept):
         x = raw.astype(np.int32) + 1000
@@ -74,7 +74,7 @@ def black_edge_box(channel: np.ndarray, kernel: int = 5, iterations: int = 3,
                    inclusive: bool = True) -> Optional[Tuple[int, int, int, int]]:
     """Bounding box ``(y0, y1, x0, x1)`` (half-open, for ``img[y0:y1, x0:x1]``) of the non-zero pixels of
     ``channel`` (uint8 [h, w], the brain window) after a morphological opening with a ``kernel``×``kernel``
-    ellipse, ``iterations`` times (SPEC §2.3).
+    ellipse, ``iterations`` times (docs/data.md §2).
 
     ``inclusive=False`` reproduces the reference code, whose box ends one row/column early
     (``y1 = last non-zero row``). Returns None when nothing survives the opening (or the box is empty).
@@ -94,13 +94,20 @@ def black_edge_box(channel: np.ndarray, kernel: int = 5, iterations: int = 3,
     return y0, y1, x0, x1
 
 
+EMPTY_OPENING = ("keep", "zero")
+
+
 def remove_black_edges(img: np.ndarray, kernel: int = 5, iterations: int = 3, inclusive: bool = True,
-                       channel: int = 0) -> np.ndarray:
-    """Crop uint8 [h, w, C] to :func:`black_edge_box` of ``img[..., channel]``; an all-zero slice (no box)
-    is returned whole, so it stays all-zero after resizing."""
+                       channel: int = 0, empty: str = "keep") -> np.ndarray:
+    """Crop uint8 [h, w, C] to :func:`black_edge_box` of ``img[..., channel]``. When the opening leaves nothing
+    (no box), ``empty`` (``Data.empty_opening``) decides: ``keep`` returns the slice whole (an all-zero slice
+    stays all-zero; a slice with only small specks keeps them), ``zero`` returns zeros of the same shape, as the
+    reference code does."""
+    if empty not in EMPTY_OPENING:
+        raise ValueError(f"Data.empty_opening must be one of {EMPTY_OPENING}, got {empty!r}")
     box = black_edge_box(img[..., channel], kernel, iterations, inclusive)
     if box is None:
-        return img
+        return img if empty == "keep" else np.zeros_like(img)
     y0, y1, x0, x1 = box
     return img[y0:y1, x0:x1]
 
@@ -117,17 +124,21 @@ def resize(img: np.ndarray, size: int, interpolation: int = cv2.INTER_LINEAR) ->
 def preprocess_slice(hu: np.ndarray, data_cfg: Mapping[str, Any]) -> np.ndarray:
     """float32 HU [h, w] → uint8 [H, W, 3] (channels in ``Data.windows`` order), H = W = ``Data.image_size``:
     windows, black-edge crop (if ``Data.remove_black_edges``; box from the first window, the brain window in
-    the paper's order), bilinear resize.
+    the paper's order; ``Data.empty_opening`` when the opening leaves nothing), bilinear resize.
 
     Same result as ``resize(remove_black_edges(apply_windows(hu)))``, but the windows being pointwise, only the
     first one is computed on the whole slice and the others inside the crop (faster)."""
     windows = data_cfg.get("windows", DEFAULT_WINDOWS)
     size = int(data_cfg.get("image_size", 224))
+    if data_cfg.get("empty_opening", "keep") not in EMPTY_OPENING:
+        raise ValueError(f"Data.empty_opening must be one of {EMPTY_OPENING}, got {data_cfg.get('empty_opening')!r}")
     if not data_cfg.get("remove_black_edges", True):
         return resize(apply_windows(hu, windows), size)
     first = apply_windows(hu, windows[:1])[..., 0]
     box = black_edge_box(first, int(data_cfg.get("opening_kernel", 5)), int(data_cfg.get("opening_iterations", 3)),
                          bool(data_cfg.get("crop_inclusive", True)))
+    if box is None and data_cfg.get("empty_opening", "keep") == "zero":
+        return np.zeros((size, size, len(windows)), dtype=np.uint8)   # the reference: np.zeros_like, then resized
     y0, y1, x0, x1 = box if box is not None else (0, hu.shape[0], 0, hu.shape[1])
     img = np.empty((y1 - y0, x1 - x0, len(windows)), dtype=np.uint8)
     img[..., 0] = first[y0:y1, x0:x1]

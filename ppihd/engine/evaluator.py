@@ -1,9 +1,15 @@
-"""Validation: run the model over a labelled series dataset and score it with the competition metric (SPEC §8).
+"""Validation: run the model over a labelled series dataset and score it with the competition metric
+(docs/training.md "Validation").
 
     result = evaluate(model, dataset, cfg)          # {"head2": metrics, "head1": metrics | None, ...}
     preds = result["predictions"]                    # per-slice rows (series_id, slice_idx, labels, probabilities)
 
 Slices whose six labels are not all known (``label_mask``) are predicted but not scored.
+
+``DataLoader.Eval.pad_to`` (``None`` = off, the default) reproduces the reference evaluation: every series is
+padded with black (all-zero) slices to that many slices (the reference: 60) and run through the backbone and the
+sequence transformer **without a mask**, so the real slices attend to the black ones; only the real slices are
+scored. A series already longer is run as it is (the reference cannot take it at all).
 """
 from __future__ import annotations
 
@@ -45,10 +51,21 @@ def _sigmoid(x: np.ndarray) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-x))
 
 
+def pad_series_batch(images: np.ndarray, pad_to: int) -> np.ndarray:
+    """``images [B, S, ...]`` -> ``[B, max(S, pad_to), ...]``, the extra slices all zero (black)."""
+    b, s = images.shape[:2]
+    if s >= pad_to:
+        return images
+    out = np.zeros((b, int(pad_to)) + images.shape[2:], dtype=images.dtype)
+    out[:, :s] = images
+    return out
+
+
 def predict_dataset(model: Any, dataset: Any, batch_series: int = 1, max_series: Optional[int] = None,
-                    collate_fn: Optional[Callable] = None, progress: bool = True, desc: str = "eval"
-                    ) -> Dict[str, Any]:
-    """Per-slice probabilities of every real slice.
+                    collate_fn: Optional[Callable] = None, progress: bool = True, desc: str = "eval",
+                    pad_to: Optional[int] = None) -> Dict[str, Any]:
+    """Per-slice probabilities of every real slice. ``pad_to``: see the module docstring (None = the
+    series as they are, padded slices of a batch masked).
 
     Returns ``{"series_id": [N], "slice_idx": int [N], "labels": [N, 6], "label_mask": [N, 6],
     "prob2": [N, 6], "prob1": [N, 6] | None}`` (numpy, float64 probabilities).
@@ -70,9 +87,13 @@ def predict_dataset(model: Any, dataset: Any, batch_series: int = 1, max_series:
         with paddle.no_grad():
             for start in tqdm(range(0, n, batch_series), desc=desc, disable=not progress, leave=False):
                 batch = collate_fn([dataset[i] for i in range(start, min(start + batch_series, n))])
-                images = images_to_tensor(batch["images"])
                 mask_np = np.asarray(batch["mask"], dtype=bool)
-                l2, l1 = forward_heads(m, images, paddle.to_tensor(mask_np))
+                if pad_to:  # the reference: black slices up to pad_to, no mask
+                    images = images_to_tensor(pad_series_batch(np.asarray(batch["images"]), int(pad_to)))
+                    l2, l1 = forward_heads(m, images, None)
+                else:
+                    images = images_to_tensor(batch["images"])
+                    l2, l1 = forward_heads(m, images, paddle.to_tensor(mask_np))
                 l2 = l2.astype("float32").numpy()
                 l1 = l1.astype("float32").numpy() if l1 is not None else None
                 has_head1 = has_head1 and l1 is not None
@@ -123,8 +144,10 @@ def evaluate(model: Any, dataset: Any, cfg: Mapping[str, Any], max_series: Optio
              progress: Optional[bool] = None) -> Dict[str, Any]:
     """Predict ``dataset`` and score it; ``result["predictions"]`` holds the per-slice rows."""
     g = cfg["Global"]
-    preds = predict_dataset(model, dataset, int(cfg["DataLoader"]["Eval"]["batch_series"]), max_series,
-                            collate_fn, bool(g.get("progress_bar", True)) if progress is None else progress)
+    ev = cfg["DataLoader"]["Eval"]
+    preds = predict_dataset(model, dataset, int(ev["batch_series"]), max_series, collate_fn,
+                            bool(g.get("progress_bar", True)) if progress is None else progress,
+                            pad_to=ev.get("pad_to"))
     res = score_predictions(preds, cfg["Metric"]["class_weights"], float(cfg["Metric"]["eps"]), prior)
     res["predictions"] = preds
     return res

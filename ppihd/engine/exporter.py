@@ -23,7 +23,7 @@ from ppihd.utils.fileio import atomic_path
 
 #: Keys of the ``Data`` section that define preprocessing (copied to ``inference.yml``).
 PREPROCESS_KEYS = ("windows", "fix_intercept", "remove_black_edges", "opening_kernel", "opening_iterations",
-                   "crop_inclusive", "image_size", "slice_order")
+                   "crop_inclusive", "empty_opening", "image_size", "slice_order")
 INFERENCE_YML = "inference.yml"
 
 

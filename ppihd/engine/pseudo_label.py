@@ -1,11 +1,11 @@
-"""FixMatch pseudo-label selection (paper §Enhanced modeling, SPEC §6).
+"""FixMatch pseudo-label selection (paper §Enhanced modeling; docs/reproduce.md).
 
 Confidence ``s = max(p, 1 - p)`` per slice and class (eq. 2). A series is kept only if ``s > tau_s`` for ALL
 its slices and all six classes; its pseudo-labels are ``p > tau_p`` (``tau_p = 0.5`` in the paper).
 
 Input: one or more ``predictions.csv`` (tools/infer.py: ``patient_id, study_uid, series_uid, sop_uid,
 slice_idx, position`` + the six probabilities in ``ppihd.LABELS`` order); several files are averaged (the
-"ensemble results" of the paper) and must cover the same slices.
+"ensemble results" of the paper: equal weights, or eq. 3's rank weights) and must cover the same slices.
 
 Output ``pseudo.csv`` (the file ``Data.pseudo_label_csv`` points to), one row per kept slice::
 
@@ -84,16 +84,27 @@ def read_predictions(path: str) -> pd.DataFrame:
     return df
 
 
-def average_predictions(frames: Sequence[pd.DataFrame], paths: Optional[Sequence[str]] = None) -> pd.DataFrame:
-    """Mean of the six probabilities over several prediction tables of the SAME slices (matched by sop_uid).
+def average_predictions(frames: Sequence[pd.DataFrame], paths: Optional[Sequence[str]] = None,
+                        weights: Optional[Sequence[float]] = None) -> pd.DataFrame:
+    """Mean of the six probabilities over several prediction tables of the SAME slices (matched by sop_uid);
+    with ``weights`` (one per table, e.g. eq. 3's from :func:`ppihd.engine.ensemble.rank_weights`; divided by
+    their sum) the weighted mean, i.e. the ensemble's prediction.
 
     The first table's row order and metadata are kept. Raises :class:`PseudoLabelError` naming the file
-    whose slices differ (counts and a few example sop_uids).
+    whose slices differ (counts and a few example sop_uids), or on weights that do not fit.
     """
     paths = list(paths) if paths is not None else [f"input {i + 1}" for i in range(len(frames))]
+    if weights is None:
+        w = np.full(len(frames), 1.0 / len(frames))
+    else:
+        w = np.asarray(weights, dtype=np.float64)
+        if w.shape != (len(frames),) or np.any(w < 0) or not w.sum() > 0:
+            raise PseudoLabelError(f"{len(frames)} prediction files need {len(frames)} non-negative weights "
+                                   f"with a positive sum, got {list(weights)}")
+        w = w / w.sum()
     base = frames[0].set_index("sop_uid", drop=False)
-    acc = base[list(LABELS)].to_numpy(dtype=np.float64).copy()
-    for df, p in zip(frames[1:], paths[1:]):
+    acc = w[0] * base[list(LABELS)].to_numpy(dtype=np.float64)
+    for df, p, wi in zip(frames[1:], paths[1:], w[1:]):
         other = df.set_index("sop_uid")
         missing = base.index.difference(other.index, sort=False)
         extra = other.index.difference(base.index, sort=False)
@@ -101,9 +112,9 @@ def average_predictions(frames: Sequence[pd.DataFrame], paths: Optional[Sequence
             raise PseudoLabelError(
                 f"{p}: {len(other)} slices vs {len(base)} in {paths[0]}; {len(missing)} missing "
                 f"(e.g. {', '.join(map(str, missing[:3]))}), {len(extra)} extra (e.g. {', '.join(map(str, extra[:3]))})")
-        acc += other.reindex(base.index)[list(LABELS)].to_numpy(dtype=np.float64)
+        acc += wi * other.reindex(base.index)[list(LABELS)].to_numpy(dtype=np.float64)
     out = base.reset_index(drop=True).copy()
-    out[list(LABELS)] = acc / len(frames)
+    out[list(LABELS)] = acc
     return out
 
 

@@ -48,12 +48,18 @@ DEFAULTS: Dict[str, Any] = {
         "opening_kernel": 5,
         "opening_iterations": 3,
         "crop_inclusive": True,                    # False = reference (drops last row/column)
+        "empty_opening": "keep",                   # the opening leaves nothing: keep (the uncropped slice) | zero
+                                                   # (an all-zero slice, as the reference's remove_black_edge)
         "image_size": 224,                         # cache / model input side
         "slice_order": "normal",                   # normal (tilt-aware) | reference (lexicographic x,y,z)
         "max_slices": None,                        # None = no limit; reference: 60
         "val_fraction": 0.1,                       # paper: 10 % of series
         "split_seed": 42,                          # reference: 42
         "group_by_patient": False,                 # reference: series-level split
+        "split": "ppihd",                          # ppihd (numpy permutation, round(0.1 n) series) | reference
+                                                   # (sklearn train_test_split(sorted unique SeriesInstanceUIDs,
+                                                   # test_size=val_fraction, random_state=split_seed): the
+                                                   # authors' exact split, ceil(0.1 n) series; docs/deviations.md)
         "num_workers": 2,                          # header scan / cache writer processes
     },
     "DataLoader": {
@@ -76,6 +82,10 @@ DEFAULTS: Dict[str, Any] = {
                 "rotate": 0.0,                     # degrees, uniform +-; reference: 180
                 "per_slice": True,                 # reference draws per slice; False = per series
                 "crop_oversize": "pad",            # scale > 1: crop box larger than the image -> pad (zeros) | clamp
+                "crop_sampler": "ppihd",           # ppihd (log-uniform ratio, crop_oversize) | reference (authors'
+                                                   # easymia/torchvision rule: uniform ratio, random w/h swap, boxes
+                                                   # larger than the slice re-drawn <= 10 times, then the centred
+                                                   # min(H, W) square; crop_oversize unused)
             },
             "strong_augment": {                    # FixMatch A(.) for pseudo-labelled series (paper gives no values)
                 "crop_scale": [0.5, 1.0],          # random resized crop: area fraction of the slice
@@ -95,6 +105,9 @@ DEFAULTS: Dict[str, Any] = {
         "Eval": {
             "num_workers": 0,
             "batch_series": 1,
+            "pad_to": None,                        # None = series as they are (masked batches) | 60 = the reference's
+                                                   # evaluation: black slices up to 60, backbone + sequence encoder
+                                                   # run on them without a mask (real slices scored only)
         },
     },
     "Arch": {
@@ -139,9 +152,12 @@ DEFAULTS: Dict[str, Any] = {
             "padding_mask": True,                  # False = reference (no key-padding mask)
         },
         "num_classes": 6,
-        "head_init": "default",                    # default (Paddle Linear init, as the reference) | zero (head 1/2
+        "head_init": "default",                    # default (Paddle Linear init; see Arch.init) | zero (head 1/2
                                                    # weights 0: both heads start at head_bias for every input)
         "head_bias": None,                         # None (0) | 6 initial head 1/2 bias logits (e.g. prior logits)
+        "init": "paddle",                          # paddle (Paddle layer defaults) | reference (authors' code:
+                                                   # sequence-encoder Linear weights U(-0.1, 0.1), biases 0; head 1
+                                                   # TruncatedNormal(0.02, cut at +-2 std), bias 0; head 2 default)
     },
     "Loss": {
         "name": "IHDLoss",                         # registered in ppihd.loss.LOSSES
