@@ -32,3 +32,15 @@ def require_tool(name: str, package: str = None) -> str:
     if os.environ.get("PPIHD_REQUIRE_TOOLS") == "1":
         pytest.fail(f"{reason}; PPIHD_REQUIRE_TOOLS=1 says every external tool must be present", pytrace=False)
     pytest.skip(reason)
+
+
+@pytest.fixture
+def ppihd_log(caplog):
+    """``caplog`` that also sees the ``ppihd`` logger (which does not propagate to the root logger)."""
+    import logging
+
+    logger = logging.getLogger("ppihd")
+    logger.addHandler(caplog.handler)
+    caplog.set_level(logging.INFO, logger="ppihd")
+    yield caplog
+    logger.removeHandler(caplog.handler)

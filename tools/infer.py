@@ -5,7 +5,8 @@
 
 Writes OUT/studies.csv (one answer per study), OUT/series.csv (every series with its role), OUT/predictions.csv,
 OUT/submission.csv, OUT/skipped.csv, OUT/studies/<study_id>.json and OUT/series/<series_id>.{png,json}.
-Exit status: 0 all input files predicted, 3 some skipped (see skipped.csv), 4 nothing predicted,
+Exit status: 0 all input files predicted, 3 some skipped (see skipped.csv), 4 nothing predicted, 5 outputs could
+not be written (disk full, read-only), 6 another run holds the output folder,
 2 bad command line / config / checkpoint. See docs/inference.md.
 """
 from __future__ import annotations
@@ -66,7 +67,8 @@ def main(argv=None) -> int:
 
     res = run_inference(args.input, args.output, DygraphBackend(model, cfg["Infer"]["batch_series"]),
                         cfg["Data"], cfg["Infer"], num_workers=int(cfg["Data"]["num_workers"]),
-                        progress=bool(cfg["Global"]["progress_bar"]) and not args.no_progress, logger=log)
+                        progress=bool(cfg["Global"]["progress_bar"]) and not args.no_progress, logger=log,
+                        tool="tools/infer.py")
     return int(res["exit_code"])
 
 

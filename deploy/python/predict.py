@@ -7,7 +7,8 @@ Reads MODEL_DIR/inference.yml (preprocessing, labels) and inference.json / infer
 inference.pdiparams (or inference.onnx), and writes the same files as tools/infer.py:
 OUT/studies.csv, OUT/series.csv, OUT/predictions.csv, OUT/submission.csv, OUT/skipped.csv,
 OUT/studies/<study_id>.json, OUT/series/<series_id>.{png,json}.
-Exit status: 0 all input files predicted, 3 some skipped, 4 nothing predicted, 2 bad arguments / model.
+Exit status: 0 all input files predicted, 3 some skipped, 4 nothing predicted, 5 outputs could not be written
+(disk full, read-only), 6 another run holds the output folder, 2 bad arguments / model.
 """
 from __future__ import annotations
 
@@ -92,7 +93,7 @@ def main(argv=None) -> int:
         infer_cfg["save_plots"] = False
     infer_cfg["batch_series"] = 1  # the exported graph takes one series at a time
     res = run_inference(args.input, args.output, backend, data_cfg, infer_cfg, num_workers=args.num_workers,
-                        progress=not args.no_progress, logger=log)
+                        progress=not args.no_progress, logger=log, tool="deploy/python/predict.py")
     return int(res["exit_code"])
 
 

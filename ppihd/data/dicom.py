@@ -39,6 +39,10 @@ except AttributeError:  # pragma: no cover - very old pydicom
     pass
 
 PIXEL_DATA_TAG = 0x7FE00010
+#: Bounds beyond which RescaleSlope / RescaleIntercept cannot describe CT (HU span about -1024 .. 30000):
+#: such a header is rejected instead of turned into a blank image with a confident prediction.
+MAX_ABS_SLOPE = 100.0
+MAX_ABS_INTERCEPT = 65536.0
 DEFLATED_SYNTAX = "1.2.840.10008.1.2.1.99"
 DICOMDIR_SOP_CLASS = "1.2.840.10008.1.3.10"
 UNCOMPRESSED_SYNTAXES = {
@@ -251,6 +255,9 @@ def _pixel_element_check(path: str, fp, ds: Dataset, ts: str, file_size: int) ->
     have = min(length, available)
     if have < expected:
         raise DicomError(path, f"truncated pixel data ({have} of {expected} bytes)")
+    if length > expected + 1:  # + 1: the pad byte of an odd length
+        raise DicomError(path, f"pixel data holds {length} bytes but Rows x Columns x BitsAllocated = {rows} x {cols} "
+                               f"x {bits} needs {expected}: the header does not describe the pixels")
     return value_start
 
 
@@ -329,7 +336,15 @@ def header_from_dataset(ds: Dataset, path: str = "<dataset>") -> SliceHeader:
         raise DicomError(path, f"multi-frame image ({frames} frames) is not supported; export single slices", ident)
     slope = _first_number(ds.get("RescaleSlope", None))
     intercept = _first_number(ds.get("RescaleIntercept", None))
+    if slope is not None and (not np.isfinite(slope) or abs(slope) > MAX_ABS_SLOPE):
+        raise DicomError(path, f"impossible RescaleSlope {ds.get('RescaleSlope')} (expected a finite number, "
+                               f"|slope| <= {MAX_ABS_SLOPE:g})")
+    if intercept is not None and (not np.isfinite(intercept) or abs(intercept) > MAX_ABS_INTERCEPT):
+        raise DicomError(path, f"impossible RescaleIntercept {ds.get('RescaleIntercept')} (expected a finite "
+                               f"number, |intercept| <= {MAX_ABS_INTERCEPT:g})")
     if slope is None or slope == 0:
+        if slope == 0:
+            notes.append("RescaleSlope 0: taken as 1")
         slope = 1.0
     if intercept is None:
         intercept = 0.0

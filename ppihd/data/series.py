@@ -13,6 +13,7 @@ import hashlib
 import multiprocessing as mp
 import os
 import re
+import stat
 import sys
 from dataclasses import dataclass, field
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
@@ -46,26 +47,77 @@ class Series:
 
 
 # ------------------------------------------------------------------------------------------------- scan
+def _kind(mode: int) -> str:
+    """Name of a non-regular file type (for the skip reason)."""
+    for test, name in ((stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISSOCK, "a socket"),
+                       (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device")):
+        if test(mode):
+            return name
+    return "not a regular file"
+
+
 def list_files(inputs: Union[str, Sequence[str]]) -> Tuple[List[str], Skipped]:
-    """All files under ``inputs`` (files and/or folders, any nesting), sorted per folder; hidden files
-    and folders (``.name``) are ignored. Missing inputs and empty folders are returned as skipped."""
+    """All regular files under ``inputs`` (files and/or folders, any nesting), sorted per folder; hidden files
+    and folders (``.name``) are ignored.
+
+    Symlinked folders are followed, each real folder once (a link back up the tree is recorded as a loop);
+    FIFOs, sockets and devices are recorded without being opened (opening a FIFO would wait forever), as are
+    broken links, missing inputs, folders that cannot be read and empty folders. Returns ``(files, skipped)``."""
     if isinstance(inputs, (str, os.PathLike)):
         inputs = [inputs]
     files: List[str] = []
     skipped: Skipped = []
+    seen_dirs: set = set()
+
+    def add_file(path: str, st: os.stat_result) -> None:
+        if stat.S_ISREG(st.st_mode):
+            files.append(path)
+        else:
+            skipped.append((path, f"{_kind(st.st_mode)}, not a file: not opened"))
+
+    def walk(folder: str) -> None:
+        try:
+            st = os.stat(folder)
+        except OSError as e:
+            skipped.append((folder, f"cannot read folder ({e.strerror or e})"))
+            return
+        if (st.st_dev, st.st_ino) in seen_dirs:
+            skipped.append((folder, "symlink loop or second link to a folder already read: not read again"))
+            return
+        seen_dirs.add((st.st_dev, st.st_ino))
+        try:
+            with os.scandir(folder) as it:
+                entries = sorted((e for e in it if not e.name.startswith(".")), key=lambda e: e.name)
+        except OSError as e:
+            skipped.append((folder, f"cannot read folder ({e.strerror or e})"))
+            return
+        if not entries:
+            skipped.append((folder, "empty folder (no files)"))
+        subdirs = []
+        for e in entries:
+            try:
+                est = os.stat(e.path)   # follows links
+            except OSError:
+                skipped.append((e.path, "broken symbolic link" if e.is_symlink() else "cannot stat file"))
+                continue
+            if stat.S_ISDIR(est.st_mode):
+                subdirs.append(e.path)
+            else:
+                add_file(e.path, est)
+        for d in subdirs:
+            walk(d)
+
     for inp in inputs:
         inp = os.fspath(inp)
-        if os.path.isfile(inp):
-            files.append(inp)
-        elif os.path.isdir(inp):
-            for root, dirs, names in os.walk(inp):
-                dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-                names = [n for n in sorted(names) if not n.startswith(".")]
-                files.extend(os.path.join(root, n) for n in names)
-                if not names and not dirs:
-                    skipped.append((root, "empty folder (no files)"))
+        try:
+            st = os.stat(inp)
+        except OSError:
+            skipped.append((inp, "broken symbolic link" if os.path.islink(inp) else "no such file or folder"))
+            continue
+        if stat.S_ISDIR(st.st_mode):
+            walk(inp)
         else:
-            skipped.append((inp, "no such file or folder"))
+            add_file(inp, st)
     return files, skipped
 
 
@@ -243,15 +295,17 @@ def load_slice(header: SliceHeader, data_cfg: Mapping[str, Any]) -> np.ndarray:
     return preprocess_slice(read_hu(header, data_cfg), data_cfg)
 
 
-def load_slabs(series: Series, slabs: Sequence[Sequence[int]], data_cfg: Mapping[str, Any]
-               ) -> Tuple[np.ndarray, Skipped, List[List[int]]]:
+def load_slabs(series: Series, slabs: Sequence[Sequence[int]], data_cfg: Mapping[str, Any],
+               reject_constant: bool = False) -> Tuple[np.ndarray, Skipped, List[List[int]]]:
     """Preprocessed images of ``series``, one per slab: the mean HU of the slab's slices (indices into
     ``series.slices``), then windows, crop and resize as for one slice. A slab of one slice is that slice.
 
     Returns ``(images, skipped, members)``: uint8 [K, H, W, 3] for the K slabs that kept at least one
     readable slice, ``(path, reason)`` of every slice that could not be read (dropped, the others continue),
     and for each returned image the indices of the slices averaged into it. Slices of another size than the
-    slab's first readable one are resized to it (bilinear) before averaging.
+    slab's first readable one are resized to it (bilinear) before averaging. ``reject_constant``: a slice whose
+    HU are all one value (no anatomy: a blank or corrupt image) is skipped with that reason (inference does
+    this; the training cache keeps every labelled slice as the reference does).
     """
     import cv2
 
@@ -265,6 +319,9 @@ def load_slabs(series: Series, slabs: Sequence[Sequence[int]], data_cfg: Mapping
             h = series.slices[i]
             try:
                 hu = read_hu(h, data_cfg)
+                if reject_constant and hu.size and hu.min() == hu.max():
+                    raise DicomError(h.path, f"constant image: every pixel is {float(hu.flat[0]):g} HU (nothing to "
+                                             "read; a blank or corrupt slice)")
             except DicomError as e:
                 skipped.append((e.path, e.reason))
                 continue

@@ -7,7 +7,10 @@ Files written to the output folder (see docs/inference.md):
 - ``skipped.csv``: ``path,reason`` for every input file that got no prediction;
 - ``series/<series_id>.png`` and ``series/<series_id>.json`` (written by :mod:`ppihd.engine.report`).
 
-Rows are appended and flushed series by series, so an interrupted run keeps what it finished.
+Rows are appended and flushed series by series to ``<name>.csv.partial`` (the run's journal); only a run that
+finishes moves them onto ``<name>.csv`` (:meth:`OutputWriter.commit`, one ``os.replace`` each). So a CSV is
+always complete: a killed run, a full disk or a read-only folder leaves the previous run's files or none, and
+the ``.partial`` journal of what it had finished (a failure that the run catches removes it).
 """
 from __future__ import annotations
 
@@ -31,6 +34,10 @@ EXIT_OK = 0            # every input file was predicted
 EXIT_USAGE = 2         # bad command line / config / model (argparse also uses 2)
 EXIT_SKIPPED = 3       # some input files were skipped (see skipped.csv); the rest were predicted
 EXIT_NOTHING = 4       # no input file could be predicted (no readable CT slice at all)
+EXIT_OUTPUT = 5        # the outputs could not be written (disk full, read-only folder, no permission)
+EXIT_BUSY = 6          # another run holds the output folder (its lock names the process)
+
+PARTIAL = ".partial"   # suffix of the journal files of a run in progress
 
 
 def submission_id(sop_uid: str) -> str:
@@ -75,22 +82,51 @@ class OutputWriter:
         self.n_series = 0
         for name, cols in (("predictions", PRED_COLUMNS), ("submission", SUBMISSION_COLUMNS),
                            ("skipped", SKIPPED_COLUMNS)):
-            f = open(os.path.join(self.out_dir, f"{name}.csv"), "w", newline="", encoding="utf-8")
+            f = open(self.path(name) + PARTIAL, "w", newline="", encoding="utf-8")
             w = csv.writer(f)
             w.writerow(cols)
             self._files[name], self._writers[name] = f, w
+
+    def path(self, name: str) -> str:
+        """The final path of one of the CSVs (``predictions``, ``submission``, ``skipped``)."""
+        return os.path.join(self.out_dir, f"{name}.csv")
 
     # -- context manager -------------------------------------------------------------------------------
     def __enter__(self) -> "OutputWriter":
         return self
 
-    def __exit__(self, *exc) -> None:
-        self.close()
+    def __exit__(self, exc_type, *exc) -> None:
+        if exc_type is None:
+            self.commit()
+        else:
+            self.abort()
 
     def close(self) -> None:
         for f in self._files.values():
             if not f.closed:
                 f.close()
+
+    def commit(self) -> None:
+        """Close the journal and move each ``.partial`` onto its final name (flushed to disk first)."""
+        for f in self._files.values():
+            if not f.closed:
+                f.flush()
+                os.fsync(f.fileno())
+        self.close()
+        for name in self._files:
+            os.replace(self.path(name) + PARTIAL, self.path(name))
+
+    def abort(self) -> None:
+        """Close and delete the journal: the final CSVs stay as they were (a previous run's, or none)."""
+        try:
+            self.close()
+        except OSError:  # a full disk fails the last flush too
+            pass
+        for name in self._files:
+            try:
+                os.remove(self.path(name) + PARTIAL)
+            except OSError:
+                pass
 
     def _flush(self) -> None:
         for f in self._files.values():
@@ -159,12 +195,25 @@ def read_predictions(out_dir: str):
 
 
 def unaccounted(inputs: Sequence[str], writer: OutputWriter) -> List[str]:
-    """Input files (as listed by ``ppihd.data.series.list_files``: hidden ``.name`` files and folders are
-    ignored) that are in neither predictions nor skipped. Should be empty; used as a safety net."""
-    from ppihd.data.series import list_files
-
-    files, _ = list_files(list(inputs))
-    return [f for f in files if os.path.abspath(f) not in writer._seen]
+    """Input files that are in neither predictions nor skipped. Should be empty; a safety net that lists the
+    inputs its own way (``os.walk`` following links, each real folder once; hidden ``.name`` entries ignored as
+    by the scanner), independent of the scanner's :func:`ppihd.data.series.list_files`."""
+    found: List[str] = []
+    for inp in inputs:
+        if not os.path.isdir(inp):
+            if os.path.lexists(inp):
+                found.append(inp)
+            continue
+        real = set()
+        for root, dirs, names in os.walk(inp, followlinks=True):
+            key = os.path.realpath(root)
+            if key in real:
+                dirs[:] = []
+                continue
+            real.add(key)
+            dirs[:] = [d for d in dirs if not d.startswith(".")]
+            found.extend(os.path.join(root, n) for n in names if not n.startswith("."))
+    return [f for f in found if os.path.abspath(f) not in writer._seen]
 
 
 def series_rows(series: Any, keep: Optional[Sequence[int]] = None) -> List[Dict[str, Any]]:

@@ -12,15 +12,17 @@ write ``predictions.csv`` / ``submission.csv`` / ``skipped.csv`` / per-series PN
 """
 from __future__ import annotations
 
+import errno
 import logging
 import os
+import shutil
 import traceback
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
 from ppihd import LABELS
-from ppihd.engine.outputs import OutputWriter, series_rows, unaccounted
+from ppihd.engine.outputs import EXIT_BUSY, EXIT_OUTPUT, OutputWriter, series_rows, unaccounted
 from ppihd.engine import report
 
 _log = logging.getLogger("ppihd")
@@ -375,9 +377,60 @@ def _log_inputs(inputs: Sequence[str], headers: Sequence[Any], log: logging.Logg
             log.error("input %s: not a readable DICOM CT image (the reason is in skipped.csv)", inp)
 
 
+#: errno values of a write that cannot succeed however often it is tried (-> EXIT_OUTPUT)
+_WRITE_ERRNOS = {errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EPERM, errno.EFBIG, getattr(errno, "EDQUOT", -1)}
+
+
 def run_inference(inputs: Sequence[str], out_dir: str, backend: Backend, data_cfg: Mapping[str, Any],
                   infer_cfg: Mapping[str, Any], num_workers: int = 0, progress: bool = True,
-                  logger: Optional[logging.Logger] = None) -> Dict[str, Any]:
+                  logger: Optional[logging.Logger] = None, tool: str = "ppihd inference") -> Dict[str, Any]:
+    """Predict the CT studies found under ``inputs`` and write the outputs to ``out_dir``, holding its lock
+    (:class:`ppihd.utils.runlock.RunLock`) and keeping its ``run.json`` (running → complete | failed).
+
+    A second run into the same folder returns :data:`~ppihd.engine.outputs.EXIT_BUSY` naming the first; a disk
+    that is full or read-only returns :data:`~ppihd.engine.outputs.EXIT_OUTPUT` with one ERROR line naming the
+    path and the free space, the previous run's CSVs left as they were. The rest: :func:`_predict_studies`.
+    """
+    from ppihd.utils.runlock import LockError, RunLock, write_marker
+
+    log = logger or _log
+    out = os.path.abspath(out_dir)
+    failed = {"num_series": 0, "num_studies": 0, "num_predicted": 0, "num_skipped": 0, "out_dir": out}
+    try:
+        lock = RunLock(out, tool).acquire()
+    except LockError as e:
+        log.error("%s", e)
+        return dict(failed, exit_code=EXIT_BUSY)
+    except OSError as e:
+        log.error("cannot write to the output folder %s: %s", out, e.strerror or e)
+        return dict(failed, exit_code=EXIT_OUTPUT)
+    try:
+        write_marker(out, "running", tool=tool, inputs=[str(i) for i in inputs])
+        result = _predict_studies(inputs, out, backend, data_cfg, infer_cfg, num_workers, progress, log)
+        write_marker(out, "complete", tool=tool, **{k: v for k, v in result.items() if k != "out_dir"})
+        return result
+    except OSError as e:
+        if e.errno not in _WRITE_ERRNOS:
+            raise
+        where = e.filename or out
+        try:
+            free = f"{shutil.disk_usage(out).free / 2 ** 20:.1f} MB free"
+        except OSError:  # pragma: no cover
+            free = "free space unknown"
+        log.error("cannot write %s: %s (%s); the previous outputs in %s are unchanged", where,
+                  e.strerror or e, free, out)
+        try:
+            write_marker(out, "failed", tool=tool, error=f"{where}: {e.strerror or e}")
+        except OSError:
+            pass
+        return dict(failed, exit_code=EXIT_OUTPUT)
+    finally:
+        lock.release()
+
+
+def _predict_studies(inputs: Sequence[str], out_dir: str, backend: Backend, data_cfg: Mapping[str, Any],
+                     infer_cfg: Mapping[str, Any], num_workers: int, progress: bool,
+                     log: logging.Logger) -> Dict[str, Any]:
     """Predict the CT studies found under ``inputs`` and write the outputs to ``out_dir``.
 
     Every series is given its role (:func:`ppihd.data.study.plan_studies`); the usable ones (or only each
@@ -399,7 +452,6 @@ def run_inference(inputs: Sequence[str], out_dir: str, backend: Backend, data_cf
     from ppihd.data.study import plan_studies
     from ppihd.engine.studies import SeriesResult, write_studies
 
-    log = logger or _log
     inputs = [str(i) for i in inputs]
     threshold = float(infer_cfg.get("threshold", 0.5))
     chunk = infer_cfg.get("chunk_slices")
@@ -455,7 +507,7 @@ def run_inference(inputs: Sequence[str], out_dir: str, backend: Backend, data_cf
                 series = m.series
                 try:
                     groups = m.slabs or [[i] for i in range(len(series))]
-                    arr, bad, members = load_slabs(series, groups, data_cfg)
+                    arr, bad, members = load_slabs(series, groups, data_cfg, reject_constant=True)
                     writer.add_skipped_many((str(p), str(r)) for p, r in bad)
                     keep = [i for g in members for i in g]
                     image_of = np.repeat(np.arange(len(members)), [len(g) for g in members])
@@ -509,6 +561,10 @@ def run_inference(inputs: Sequence[str], out_dir: str, backend: Backend, data_cf
             writer.add_skipped(path, "not a readable DICOM file (ignored by the scan)")
         try:
             write_studies(writer.out_dir, studies, results, infer_cfg)
+        except OSError as e:
+            if e.errno in _WRITE_ERRNOS:   # a full disk stops the run (run_inference)
+                raise
+            log.error("studies.csv / series.csv could not be written: %s\n%s", e, traceback.format_exc(limit=3))
         except Exception as e:  # the per-slice CSVs are complete either way
             log.error("studies.csv / series.csv could not be written: %s\n%s", e, traceback.format_exc(limit=3))
         result = {"exit_code": writer.exit_code(), "num_series": writer.n_series, "num_studies": len(studies),
@@ -539,5 +595,9 @@ def _write_report(series_dir: str, plan: Any, rows: List[Dict[str, Any]], probs:
             report.plot_series(os.path.join(series_dir, f"{plan.series_id}.png"), probs, brain=brain,
                                title=_title(plan), threshold=threshold, key_slices=n_keys,
                                positions=[r["position"] for r in rows])
+    except OSError as e:
+        if e.errno in _WRITE_ERRNOS:   # a full disk stops the run (run_inference)
+            raise
+        log.warning("series %s: report failed: %s", plan.series_id, e)
     except Exception as e:  # a failed picture never loses the predictions
         log.warning("series %s: report failed: %s", plan.series_id, e)
