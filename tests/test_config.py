@@ -75,3 +75,34 @@ def test_registry():
     assert reg.build({"name": "Foo", "a": 3}).a == 3
     with pytest.raises(KeyError, match="known widgets: Foo"):
         reg.build({"name": "Bar"})
+
+
+# ------------------------------------------------------------------ keys whose default is null (issue 17)
+def _null_defaults(tree, prefix=""):
+    for k, v in tree.items():
+        if isinstance(v, dict):
+            yield from _null_defaults(v, f"{prefix}{k}.")
+        elif v is None:
+            yield f"{prefix}{k}"
+
+
+def test_every_null_default_has_a_declared_type():
+    from ppihd.utils.schema import DEFAULTS, NULLABLE_TYPES
+
+    assert sorted(_null_defaults(DEFAULTS)) == sorted(NULLABLE_TYPES)
+
+
+def test_null_default_keys_name_the_key_and_type_on_a_bad_value():
+    from ppihd.utils.config import ConfigError, load_config
+    from ppihd.utils.schema import NULLABLE_TYPES
+
+    good = {str: "some/path", int: 3, float: 0.5, ("list", int): "[2, 2]", ("list", float): "[0.5, 1]"}
+    want = {str: "str", int: "int", float: "a number", ("list", int): "a list of int",
+            ("list", float): "a list of float"}
+    for key, spec in NULLABLE_TYPES.items():
+        bad = "[1, 2]" if spec is str else "abc"
+        with pytest.raises(ConfigError) as e:
+            load_config(None, [f"{key}={bad}"])
+        assert f"'{key}' expects {want[spec]} or null" in str(e.value), str(e.value)
+        load_config(None, [f"{key}={good[spec]}"])
+        load_config(None, [f"{key}=null"])

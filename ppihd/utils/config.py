@@ -15,7 +15,7 @@ from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence
 
 import yaml
 
-from .schema import DEFAULTS, OPEN_SECTIONS
+from .schema import DEFAULTS, NULLABLE_TYPES, OPEN_SECTIONS
 from .fileio import atomic_path
 
 BASE_KEY = "_base_"
@@ -106,6 +106,24 @@ def _type_ok(default: Any, value: Any) -> bool:
     return isinstance(value, type(default))
 
 
+def _scalar_ok(kind: type, value: Any) -> bool:
+    if isinstance(value, bool):
+        return False
+    return isinstance(value, (int, float)) if kind is float else isinstance(value, kind)
+
+
+def _nullable_ok(spec: Any, value: Any) -> bool:
+    """``value`` fits a :data:`~ppihd.utils.schema.NULLABLE_TYPES` entry."""
+    if isinstance(spec, tuple):
+        return isinstance(value, (list, tuple)) and all(_scalar_ok(spec[1], v) for v in value)
+    return _scalar_ok(spec, value)
+
+
+def _describe(spec: Any) -> str:
+    return f"a list of {spec[1].__name__}" if isinstance(spec, tuple) else ("a number" if spec is float
+                                                                             else spec.__name__)
+
+
 def validate(cfg: Mapping[str, Any], schema: Mapping[str, Any] = DEFAULTS, source: str = "config") -> None:
     """Raise :class:`ConfigError` for any key not in the schema or any value of the wrong type."""
     known = _known_paths(schema)
@@ -122,6 +140,9 @@ def validate(cfg: Mapping[str, Any], schema: Mapping[str, Any] = DEFAULTS, sourc
                 if not isinstance(v, Mapping):
                     raise ConfigError(f"{source}: '{path}' must be a mapping with keys {sorted(d)}, got {v!r}")
                 walk(v, d, path + ".")
+            elif d is None and v is not None and path in NULLABLE_TYPES and not _nullable_ok(NULLABLE_TYPES[path], v):
+                raise ConfigError(f"{source}: '{path}' expects {_describe(NULLABLE_TYPES[path])} or null "
+                                  f"(default null), got {type(v).__name__} {v!r}")
             elif not _type_ok(d, v):
                 raise ConfigError(
                     f"{source}: '{path}' expects {type(d).__name__} (default {d!r}), got {type(v).__name__} {v!r}")
