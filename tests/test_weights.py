@@ -233,3 +233,27 @@ def test_convert_tool_writes_loadable_pdparams(tmp_path):
 def test_swin_v2_checkpoint_rejected():
     with pytest.raises(WeightLoadError, match="V2"):
         convert_torch_swin({"layers.0.blocks.0.attn.cpb_mlp.0.weight": np.zeros((2, 2), "float32")})
+
+
+def test_npz_weights_round_trip_without_pickle(tmp_path):
+    """save_weights_npz writes plain arrays; load_weights reads them with allow_pickle=False into an equal model,
+    and an .npz holding an object array (a pickle) is refused."""
+    import numpy as np
+    import paddle
+
+    from ppihd.utils.checkpoint import load_weights, save_weights_npz
+    from infer_utils import tiny_model
+
+    _, a = tiny_model(seed=0)
+    _, b = tiny_model(seed=1)
+    p = save_weights_npz(a, str(tmp_path / "w.npz"))
+    with np.load(p, allow_pickle=False) as z:
+        assert sorted(z.files) == sorted(a.state_dict())
+    load_weights(b, p)
+    for k, v in a.state_dict().items():
+        np.testing.assert_array_equal(b.state_dict()[k].numpy(), v.numpy())
+    x = paddle.rand([1, 3, 3, 64, 64])
+    np.testing.assert_array_equal(a(x).numpy(), b(x).numpy())
+    np.savez(tmp_path / "evil.npz", payload=np.array([{"a": 1}], dtype=object))
+    with pytest.raises(ValueError, match="not a plain-array .npz"):
+        load_weights(b, str(tmp_path / "evil.npz"))

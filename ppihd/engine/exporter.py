@@ -216,6 +216,10 @@ def export_model(model: Any, cfg: Mapping[str, Any], save_dir: Optional[str] = N
     files = export_paddle(model, save_dir, size)
     if cfg["Export"].get("bf16"):
         files.update(export_paddle_bf16(model, save_dir, size, bool(cfg["Export"].get("bf16_kernels", True))))
+    if cfg["Export"].get("npz"):   # the dygraph weights in a format that is not a pickle (safe to share)
+        from ppihd.utils.checkpoint import save_weights_npz
+
+        files["npz_file"] = save_weights_npz(model, os.path.join(save_dir, "weights.npz"))
     want_onnx = cfg["Export"]["onnx"] if onnx is None else onnx
     if want_onnx:
         files["onnx_file"] = export_onnx(files["model_file"], files["params_file"],

@@ -194,15 +194,36 @@ def load_checkpoint(prefix: str, model: Any, optimizer: Any = None, scheduler: A
     return state
 
 
-def load_weights(model: Any, path: str, strict: bool = True) -> Dict[str, Any]:
-    """Load model weights from a ``.pdparams`` file, its prefix, or a checkpoint prefix / manifest.
+def save_weights_npz(model: Any, path: str) -> str:
+    """The model's weights as a numpy ``.npz`` (one float array per state-dict key): a format that loads with
+    ``allow_pickle=False``, so it can come from anyone (a ``.pdparams`` is a pickle: docs/inference.md)."""
+    arrays = {k: np.asarray(v.numpy()) for k, v in model.state_dict().items()}
+    with atomic_path(path, ".npz") as tmp:
+        np.savez(tmp, **arrays)
+    return path
 
+
+def load_weights(model: Any, path: str, strict: bool = True) -> Dict[str, Any]:
+    """Load model weights from a ``.pdparams`` file, its prefix, a checkpoint prefix / manifest, or a ``.npz``
+    of :func:`save_weights_npz`.
+
+    A ``.pdparams`` (and a checkpoint) is a Python pickle: loading it can run code, so load only files from a
+    source you trust; a ``.npz`` is read with ``allow_pickle=False`` (plain arrays only).
     Accepts a plain state dict or one nested under ``model`` / ``state_dict``. ``strict`` raises on missing keys
     (naming the file and a few keys); unexpected keys are reported in the returned ``{"missing", "unexpected"}``.
     """
     import paddle
 
     p = str(path)
+    if p.endswith(".npz"):
+        if not os.path.isfile(p):
+            raise FileNotFoundError(f"{path}: weights not found")
+        try:
+            with np.load(p, allow_pickle=False) as z:
+                state = {k: z[k] for k in z.files}
+        except ValueError as e:
+            raise ValueError(f"{p}: not a plain-array .npz ({e})") from None
+        return _set_weights(model, state, p, strict)
     if not os.path.isfile(p) and os.path.isfile(p + ".pdparams"):
         p = p + ".pdparams"
     elif p.endswith(".json") and os.path.isfile(p):
@@ -215,6 +236,10 @@ def load_weights(model: Any, path: str, strict: bool = True) -> Dict[str, Any]:
     for k in ("model", "state_dict"):
         if isinstance(state, dict) and k in state and isinstance(state[k], dict):
             state = state[k]
+    return _set_weights(model, state, p, strict)
+
+
+def _set_weights(model: Any, state: Mapping[str, Any], p: str, strict: bool) -> Dict[str, Any]:
     own = model.state_dict()
     missing = [k for k in own if k not in state]
     unexpected = [k for k in state if k not in own]

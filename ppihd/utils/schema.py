@@ -212,6 +212,8 @@ DEFAULTS: Dict[str, Any] = {
     },
     "Export": {                                    # tools/export_model.py
         "onnx": False,                             # also write inference.onnx (paddle2onnx, --optimize_tool None)
+        "npz": False,                              # also write weights.npz: the dygraph weights as plain arrays, which
+                                                   # -o Global.pretrained_model=weights.npz loads without unpickling
         "opset_version": 13,                       # ONNX opset
         "bf16": False,                             # also write inference_stem + inference_body: the programs of
                                                    # deploy/python/predict.py --precision bf16 (fp32 stem, bf16 rest)
