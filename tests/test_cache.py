@@ -256,3 +256,60 @@ def test_empty_opening_keys_the_cache_only_when_not_default():
     data = load_config(None, [])["Data"]
     assert "empty_opening" not in cache_settings(data)            # caches built before the switch stay valid
     assert cache_settings({**data, "empty_opening": "zero"})["empty_opening"] == "zero"
+
+
+# --------------------------------------------------------------------------- the cache verifies itself
+def test_rebuild_redoes_every_series_even_with_the_same_settings(tiny):
+    root, _ = tiny
+    cfg = tiny_cfg(root)
+    assert build_cache(cfg, progress=False)["series_processed_now"] == 4
+    assert build_cache(cfg, progress=False)["series_processed_now"] == 0       # finished series are reused
+    assert build_cache(cfg, progress=False, rebuild=True)["series_processed_now"] == 4
+
+
+def test_corrupt_settings_json_says_so(tiny):
+    root, _ = tiny
+    cfg = tiny_cfg(root)
+    build_cache(cfg, progress=False)
+    path = os.path.join(resolve_cache_dir(cfg), "settings.json")
+    with open(path, "w") as f:
+        f.write('{"image_size": 12')        # cut mid-write by hand
+    with pytest.raises(CacheError, match=r"settings.json is corrupt .*--rebuild"):
+        build_cache(cfg, progress=False)
+    assert build_cache(cfg, progress=False, rebuild=True)["series_processed_now"] == 4
+
+
+def _flip_one_byte(path):
+    """Change one pixel byte in place, keeping the file's size (what bit rot or a bad copy does)."""
+    size = os.path.getsize(path)
+    with open(path, "r+b") as f:
+        f.seek(size - 7)
+        b = f.read(1)
+        f.seek(size - 7)
+        f.write(bytes([b[0] ^ 0x5A]))
+    assert os.path.getsize(path) == size
+
+
+def test_corrupt_npy_of_the_same_size_is_caught(tiny):
+    """The record's CRC-32 equals zlib's over the array bytes (computed here independently); a byte changed in
+    place is refused by the training dataset naming the file, and preprocessing redoes that series only."""
+    import zlib
+
+    from ppihd.data.dataset import SeriesDataset
+
+    root, _ = tiny
+    cfg = tiny_cfg(root)
+    build_cache(cfg, progress=False)
+    cache = resolve_cache_dir(cfg)
+    ds = SeriesDataset(cfg, "train")
+    sid = ds.items[0]["series_id"]
+    npy = series_file(cache, sid)
+    with open(os.path.join(cache, "series", f"{sid}.json")) as f:
+        rec = json.load(f)
+    assert rec["crc32"] == f"{zlib.crc32(np.load(npy).tobytes()) & 0xFFFFFFFF:08x}"
+    ds[0]                                          # intact: loads
+    _flip_one_byte(npy)
+    with pytest.raises(CacheError, match=rf"{sid}\.npy is corrupt .*re-run tools/preprocess.py"):
+        SeriesDataset(cfg, "train")[0]
+    assert build_cache(cfg, progress=False)["series_processed_now"] == 1
+    SeriesDataset(cfg, "train")[0]

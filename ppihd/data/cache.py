@@ -5,7 +5,7 @@ Layout of ``<cache_dir>`` (default ``<Data.root>/cache_<Data.image_size>``)::
     settings.json          preprocessing settings the cache was built with (a mismatch is refused)
     config.yaml            the resolved config of the last run
     series/<series_id>.npy uint8 [S, H, W, 3] per series, memory-mappable (np.load(..., mmap_mode="r"))
-    series/<series_id>.json per-series record: slice SOP UIDs in order and each slice's status
+    series/<series_id>.json per-series record: slice SOP UIDs in order, each slice's status, the array's CRC-32
     index.csv              one row per slice (INDEX_COLUMNS)
     errors.csv             path, reason for every file or slice left out
     summary.json           counts of the last run
@@ -22,6 +22,7 @@ import json
 import logging
 import os
 import time
+import zlib
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
@@ -110,28 +111,52 @@ def clean_stray_temps(cache_dir: str) -> List[str]:
 
 
 def check_settings(cache_dir: str, settings: Mapping[str, Any], rebuild: bool = False) -> None:
-    """Write ``settings.json`` into a new cache; refuse a cache built with other settings
-    (:class:`CacheError` naming the differing keys) unless ``rebuild``, which empties ``series/``."""
+    """Write ``settings.json`` into a new cache; refuse a cache built with other settings (:class:`CacheError`
+    naming the differing keys) or whose ``settings.json`` is corrupt, unless ``rebuild``, which always empties
+    ``series/`` (every series is preprocessed again)."""
     os.makedirs(os.path.join(cache_dir, "series"), exist_ok=True)
     path = os.path.join(cache_dir, "settings.json")
-    if os.path.isfile(path):
+    if os.path.isfile(path) and not rebuild:
         try:
             with open(path, encoding="utf-8") as f:
                 old = json.load(f)
-        except (OSError, ValueError):
-            old = {}
+            if not isinstance(old, dict):
+                raise ValueError(f"a JSON {type(old).__name__}, not an object")
+        except (OSError, ValueError) as e:
+            raise CacheError(f"{path} is corrupt ({e}), so what this cache holds is unknown: --rebuild to delete "
+                             "and redo it, or use another Data.cache_dir") from None
         diff = sorted(k for k in set(old) | set(settings) if old.get(k) != settings.get(k))
-        if diff and not rebuild:
+        if diff:
             detail = "; ".join(f"{k}: cache {old.get(k)!r} vs config {settings.get(k)!r}" for k in diff)
             raise CacheError(f"{cache_dir} was built with other preprocessing settings ({detail}). "
                              "Use another Data.cache_dir, or --rebuild to delete and redo this cache.")
-        if diff:
-            for p in glob.glob(os.path.join(cache_dir, "series", "*")):
-                os.remove(p)
-            log.warning("rebuilding %s: settings changed (%s)", cache_dir, ", ".join(diff))
-        elif not rebuild:
-            return
+        return
+    if rebuild:
+        gone = glob.glob(os.path.join(cache_dir, "series", "*"))
+        for p in gone:
+            os.remove(p)
+        log.warning("rebuilding %s (--rebuild): %d cached files deleted", cache_dir, len(gone))
     atomic_write_text(path, json.dumps(dict(settings), indent=2))
+
+
+def array_checksum(arr: np.ndarray) -> str:
+    """CRC-32 of an array's bytes (C order), 8 hex digits: recorded per series, checked when it is read."""
+    return f"{zlib.crc32(np.ascontiguousarray(arr).data) & 0xFFFFFFFF:08x}"
+
+
+def verify_series(cache_dir: str, series_id: str, arr: np.ndarray) -> None:
+    """Raise :class:`CacheError` when ``arr`` (the series' cached array) does not match the checksum its record
+    holds: a ``.npy`` changed on disk (bit rot, a partial copy, an edit). Records of caches built before
+    checksums existed carry none and are not checked."""
+    try:
+        with open(_record_file(cache_dir, series_id), encoding="utf-8") as f:
+            want = json.load(f).get("crc32")
+    except (OSError, ValueError) as e:
+        raise CacheError(f"{_record_file(cache_dir, series_id)}: record unreadable ({e}); re-run "
+                         "tools/preprocess.py, which redoes it") from None
+    if want is not None and array_checksum(arr) != want:
+        raise CacheError(f"{series_file(cache_dir, series_id)} is corrupt (checksum {array_checksum(arr)}, recorded "
+                         f"{want}); re-run tools/preprocess.py, which redoes corrupt series")
 
 
 # -------------------------------------------------------------------------------------------- one series
@@ -154,6 +179,9 @@ def finished_record(cache_dir: str, series: Series, image_size: int) -> Optional
         arr = np.load(npy, mmap_mode="r")
         if arr.dtype != np.uint8 or tuple(arr.shape[:3]) != (n_ok, image_size, image_size):
             return None
+        if rec.get("crc32") is not None and array_checksum(arr) != rec["crc32"]:
+            log.warning("%s is corrupt (checksum mismatch): preprocessed again", npy)
+            return None
         return rec
     except Exception:  # truncated / corrupt .npy or record
         return None
@@ -167,7 +195,7 @@ def process_series(series: Series, data_cfg: Mapping[str, Any], cache_dir: str) 
     if arr.shape[0] != sum(st == "ok" for st in status):  # pragma: no cover - defensive
         raise RuntimeError(f"{series.series_id}: slice count mismatch")
     rec = {"series_id": series.series_id, "sop_uids": _slice_uids(series), "status": status,
-           "shape": list(arr.shape), "warnings": list(series.warnings)}
+           "shape": list(arr.shape), "crc32": array_checksum(arr), "warnings": list(series.warnings)}
     if arr.shape[0] > 0:
         atomic_save_npy(series_file(cache_dir, series.series_id), arr)
         atomic_write_text(_record_file(cache_dir, series.series_id), json.dumps(rec))

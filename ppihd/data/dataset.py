@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 
 from .. import LABELS
-from .cache import resolve_cache_dir, resolve_index_file, series_file
+from .cache import resolve_cache_dir, resolve_index_file, series_file, verify_series
 
 try:  # the datasets are paddle.io.Dataset when paddle is there (it always is at run time)
     from paddle.io import Dataset as _Base  # type: ignore
@@ -111,6 +111,7 @@ class SeriesDataset(_Base):
                                "labels": np.where(known, lab, 0.0).astype(np.float32),
                                "label_mask": known.astype(np.float32)})
         self._by_id = {it["series_id"]: i for i, it in enumerate(self.items)}
+        self._verified: set = set()   # series whose cached array matched its checksum in this process
 
     def __len__(self) -> int:
         return len(self.items)
@@ -146,6 +147,9 @@ class SeriesDataset(_Base):
         it = self.items[index]
         path = series_file(self.cache_dir, it["series_id"])
         arr = np.load(path, mmap_mode="r")
+        if it["series_id"] not in self._verified:   # once per series and process: a full read, ~1 GB/s
+            verify_series(self.cache_dir, it["series_id"], arr)
+            self._verified.add(it["series_id"])
         if (arr.ndim != 4 or arr.shape[1:3] != (self.image_size, self.image_size)
                 or it["slice_idx"].max(initial=-1) >= arr.shape[0]):
             raise ValueError(f"{path}: cache array of shape {arr.shape} does not match the index "
