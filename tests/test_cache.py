@@ -313,3 +313,14 @@ def test_corrupt_npy_of_the_same_size_is_caught(tiny):
         SeriesDataset(cfg, "train")[0]
     assert build_cache(cfg, progress=False)["series_processed_now"] == 1
     SeriesDataset(cfg, "train")[0]
+
+
+def test_second_preprocess_of_a_busy_cache_is_refused(tiny):
+    from ppihd.utils.runlock import RunLock
+
+    root, _ = tiny
+    cfg = tiny_cfg(root)
+    with RunLock(resolve_cache_dir(cfg), "another preprocess"):
+        with pytest.raises(CacheError, match=rf"in use by another preprocess \(pid {os.getpid()}"):
+            build_cache(cfg, progress=False)
+    assert build_cache(cfg, progress=False)["series_processed_now"] == 4

@@ -31,6 +31,7 @@ import pandas as pd
 from .. import LABELS
 from .labels import read_labels, split_series
 from .series import Series, Skipped, _pool, group_series, load_series, scan
+from ..utils.runlock import LockError, RunLock
 from ..utils.fileio import atomic_path, tmp_name as _tmp_name  # noqa: F401  (_tmp_name: tests mimic a killed write)
 
 log = logging.getLogger("ppihd")
@@ -230,12 +231,8 @@ def build_cache(cfg: Mapping[str, Any], num_workers: Optional[int] = None, progr
 
     Header scan and series preprocessing run in ``num_workers`` processes (default ``Data.num_workers``).
     Returns the summary written to ``summary.json`` (counts, paths). Raises :class:`CacheError` when no
-    input folder exists or the cache was built with other settings.
+    input folder exists, the cache was built with other settings, or another run holds the cache (its lock).
     """
-    from tqdm import tqdm
-
-    from ..utils.config import save_config
-
     t0 = time.time()
     data = cfg["Data"]
     workers = int(num_workers if num_workers is not None else data.get("num_workers", 1) or 1)
@@ -245,6 +242,25 @@ def build_cache(cfg: Mapping[str, Any], num_workers: Optional[int] = None, progr
         raise CacheError(f"neither Data.train_dir ({train_dir}) nor Data.test_dir ({test_dir}) exists; "
                          "set Data.root (e.g. -o Data.root=data/demo)")
     cache_dir = resolve_cache_dir(cfg)
+    try:
+        lock = RunLock(cache_dir, "tools/preprocess.py").acquire()   # one writer per cache
+    except LockError as e:
+        raise CacheError(str(e)) from None
+    try:
+        return _build_cache(cfg, cache_dir, workers, progress, rebuild, t0)
+    finally:
+        lock.release()
+
+
+def _build_cache(cfg: Mapping[str, Any], cache_dir: str, workers: int, progress: bool, rebuild: bool,
+                 t0: float) -> Dict[str, Any]:
+    from tqdm import tqdm
+
+    from ..utils.config import save_config
+
+    data = cfg["Data"]
+    root = data["root"]
+    train_dir, test_dir = os.path.join(root, data["train_dir"]), os.path.join(root, data["test_dir"])
     check_settings(cache_dir, cache_settings(data), rebuild=rebuild)
     stray = clean_stray_temps(cache_dir)
     if stray:
