@@ -148,9 +148,12 @@ def array_checksum(arr: np.ndarray) -> str:
 def verify_series(cache_dir: str, series_id: str, arr: np.ndarray) -> None:
     """Raise :class:`CacheError` when ``arr`` (the series' cached array) does not match the checksum its record
     holds: a ``.npy`` changed on disk (bit rot, a partial copy, an edit). Records of caches built before
-    checksums existed carry none and are not checked."""
+    checksums existed carry none and are not checked, nor are arrays without a record (written by other tools)."""
+    rec = _record_file(cache_dir, series_id)
+    if not os.path.exists(rec):
+        return
     try:
-        with open(_record_file(cache_dir, series_id), encoding="utf-8") as f:
+        with open(rec, encoding="utf-8") as f:
             want = json.load(f).get("crc32")
     except (OSError, ValueError) as e:
         raise CacheError(f"{_record_file(cache_dir, series_id)}: record unreadable ({e}); re-run "
