@@ -39,16 +39,60 @@ def setup_threads(num_threads: Optional[int] = None) -> int:
     return n
 
 
-def set_device(device: str) -> str:
-    """``cpu`` or ``gpu`` (``gpu:1`` allowed). Fails with a clear message if GPU is asked without CUDA."""
+class DeviceError(RuntimeError):
+    """``Global.device`` names a device this process cannot use (tools exit 2 with the message)."""
+
+
+def visible_gpus() -> int:
+    """GPUs this process sees: 0 on a CPU-only paddle build, else ``paddle.device.cuda.device_count()`` (which
+    honours ``CUDA_VISIBLE_DEVICES``; it returns 0, it does not fail, when the driver finds no GPU)."""
     import paddle
 
-    dev = str(device).lower()
-    if dev.startswith("gpu") and not paddle.device.is_compiled_with_cuda():
-        raise RuntimeError(f"Global.device={device} but this paddle build has no CUDA; "
-                           "install paddlepaddle-gpu or set -o Global.device=cpu")
-    if dev.startswith("gpu") and ":" not in dev:
-        dev = f"gpu:{int(os.environ.get('FLAGS_selected_gpus', '0').split(',')[0])}"
+    if not paddle.device.is_compiled_with_cuda():
+        return 0
+    try:
+        return int(paddle.device.cuda.device_count())
+    except Exception:  # pragma: no cover - a broken driver: treat as no GPU, the caller's message says so
+        return 0
+
+
+def resolve_device(device: Any) -> str:
+    """``Global.device`` -> the paddle device string, checked BEFORE ``paddle.set_device`` (which, on a CUDA
+    build without a usable GPU, ends the process inside Paddle's C++ with status 255 instead of raising).
+
+    ``cpu``; ``gpu`` (the launcher's ``FLAGS_selected_gpus`` or 0); ``gpu:N``; ``auto`` = ``gpu`` when paddle
+    has CUDA and sees a GPU, else ``cpu``. Raises :class:`DeviceError` naming what is visible."""
+    import paddle
+
+    dev = str(device if device is not None else "cpu").strip().lower()
+    if dev == "auto":
+        dev = "gpu" if visible_gpus() > 0 else "cpu"
+    if dev == "cpu":
+        return "cpu"
+    head, _, idx = dev.partition(":")
+    if head != "gpu" or (idx and not idx.isdigit()):
+        raise DeviceError(f"Global.device={device!r}: expected cpu | gpu | gpu:N | auto")
+    if not paddle.device.is_compiled_with_cuda():
+        raise DeviceError(f"Global.device={device} but this paddle build ({paddle.__version__}) is CPU-only (no "
+                          "CUDA): install paddlepaddle-gpu, or set -o Global.device=cpu (or auto)")
+    n = visible_gpus()
+    cvd = os.environ.get("CUDA_VISIBLE_DEVICES")
+    seen = f"CUDA_VISIBLE_DEVICES={cvd!r}" if cvd is not None else "CUDA_VISIBLE_DEVICES unset"
+    if n == 0:
+        raise DeviceError(f"Global.device={device} but no GPU is visible ({seen}; check nvidia-smi and the "
+                          "driver), or set -o Global.device=cpu (or auto)")
+    k = int(idx) if idx else int(os.environ.get("FLAGS_selected_gpus", "0").split(",")[0] or 0)
+    if k >= n:
+        raise DeviceError(f"Global.device={device}: GPU index {k} does not exist, {n} GPU(s) visible "
+                          f"(gpu:0 .. gpu:{n - 1}; {seen})")
+    return f"gpu:{k}"
+
+
+def set_device(device: str) -> str:
+    """``paddle.set_device`` of :func:`resolve_device` (``cpu | gpu | gpu:N | auto``); returns the device."""
+    import paddle
+
+    dev = resolve_device(device)
     paddle.set_device(dev)
     return dev
 

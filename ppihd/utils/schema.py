@@ -15,7 +15,8 @@ from typing import Any, Dict
 
 DEFAULTS: Dict[str, Any] = {
     "Global": {
-        "device": "cpu",              # cpu | gpu
+        "device": "cpu",              # cpu | gpu | gpu:N | auto (gpu when one is visible, else cpu);
+                                      # a GPU that is not there is an error (exit 2), never a fallback
         "num_threads": 2,             # CPU intra-op threads (paddle sets 1 when OMP_NUM_THREADS is unset)
         "seed": 42,
         "output_dir": "output",
