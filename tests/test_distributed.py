@@ -98,8 +98,11 @@ opt = build_optimizer(cfg["Optimizer"], model.parameters(), sched)
 tr = Trainer(cfg, model, build_loss(cfg["Loss"], True), opt, sched, FixedSeries(8, 0), None,
              rank=rank, world_size=world)
 seen = np.array([tr.batches.indices(m) for m in range(4)])  # micro-batches of iterations 0 and 1
+no_sync_calls = []
+real_no_sync = model.no_sync
+model.no_sync = lambda: (no_sync_calls.append(1), real_no_sync())[1]
 tr.train()
-np.savez(os.path.join({out!r}, f"rank{{rank}}.npz"), world=world, seen=seen,
+np.savez(os.path.join({out!r}, f"rank{{rank}}.npz"), world=world, seen=seen, no_sync=len(no_sync_calls),
          **{{"p_" + k: v.numpy() for k, v in net.state_dict().items()}},
          **{{"i_" + k: v for k, v in init.items()}})
 '''
@@ -140,6 +143,7 @@ def test_two_ranks_recompute_grad_accum_equal_one_rank(tmp_path):
     out = _launch(tmp_path, RECOMPUTE_WORKER)
     r0, r1 = np.load(os.path.join(out, "rank0.npz")), np.load(os.path.join(out, "rank1.npz"))
     assert int(r0["world"]) == 2
+    assert int(r0["no_sync"]) == int(r1["no_sync"]) == 2  # 2 iterations x (grad_accum - 1) local-only backwards
     # the reference: one process, recompute off, every iteration's 4 series (both ranks' 2 micro-batches)
     cfg = micro_cfg(str(tmp_path / "ref"), iters=2, recompute=False)
     net = build_model(cfg["Arch"])

@@ -87,3 +87,142 @@ def test_infer_device_auto_runs_on_cpu(tmp_path, fixture_series_dir, fake_gpus):
                                                               str(tmp_path / "o"), "-o", "Infer.save_plots=False"])
     assert rc == 0 and os.path.isfile(tmp_path / "o" / "predictions.csv")
     assert str(paddle.device.get_device()) == "cpu"
+
+
+# ------------------------------------------------------------------------------------------------ AMP
+@pytest.fixture
+def fake_gpu(monkeypatch):
+    """``fake_gpu(name, (major, minor), cuda="12.0")``: paddle reports that GPU as the current device."""
+    def setup(name, cap, cuda="12.0"):
+        monkeypatch.setattr(paddle.device, "get_device", lambda: "gpu:0")
+        monkeypatch.setattr(paddle, "is_compiled_with_rocm", lambda: False)
+        monkeypatch.setattr(paddle.device.cuda, "get_device_capability", lambda *a: cap)
+        monkeypatch.setattr(paddle.device.cuda, "get_device_name", lambda *a: name)
+        monkeypatch.setattr(paddle.version, "cuda", lambda: cuda)
+    return setup
+
+
+def test_amp_support_follows_paddles_rule(fake_gpu):
+    # Paddle: fp16 needs compute capability >= 7.0; bf16 >= 8.0 and CUDA >= 11 (paddle/amp/auto_cast.py)
+    fake_gpu("Tesla P40", (6, 1))
+    for amp in ("fp16", "bf16"):
+        ok, why = env.amp_support(amp)
+        assert not ok and "Tesla P40" in why and "6.1" in why and "supports no AMP" in why and "amp=null" in why
+    fake_gpu("Tesla V100-SXM2-16GB", (7, 0))
+    assert env.amp_support("fp16")[0]
+    ok, why = env.amp_support("bf16")
+    assert not ok and "V100" in why and "supports fp16" in why and "-o Global.amp=fp16" in why
+    fake_gpu("NVIDIA A100-SXM4-40GB", (8, 0))
+    assert env.amp_support("fp16")[0] and env.amp_support("bf16")[0]
+    fake_gpu("NVIDIA A100-SXM4-40GB", (8, 0), cuda="10.2")
+    assert not env.amp_support("bf16")[0] and env.amp_support("fp16")[0]
+
+
+def test_amp_refused_on_an_old_gpu_before_training(tmp_path, fake_gpu):
+    from test_trainer import ToyDataset, build, make_cfg
+
+    fake_gpu("Tesla P40", (6, 1))
+    with pytest.raises(ValueError, match="Tesla P40"):
+        build(make_cfg(str(tmp_path), **{"Global.amp": "fp16"}), ToyDataset(4, 0), None)
+
+
+class FakeScaler:
+    """The GradScaler interface the trainer uses, on CPU (Paddle's scaler is disabled there): skips a step whose
+    gradients are not finite, halves the scale on a skip, doubles it every 3 good steps; a state dict like
+    Paddle's (``scale`` as a numpy array)."""
+
+    def __init__(self, scale=1024.0):
+        self._scale, self.good, self.skipped = float(scale), 0, 0
+        self._found_inf = paddle.to_tensor(False)
+
+    def scale(self, loss):
+        return loss  # unscaled: the numbers of a plain fp32 run
+
+    def step(self, opt):
+        bad = any(not np.isfinite(p.grad.numpy()).all() for p in opt._parameter_list if p.grad is not None)
+        self._found_inf = paddle.to_tensor(bad)
+        if bad:
+            self.skipped += 1
+        else:
+            opt.step()
+
+    def update(self):
+        if bool(self._found_inf.numpy()):
+            self._scale, self.good = self._scale / 2, 0
+        else:
+            self.good += 1
+            if self.good == 3:
+                self._scale, self.good = self._scale * 2, 0
+
+    def state_dict(self):
+        return {"scale": np.array([self._scale], np.float32), "incr_count": self.good}
+
+    def load_state_dict(self, st):
+        self._scale, self.good = float(st["scale"][0]), int(st["incr_count"])
+
+
+def _nan_on(loss_fn, calls):
+    """The loss, times NaN on the given (0-based) calls: those steps' gradients are not finite."""
+    n = [0]
+
+    def f(*a, **kw):
+        out = loss_fn(*a, **kw)
+        if n[0] in calls:
+            out = {k: v * float("nan") for k, v in out.items()}
+        n[0] += 1
+        return out
+    return f
+
+
+def _fp16_trainer(tmp, iters, bad_calls=(), max_bad=3, scale=1024.0):
+    from test_trainer import ToyDataset, build, make_cfg
+
+    cfg = make_cfg(tmp, iters=iters, **{"Global.amp_max_bad_steps": max_bad, "Global.eval_interval": 0,
+                                        "Global.save_interval": 0})
+    tr = build(cfg, ToyDataset(10, 0), None)
+    tr.scaler = FakeScaler(scale)
+    tr.loss_fn = _nan_on(tr.loss_fn, set(bad_calls))
+    return tr
+
+
+def test_fp16_skips_bad_steps_and_stops_only_after_n_in_a_row(tmp_path):
+    grab = _Grab()
+    tr = _fp16_trainer(str(tmp_path / "a"), 8, bad_calls=(1, 2, 5), max_bad=3)  # runs of 2 and 1: < 3
+    tr.log.addHandler(grab)
+    hist = tr.train()
+    assert tr.scaler.skipped == 3
+    assert all(np.isfinite(r["loss"]) for r in hist["train"])  # skipped steps are not averaged in
+    assert all(np.isfinite(p.numpy()).all() for p in tr.net.parameters())
+    # log windows of 2 iterations: calls 1 | 2 | 5 fall in windows 0-1, 2-3, 4-5; the run 1-2 spans two windows
+    warn = [t for t in grab.text if "skipped" in t]
+    assert [t.split(":")[0] for t in warn] == ["iterations 0-1", "iterations 2-3", "iterations 4-5"]
+    assert all("skipped 1 step(s)" in t for t in warn) and "longest run 2" in warn[1] and "longest run 1" in warn[2]
+    tr = _fp16_trainer(str(tmp_path / "b"), 8, bad_calls=(2, 3, 4), max_bad=3)
+    with pytest.raises(FloatingPointError, match="3 fp16 steps in a row.*amp_max_bad_steps=3"):
+        tr.train()
+    # fp32: a non-finite loss still stops the run (at the log line, before anything is saved)
+    from test_trainer import ToyDataset, build, make_cfg
+    tr = build(make_cfg(str(tmp_path / "c"), iters=4), ToyDataset(10, 0), None)
+    tr.loss_fn = _nan_on(tr.loss_fn, {2})
+    with pytest.raises(FloatingPointError, match="iterations 2-3: loss is not finite"):
+        tr.train()
+
+
+def test_scaler_state_is_checkpointed_and_resume_is_exact(tmp_path):
+    from test_trainer import params
+
+    a = _fp16_trainer(str(tmp_path / "a"), 10, bad_calls=(3,), max_bad=5)
+    a.train()
+    # by hand: 1024, good 0,1,2 -> 2048 at 3 good; call 3 bad -> 1024, then 6 good -> 4096
+    assert a.scaler._scale == 4096.0 and a.scaler.good == 0
+    b = _fp16_trainer(str(tmp_path / "b"), 10, bad_calls=(3,), max_bad=5)
+    b.train(until=5)
+    assert (b.scaler._scale, b.scaler.good) == (1024.0, 1)  # 2048 after 3 good, halved at call 3, 1 good since
+    c = _fp16_trainer(str(tmp_path / "b"), 10, bad_calls=(), max_bad=5, scale=1.0)  # a fresh scaler
+    c.resume(str(tmp_path / "b" / "latest"))
+    assert (c.scaler._scale, c.scaler.good) == (1024.0, 1)
+    c.train()
+    assert (c.scaler._scale, c.scaler.good) == (a.scaler._scale, a.scaler.good)
+    pa, pc = params(a.net), params(c.net)
+    for k in pa:
+        np.testing.assert_allclose(pc[k], pa[k], rtol=1e-5, atol=1e-6, err_msg=k)

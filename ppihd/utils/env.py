@@ -10,7 +10,7 @@ import logging
 import os
 import random
 import sys
-from typing import Any, Mapping, Optional
+from typing import Any, Mapping, Optional, Tuple
 
 import numpy as np
 
@@ -95,6 +95,37 @@ def set_device(device: str) -> str:
     dev = resolve_device(device)
     paddle.set_device(dev)
     return dev
+
+
+def amp_support(amp: str) -> Tuple[bool, str]:
+    """Whether ``Global.amp`` (``fp16`` | ``bf16``) really runs in reduced precision on the current device, with
+    the reason naming the device. Paddle's own rule (``paddle/amp/auto_cast.py``, 2.6 and 3.x), under which
+    ``auto_cast`` only WARNS and silently runs fp32: AMP is enabled on GPU / XPU / custom places only (not on CPU);
+    on an NVIDIA GPU fp16 needs compute capability >= 7.0 and bf16 >= 8.0 with CUDA >= 11 (ROCm builds pass)."""
+    import paddle
+
+    dev = str(paddle.device.get_device())
+    if not dev.startswith("gpu"):
+        return False, (f"Global.amp={amp} needs a GPU: Paddle's auto_cast is a no-op on {dev} (it would run fp32 "
+                       "with a warning). Use -o Global.amp=null on CPU (or Global.device=gpu)")
+    if paddle.is_compiled_with_rocm():
+        return True, f"{dev} (ROCm)"
+    major, minor = paddle.device.cuda.get_device_capability()
+    name = paddle.device.cuda.get_device_name()
+    cuda = paddle.version.cuda()
+    cuda_major = int(str(cuda).split(".")[0]) if cuda and str(cuda) not in ("False", "None") else 0
+    fp16 = major >= 7
+    bf16 = major >= 8 and cuda_major >= 11
+    has = [p for p, ok in (("fp16", fp16), ("bf16", bf16)) if ok]
+    what = f"{name} on {dev} (compute capability {major}.{minor}, CUDA {cuda})"
+    ok = {"fp16": fp16, "bf16": bf16}[amp]
+    if ok:
+        return True, what
+    rule = ("fp16 needs compute capability >= 7.0" if amp == "fp16" else
+            "bf16 needs compute capability >= 8.0 and CUDA >= 11")
+    alt = f"-o Global.amp={has[0]}" if has else "-o Global.amp=null (fp32)"
+    return False, (f"Global.amp={amp} is not supported by {what}: Paddle's AMP {rule} (it would run fp32 with only "
+                   f"a warning). This GPU supports {' and '.join(has) if has else 'no AMP'}: use {alt}")
 
 
 def seed_everything(seed: int) -> None:
