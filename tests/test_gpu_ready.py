@@ -226,3 +226,109 @@ def test_scaler_state_is_checkpointed_and_resume_is_exact(tmp_path):
     pa, pc = params(a.net), params(c.net)
     for k in pa:
         np.testing.assert_allclose(pc[k], pa[k], rtol=1e-5, atol=1e-6, err_msg=k)
+
+
+# ------------------------------------------------------------------------------------------------ host syncs
+SYNC_POINTS = [(paddle.Tensor, n, "read") for n in ("item", "numpy", "__float__", "__int__", "__bool__", "tolist")]
+SYNC_POINTS += [(paddle, "nonzero", "read"), (paddle, "masked_select", "read"), (paddle, "to_tensor", "h2d")]
+
+
+def _micro_trainer(tmp, **over):
+    from gpu_utils import FixedSeries, micro_cfg
+    from ppihd.arch import build_model
+    from ppihd.engine.trainer import Trainer
+    from ppihd.loss import build_loss
+    from ppihd.optimizer import build_lr_scheduler, build_optimizer
+
+    cfg = micro_cfg(tmp, iters=4, recompute=False, **over)
+    paddle.seed(0)
+    net = build_model(cfg["Arch"])
+    sched = build_lr_scheduler(cfg["Optimizer"], 4)
+    opt = build_optimizer(cfg["Optimizer"], net.parameters(), sched)
+    return Trainer(cfg, net, build_loss(cfg["Loss"], True), opt, sched, FixedSeries(8, 0), None)
+
+
+def test_host_syncs_per_training_step(tmp_path, monkeypatch):
+    """Device -> host reads per optimizer step: 0 (before issue 19: 3 ``.item()`` per micro-batch + the model's
+    ``nonzero``); host -> device copies: the batch's 4 arrays (images, mask, labels, label_mask) per micro-batch
+    (before: + 2 class-weight tensors). One read per log line. Real micro IHDNet, SW + DW + deep supervision."""
+    tr = _micro_trainer(str(tmp_path), **{"Loss.dynamic_weight": True, "Global.grad_accum": 2})
+    counts = {}
+    for owner, name, kind in SYNC_POINTS:
+        real = getattr(owner, name)
+
+        def spy(*a, _real=real, _key=f"{kind}:{name}", **k):
+            counts[_key] = counts.get(_key, 0) + 1
+            return _real(*a, **k)
+        monkeypatch.setattr(owner, name, spy)
+    stream = tr.batches.iterate(0)
+
+    def step(it):
+        terms = tr.train_step(it, stream)
+        assert terms.pop("slices") > 0
+        tr._account(it, terms)
+    step(0)  # first step builds the cached constants (class weights, masks)
+    for it in (1, 2):
+        counts.clear()
+        step(it)
+        assert counts == {"h2d:to_tensor": 2 * 4}, counts
+    counts.clear()
+    means = tr._read_window(3)
+    assert counts == {"read:numpy": 1} and set(means) == {"loss", "l1", "l2"}
+
+
+def test_no_model_mask_when_nothing_is_padded(tmp_path):
+    """The trainer passes mask=None when every slot is a real slice (no nonzero()); same outputs as the full mask."""
+    from gpu_utils import micro_cfg
+    from ppihd.arch import build_model
+
+    paddle.seed(1)
+    net = build_model(micro_cfg(str(tmp_path))["Arch"])
+    net.train()  # dropout / drop-path are 0 in micro_cfg
+    x = paddle.to_tensor(np.random.default_rng(0).random((2, 3, 3, 32, 32), dtype=np.float32))
+    a = net(x, paddle.ones([2, 3], dtype="bool"))
+    b = net(x, None)
+    for k in ("logits", "aux_logits"):
+        np.testing.assert_allclose(a[k].numpy(), b[k].numpy(), rtol=1e-5, atol=1e-6)
+
+
+# ------------------------------------------------------------------------------------------------ sampler
+def test_sampler_batches_are_thread_safe(tmp_path):
+    """4 threads asking for micro-batches of several epochs in a scrambled order get exactly what one thread asking
+    in order gets (the epoch switch and the cached batch list change together)."""
+    import sys
+    import threading
+
+    from ppihd.engine.trainer import SeriesBatches
+
+    class Ds:
+        def __len__(self):
+            return 11
+
+        def get(self, i, rng):
+            return i
+
+    ref = SeriesBatches(Ds(), batch_series=2, seed=5, rank=0, world_size=2)
+    n = len(ref) * 6  # 6 epochs
+    want = [ref.indices(m) for m in range(n)]
+    assert want[0] != want[len(ref)]  # epochs really differ
+    shared = SeriesBatches(Ds(), batch_series=2, seed=5, rank=0, world_size=2)
+    order = np.random.default_rng(0).permutation(np.tile(np.arange(n), 40))
+    got, errs = {}, []
+    old = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    try:
+        def work(part):
+            try:
+                for m in part:
+                    got.setdefault(int(m), []).append(shared.indices(int(m)))
+            except Exception as e:  # pragma: no cover - reported below
+                errs.append(e)
+        ts = [threading.Thread(target=work, args=(order[i::4],)) for i in range(4)]
+        [t.start() for t in ts]
+        [t.join() for t in ts]
+    finally:
+        sys.setswitchinterval(old)
+    assert not errs
+    bad = [m for m, seen in got.items() if any(s != want[m] for s in seen)]
+    assert not bad, f"{len(bad)} micro-batches got another epoch's indices"
