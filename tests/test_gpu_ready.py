@@ -332,3 +332,26 @@ def test_sampler_batches_are_thread_safe(tmp_path):
     assert not errs
     bad = [m for m, seen in got.items() if any(s != want[m] for s in seen)]
     assert not bad, f"{len(bad)} micro-batches got another epoch's indices"
+
+
+# ------------------------------------------------------------------------------------------------ smoke script
+@pytest.mark.slow
+def test_gpu_smoke_cpu_path():
+    """tools/gpu_smoke.py: exit 2 without a GPU; --allow-cpu runs every step on CPU and passes."""
+    import subprocess
+    import sys
+
+    from gpu_utils import ROOT
+
+    tool = os.path.join(ROOT, "tools", "gpu_smoke.py")
+    r = subprocess.run([sys.executable, tool], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and "--allow-cpu" in r.stderr
+    r = subprocess.run([sys.executable, tool, "--allow-cpu"], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    lines = r.stdout.splitlines()
+    status = {ln.split()[0] + (" " + ln.split()[1] if ln.startswith("train") else ""): ln.split()[2]
+              if ln.startswith("train") else ln.split()[1] for ln in lines if ln.split() and ln.split()[0] in
+              ("device", "data", "train", "export")}
+    assert status == {"device": "ok", "data": "ok", "train fp32": "ok", "train fp16": "skipped",
+                      "train bf16": "skipped", "export": "ok"}, lines
+    assert any(ln.startswith("predict vs dygraph  ok") for ln in lines) and "all steps passed" in r.stdout
