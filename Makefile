@@ -11,7 +11,7 @@ JOBS   ?= 2
 VENV26 ?= .venv-paddle26
 STAMP26 := $(VENV26)/.installed
 
-.PHONY: install demo demo-data demo-preprocess demo-pretrain demo-train demo-eval demo-infer demo-export test test-fast test-paddle26 clean bench bench-quick
+.PHONY: install demo demo-data demo-preprocess demo-pretrain demo-train demo-eval demo-infer demo-export test test-fast test-paddle26 clean bench bench-quick gpu-smoke
 
 install: $(STAMP)
 
@@ -75,6 +75,10 @@ $(STAMP26): requirements-paddle26.txt setup.py
 test-paddle26: $(STAMP26)
 	$(VENV26)/bin/python -m pytest -q -p no:cacheprovider tests/paddle26 tests/test_export.py tests/test_infer.py \
 		tests/test_transfer_syntax.py
+
+# GPU smoke test (tools/gpu_smoke.py): run first on a new GPU machine; exits 2 on a machine without a GPU
+gpu-smoke: install
+	$(PY) tools/gpu_smoke.py
 
 test-fast: install
 	$(PY) -m pytest -q -x -m "not slow" tests

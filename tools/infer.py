@@ -28,7 +28,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--output", required=True, help="output folder")
     p.add_argument("--batch-series", type=int, default=None, help="series per forward pass (Infer.batch_series)")
     p.add_argument("--threads", type=int, default=None, help="CPU threads (Global.num_threads)")
-    p.add_argument("--device", default=None, help="cpu | gpu | gpu:N (Global.device)")
+    p.add_argument("--device", default=None, help="cpu | gpu | gpu:N | auto (GPU when one is visible, else CPU; Global.device)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p.parse_args(argv)
 

@@ -15,10 +15,12 @@ series per process. Rank 0 alone logs, evaluates and saves.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
 import random
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional
@@ -27,7 +29,7 @@ import numpy as np
 
 from ..data.dataset import images_to_tensor, set_uint8_images
 from ..utils.checkpoint import load_checkpoint, load_weights, read_manifest, save_checkpoint
-from ..utils.env import get_logger
+from ..utils.env import amp_support, get_logger
 from .evaluator import dataset_prior, evaluate, format_metrics
 
 
@@ -59,6 +61,7 @@ class SeriesBatches:
                                                          shuffle=bool(shuffle), drop_last=False)
         self._epoch = None
         self._batches: List[List[int]] = []
+        self._lock = threading.Lock()  # prefetch threads ask for batches of two epochs at an epoch boundary
         self._fetch = dataset.get if hasattr(dataset, "get") else (lambda i, rng: dataset[i])
 
     def __len__(self) -> int:
@@ -66,12 +69,15 @@ class SeriesBatches:
         return len(self.sampler)
 
     def indices(self, m: int) -> List[int]:
+        """Series indices of micro-batch ``m``. Thread-safe: the sampler's epoch and the cached batch list are read
+        and replaced together under a lock (the prefetch threads straddle epoch boundaries)."""
         epoch, k = divmod(int(m), len(self.sampler))
-        if epoch != self._epoch:
-            self.sampler.set_epoch(_seed_for(self.seed, epoch) % (2 ** 31))
-            self._batches = [list(b) for b in self.sampler]
-            self._epoch = epoch
-        return self._batches[k]
+        with self._lock:
+            if epoch != self._epoch:
+                self.sampler.set_epoch(_seed_for(self.seed, epoch) % (2 ** 31))
+                self._batches = [list(b) for b in self.sampler]
+                self._epoch = epoch
+            return list(self._batches[k])
 
     def _items(self, m: int) -> List[Any]:
         return [self._fetch(i, np.random.default_rng([self.seed, int(m), self.rank, slot]))
@@ -129,6 +135,7 @@ class Trainer:
         self.keep_best = bool(g.get("keep_best", True))
         self.progress = bool(g.get("progress_bar", True)) and self.is_main
         self.amp = g.get("amp")
+        self.amp_max_bad_steps = max(1, int(g.get("amp_max_bad_steps") or 1))
         tl = cfg["DataLoader"]["Train"]
         if tl.get("uint8", True):  # uint8 until _forward_loss (images_to_tensor): same numbers, less loader work
             set_uint8_images(train_set)
@@ -145,6 +152,7 @@ class Trainer:
                                         else None)
         self.scaler = self._setup_amp()
         self._vdl = None
+        self._reset_window()
 
     # -- set-up ------------------------------------------------------------------------------------------------
     def _setup_amp(self) -> Any:
@@ -154,9 +162,10 @@ class Trainer:
             return None
         if self.amp not in ("fp16", "bf16"):
             raise ValueError(f"Global.amp must be null, fp16 or bf16, got {self.amp!r}")
-        if not str(paddle.device.get_device()).startswith("gpu"):
-            raise ValueError(f"Global.amp={self.amp} needs a GPU (Global.device=gpu); this run is on "
-                             f"{paddle.device.get_device()}. Use -o Global.amp=null on CPU.")
+        ok, why = amp_support(self.amp)
+        if not ok:  # Paddle itself would only warn and run fp32
+            raise ValueError(why)
+        self.log.info("AMP %s: %s", self.amp, why)
         return paddle.amp.GradScaler(init_loss_scaling=2.0 ** 15) if self.amp == "fp16" else None
 
     @property
@@ -175,6 +184,12 @@ class Trainer:
         read_manifest(prefix)  # clear error before touching the model
         state = load_checkpoint(prefix, self.net, self.optimizer, self.scheduler)
         self.start_iter = int(state["iteration"])
+        saved = state.get("extra", {}).get("scaler")
+        if self.scaler is not None and saved:
+            self.scaler.load_state_dict(saved)  # loss scale and its counters: an fp16 resume continues exactly
+        elif self.scaler is not None:
+            self.log.warning("%s has no GradScaler state (saved without fp16 AMP): the loss scale starts afresh",
+                             prefix)
         self.best_metric, self.best_iter = state.get("best_metric"), state.get("best_iter")
         self.history = state.get("extra", {}).get("history", self.history)
         self.log.info("resumed from %s at iteration %d (best %s at %s)", prefix, self.start_iter,
@@ -193,7 +208,11 @@ class Trainer:
         import paddle
 
         images = images_to_tensor(batch["images"])
-        mask = paddle.to_tensor(np.asarray(batch["mask"], dtype=bool))
+        host_mask = np.asarray(batch["mask"], dtype=bool)
+        mask = paddle.to_tensor(host_mask)
+        # no padding (always with batch_series 1, the paper's setting): the model needs no mask, which saves its
+        # nonzero() (a device -> host sync); a full key-padding mask and none give the same numbers (tested)
+        model_mask = None if host_mask.all() else mask
         labels = paddle.to_tensor(np.asarray(batch["labels"], dtype="float32"))
         lm = batch.get("label_mask")
         lm = paddle.to_tensor(np.asarray(lm, dtype="float32")) if lm is not None else None
@@ -201,32 +220,42 @@ class Trainer:
         pseudo = paddle.to_tensor(np.asarray(pseudo, dtype="float32")) if pseudo is not None else None
         if self.amp:
             with paddle.amp.auto_cast(level="O1", dtype="float16" if self.amp == "fp16" else "bfloat16"):
-                out = self.model(images, mask)
+                out = self.model(images, model_mask)
         else:
-            out = self.model(images, mask)
+            out = self.model(images, model_mask)
         kw = {"is_pseudo": pseudo} if pseudo is not None else {}
         return self.loss_fn(out, labels, mask, lm, **kw)
 
-    def train_step(self, it: int, stream: Iterator[Dict[str, Any]]) -> Dict[str, float]:
-        """One optimizer step from ``grad_accum`` micro-batches. Returns the loss terms (averaged) and slices."""
+    def _sync_context(self, last: bool) -> Any:
+        """``no_sync`` for all but the last micro-batch of an accumulated step under ``paddle.DataParallel``: the
+        gradients add up locally and are all-reduced once (with the last backward) instead of every micro-batch."""
+        if last or self.world <= 1 or not hasattr(self.model, "no_sync"):
+            return contextlib.nullcontext()
+        return self.model.no_sync()
+
+    def train_step(self, it: int, stream: Iterator[Dict[str, Any]]) -> Dict[str, Any]:
+        """One optimizer step from ``grad_accum`` micro-batches. Returns the loss terms (averaged over the micro-
+        batches) as device tensors -- nothing here waits for the device -- and ``slices`` (a host int).
+
+        With fp16 the GradScaler skips a step whose gradients are not finite (and lowers the scale); whether it did
+        is also kept on the device (``found_inf``), counted by :meth:`_account`."""
         self._reseed(it)
         self.model.train()
-        sums: Dict[str, float] = {}
+        terms_sum: Dict[str, Any] = {}
         n_slices = 0
-        for _ in range(self.grad_accum):
+        for k in range(self.grad_accum):
             batch = next(stream)
             n_slices += int(np.asarray(batch["mask"]).sum())
-            terms = self._forward_loss(batch)
-            loss = terms["loss"] / self.grad_accum
-            if self.scaler is not None:
-                self.scaler.scale(loss).backward()
-            else:
-                loss.backward()
-            for k, v in terms.items():
-                sums[k] = sums.get(k, 0.0) + float(v.item()) / self.grad_accum
-        if not math.isfinite(sums["loss"]):
-            raise FloatingPointError(f"iteration {it}: loss is {sums['loss']} (terms {sums}); lower "
-                                     "Optimizer.lr.learning_rate or set Global.grad_clip")
+            with self._sync_context(k == self.grad_accum - 1):
+                terms = self._forward_loss(batch)
+                loss = terms["loss"] / self.grad_accum
+                if self.scaler is not None:
+                    self.scaler.scale(loss).backward()
+                else:
+                    loss.backward()
+            for name, v in terms.items():
+                v = v.detach() / self.grad_accum
+                terms_sum[name] = terms_sum[name] + v if name in terms_sum else v
         if self.scaler is not None:
             self.scaler.step(self.optimizer)
             self.scaler.update()
@@ -234,8 +263,84 @@ class Trainer:
             self.optimizer.step()
         self.optimizer.clear_grad()
         self.scheduler.step()
-        sums["slices"] = n_slices
-        return sums
+        terms_sum["slices"] = n_slices
+        if self.scaler is not None:
+            found = getattr(self.scaler, "_found_inf", None)  # set by the scaler's unscale, both Paddle 2.6 and 3.x
+            terms_sum["found_inf"] = found
+        return terms_sum
+
+    # -- device-side accounting of the logged values ----------------------------------------------------------
+    def _reset_window(self) -> None:
+        self._acc: Dict[str, Any] = {}   # loss term -> device sum over the window's (finite) steps
+        self._acc_n: Any = 0             # steps summed: host int (fp32 / bf16) or device count of finite steps (fp16)
+        self._win_steps = 0
+        self._win_first = None
+
+    def _account(self, it: int, terms: Dict[str, Any]) -> None:
+        """Add one step's terms to the window on the device; with fp16 also the bad-step run (device counters)."""
+        import paddle
+
+        found = terms.pop("found_inf", None)
+        if self._win_first is None:
+            self._win_first = it
+        self._win_steps += 1
+        if self.scaler is None or found is None:
+            for k, v in terms.items():
+                self._acc[k] = self._acc[k] + v if k in self._acc else v
+            self._acc_n += 1
+            return
+        bad = found.astype("float32").reshape([])
+        good = 1.0 - bad
+        for k, v in terms.items():  # a skipped step's loss is inf / nan: it is not averaged into the log line
+            v = paddle.where(bad > 0, paddle.zeros_like(v), v)
+            self._acc[k] = self._acc[k] + v if k in self._acc else v
+        self._acc_n = self._acc_n + good
+        if not hasattr(self, "_bad_run"):
+            self._bad_run = paddle.zeros([], "float32")
+            self._bad_max = paddle.zeros([], "float32")
+            self._bad_total = paddle.zeros([], "float32")
+        self._bad_run = (self._bad_run + 1.0) * bad   # consecutive skipped steps, 0 after a good one
+        self._bad_max = paddle.maximum(self._bad_max, self._bad_run)
+        self._bad_total = self._bad_total + bad
+
+    def _read_window(self, it: int) -> Dict[str, float]:
+        """The window's mean loss terms: ONE device -> host read for all of them (at log / eval / save points).
+
+        fp32 / bf16: a non-finite mean stops the run (FloatingPointError) before anything is saved or evaluated.
+        fp16: skipped steps are logged; ``Global.amp_max_bad_steps`` skipped in a row stop the run."""
+        import paddle
+
+        names = sorted(self._acc)
+        parts = [self._acc[k].astype("float32").reshape([1]) for k in names]
+        fp16 = self.scaler is not None and hasattr(self, "_bad_run")
+        if fp16:
+            parts += [paddle.to_tensor(self._acc_n).astype("float32").reshape([1]), self._bad_max.reshape([1]),
+                      self._bad_total.reshape([1]), self._bad_run.reshape([1])]
+        vals = paddle.concat(parts).numpy() if parts else np.zeros([0], "float32")
+        span = f"iterations {self._win_first}-{it - 1}" if self._win_first is not None else f"iteration {it}"
+        if fp16:
+            n_ok, bad_max, bad_total, bad_run = (float(v) for v in vals[len(names):])
+            vals = vals[:len(names)]
+            if bad_total:
+                st = self.scaler.state_dict() or {}
+                scale = float(np.asarray(st["scale"]).reshape(-1)[0]) if "scale" in st else None
+                self.log.warning("%s: fp16 GradScaler skipped %d step(s) with non-finite gradients (longest run %d, "
+                                 "loss scale now %s)", span, int(bad_total), int(bad_max), scale)
+            if bad_max >= self.amp_max_bad_steps:
+                raise FloatingPointError(
+                    f"{span}: {int(bad_max)} fp16 steps in a row had non-finite gradients (Global.amp_max_bad_steps="
+                    f"{self.amp_max_bad_steps}); the loss scale could not recover. Lower Optimizer.lr.learning_rate, "
+                    "set Global.grad_clip, or train with -o Global.amp=bf16 / null")
+            self._bad_max = self._bad_run  # the current run carries over into the next window
+            self._bad_total = paddle.zeros([], "float32")
+            n = max(n_ok, 1.0)
+        else:
+            n = max(float(self._acc_n), 1.0)
+        means = {k: float(v) / n for k, v in zip(names, vals)}
+        if not fp16 and not all(math.isfinite(v) for v in means.values()):
+            raise FloatingPointError(f"{span}: loss is not finite (means {means}); lower "
+                                     "Optimizer.lr.learning_rate or set Global.grad_clip")
+        return means
 
     # -- evaluation / saving -----------------------------------------------------------------------------------
     def evaluate(self, max_series: Optional[int] = None) -> Optional[Dict[str, Any]]:
@@ -250,8 +355,11 @@ class Trainer:
         if not self.is_main:
             return
         cfg = {k: v for k, v in self.cfg.items()}
+        extra = {"history": self.history}
+        if self.scaler is not None:
+            extra["scaler"] = self.scaler.state_dict()
         save_checkpoint(os.path.join(self.out_dir, name), self.net, self.optimizer, self.scheduler, it,
-                        self.best_metric, self.best_iter, cfg, {"history": self.history})
+                        self.best_metric, self.best_iter, cfg, extra)
 
     def _eval_and_maybe_best(self, it: int, final: bool = False) -> None:
         res = self.evaluate(None if final else self.eval_max_series)
@@ -309,22 +417,22 @@ class Trainer:
                           len(self.val_set) if self.val_set is not None else 0, self.world, self.grad_accum)
         stream = self.batches.iterate(it * self.grad_accum)
         bar = tqdm(total=self.iters, initial=it, desc="train", disable=not self.progress, dynamic_ncols=True)
-        acc: Dict[str, float] = {}
-        n_acc, slices_acc, t_window, t_start, it_start = 0, 0, time.time(), time.time(), it
+        self._reset_window()
+        slices_acc, t_window, t_start, it_start = 0, time.time(), time.time(), it
         evaluated_at = None
         stop = self.iters if until is None else min(int(until), self.iters)
         while it < stop:
             lr = float(self.scheduler.get_lr())
             terms = self.train_step(it, stream)
-            it += 1
             slices_acc += terms.pop("slices")
-            for k, v in terms.items():
-                acc[k] = acc.get(k, 0.0) + v
-            n_acc += 1
+            self._account(it, terms)
+            it += 1
             bar.update(1)
+            eval_due = self.is_main and self.eval_interval and it % self.eval_interval == 0 and it < self.iters
+            save_due = self.is_main and self.save_interval and it % self.save_interval == 0 and it < self.iters
             if it % self.log_interval == 0 or it == self.iters:
                 now = time.time()
-                means = {k: v / n_acc for k, v in acc.items()}
+                means = self._read_window(it)
                 sps = slices_acc * self.world / max(now - t_window, 1e-9)
                 eta = (now - t_start) / max(it - it_start, 1) * (self.iters - it)
                 row = {"iter": it, "lr": lr, "slices_per_s": sps, **means}
@@ -337,14 +445,19 @@ class Trainer:
                     for k, v in means.items():
                         self._scalar(f"train/{k}", v, it)
                     self._scalar("train/lr", lr, it)
-                acc, n_acc, slices_acc, t_window = {}, 0, 0, time.time()
-            if self.is_main and self.eval_interval and it % self.eval_interval == 0 and it < self.iters:
+                self._reset_window()
+                slices_acc, t_window = 0, time.time()
+            elif eval_due or save_due:
+                self._read_window(it)  # the finiteness / bad-step checks before anything is evaluated or saved
+            if eval_due:
                 self._eval_and_maybe_best(it)
                 evaluated_at = it
-            if self.is_main and self.save_interval and it % self.save_interval == 0 and it < self.iters:
+            if save_due:
                 self.save("latest", it)
         bar.close()
         if it < self.iters:  # stopped early
+            if self._win_steps:
+                self._read_window(it)  # finiteness / bad-step checks before the save
             self.save("latest", it)
             return {**self.history, "best_metric": self.best_metric, "best_iter": self.best_iter}
         return self._finish(it, evaluated=evaluated_at == it)

@@ -53,7 +53,7 @@ def dynamic_pos_weight(labels: Tensor, valid: Tensor, eps: float = 1e-7) -> Tens
 
 
 def weighted_bce_with_logits(logits: Tensor, labels: Tensor, valid: Tensor,
-                             class_weights: Optional[Sequence[float]] = None,
+                             class_weights: Optional[Union[Sequence[float], Tensor]] = None,
                              pos_weight: Optional[Tensor] = None) -> Tensor:
     """Mean weighted BCE over valid elements. ``logits``, ``labels``, ``valid``: [..., C]. Returns a scalar."""
     logits = logits.astype("float32")
@@ -63,7 +63,9 @@ def weighted_bce_with_logits(logits: Tensor, labels: Tensor, valid: Tensor,
         pos_term = pos_term * pos_weight
     elem = labels * pos_term + (1.0 - labels) * neg_term
     if class_weights is not None:
-        elem = elem * paddle.to_tensor(list(class_weights), dtype="float32")
+        cw = class_weights if isinstance(class_weights, paddle.Tensor) else paddle.to_tensor(
+            list(class_weights), dtype="float32")
+        elem = elem * cw
     total = (elem * valid).sum()
     count = valid.sum()
     return total / paddle.clip(count, min=1.0)
@@ -97,10 +99,21 @@ class IHDLoss:
         self.unlabeled_weight = float(unlabeled_weight)
         self.eps = float(dynamic_weight_eps)
         self.deep_supervision = bool(deep_supervision)
+        self._cw: Dict[str, Tensor] = {}
+
+    def _class_weights(self) -> Optional[Tensor]:
+        """The static weights as a float32 tensor, built once per device (not a host -> device copy per term and
+        step)."""
+        if self.class_weights is None:
+            return None
+        dev = str(paddle.device.get_device())
+        if dev not in self._cw:
+            self._cw[dev] = paddle.to_tensor(self.class_weights, dtype="float32")
+        return self._cw[dev]
 
     def _term(self, logits: Tensor, labels: Tensor, valid: Tensor) -> Tensor:
         pw = dynamic_pos_weight(labels, valid, self.eps) if self.dynamic_weight else None
-        return weighted_bce_with_logits(logits, labels, valid, self.class_weights, pw)
+        return weighted_bce_with_logits(logits, labels, valid, self._class_weights(), pw)
 
     def __call__(self, outputs: Union[Mapping[str, Tensor], Tensor], labels: Any, mask: Any = None,
                  label_mask: Any = None, is_pseudo: Any = None) -> Dict[str, Tensor]:

@@ -19,19 +19,28 @@ OPTIMIZERS = Registry("optimizer")
 
 @OPTIMIZERS.register(name="Momentum")
 def _momentum(parameters: Iterable[Any], learning_rate: Any, momentum: float = 0.9, nesterov: bool = False,
-              weight_decay: Optional[float] = 1e-4, grad_clip: Any = None) -> paddle.optimizer.Optimizer:
-    """SGD momentum; ``weight_decay`` is coupled L2 (added to the gradient), on all parameters (reference)."""
+              weight_decay: Optional[float] = 1e-4, grad_clip: Any = None,
+              multi_tensor: Optional[bool] = None) -> paddle.optimizer.Optimizer:
+    """SGD momentum; ``weight_decay`` is coupled L2 (added to the gradient), on all parameters (reference).
+
+    ``multi_tensor`` (``Optimizer.multi_tensor``): Paddle's merged-momentum update (``use_multi_tensor``, in
+    Paddle 2.6 and 3.x) -- a few kernels for all parameters instead of one per parameter; the same numbers and
+    the same state keys (tested). None = on when the current device is a GPU."""
     reg = paddle.regularizer.L2Decay(float(weight_decay)) if weight_decay else None
+    if multi_tensor is None:
+        multi_tensor = str(paddle.device.get_device()).startswith("gpu")
     return paddle.optimizer.Momentum(learning_rate=learning_rate, momentum=float(momentum),
                                      parameters=list(parameters), use_nesterov=bool(nesterov),
-                                     weight_decay=reg, grad_clip=grad_clip)
+                                     weight_decay=reg, grad_clip=grad_clip, use_multi_tensor=bool(multi_tensor))
 
 
 @OPTIMIZERS.register(name="AdamW")
 def _adamw(parameters: Iterable[Any], learning_rate: Any, weight_decay: Optional[float] = 1e-4,
-           grad_clip: Any = None, momentum: float = 0.9, nesterov: bool = False) -> paddle.optimizer.Optimizer:
+           grad_clip: Any = None, momentum: float = 0.9, nesterov: bool = False,
+           multi_tensor: Optional[bool] = None) -> paddle.optimizer.Optimizer:
     """Not the paper's: AdamW (decoupled decay ``weight_decay``; beta1 = ``momentum``, ``nesterov`` ignored).
-    Used by the CPU demo, which trains from scratch in a few hundred steps."""
+    Used by the CPU demo, which trains from scratch in a few hundred steps. ``multi_tensor`` is ignored (kept as
+    is: the demo's numbers)."""
     return paddle.optimizer.AdamW(learning_rate=learning_rate, beta1=float(momentum), beta2=0.999,
                                   parameters=list(parameters), weight_decay=float(weight_decay or 0.0),
                                   grad_clip=grad_clip)

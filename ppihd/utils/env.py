@@ -10,7 +10,7 @@ import logging
 import os
 import random
 import sys
-from typing import Any, Mapping, Optional
+from typing import Any, Mapping, Optional, Tuple
 
 import numpy as np
 
@@ -39,18 +39,93 @@ def setup_threads(num_threads: Optional[int] = None) -> int:
     return n
 
 
-def set_device(device: str) -> str:
-    """``cpu`` or ``gpu`` (``gpu:1`` allowed). Fails with a clear message if GPU is asked without CUDA."""
+class DeviceError(RuntimeError):
+    """``Global.device`` names a device this process cannot use (tools exit 2 with the message)."""
+
+
+def visible_gpus() -> int:
+    """GPUs this process sees: 0 on a CPU-only paddle build, else ``paddle.device.cuda.device_count()`` (which
+    honours ``CUDA_VISIBLE_DEVICES``; it returns 0, it does not fail, when the driver finds no GPU)."""
     import paddle
 
-    dev = str(device).lower()
-    if dev.startswith("gpu") and not paddle.device.is_compiled_with_cuda():
-        raise RuntimeError(f"Global.device={device} but this paddle build has no CUDA; "
-                           "install paddlepaddle-gpu or set -o Global.device=cpu")
-    if dev.startswith("gpu") and ":" not in dev:
-        dev = f"gpu:{int(os.environ.get('FLAGS_selected_gpus', '0').split(',')[0])}"
+    if not paddle.device.is_compiled_with_cuda():
+        return 0
+    try:
+        return int(paddle.device.cuda.device_count())
+    except Exception:  # pragma: no cover - a broken driver: treat as no GPU, the caller's message says so
+        return 0
+
+
+def resolve_device(device: Any) -> str:
+    """``Global.device`` -> the paddle device string, checked BEFORE ``paddle.set_device`` (which, on a CUDA
+    build without a usable GPU, ends the process inside Paddle's C++ with status 255 instead of raising).
+
+    ``cpu``; ``gpu`` (the launcher's ``FLAGS_selected_gpus`` or 0); ``gpu:N``; ``auto`` = ``gpu`` when paddle
+    has CUDA and sees a GPU, else ``cpu``. Raises :class:`DeviceError` naming what is visible."""
+    import paddle
+
+    dev = str(device if device is not None else "cpu").strip().lower()
+    if dev == "auto":
+        dev = "gpu" if visible_gpus() > 0 else "cpu"
+    if dev == "cpu":
+        return "cpu"
+    head, _, idx = dev.partition(":")
+    if head != "gpu" or (idx and not idx.isdigit()):
+        raise DeviceError(f"Global.device={device!r}: expected cpu | gpu | gpu:N | auto")
+    if not paddle.device.is_compiled_with_cuda():
+        raise DeviceError(f"Global.device={device} but this paddle build ({paddle.__version__}) is CPU-only (no "
+                          "CUDA): install paddlepaddle-gpu, or set -o Global.device=cpu (or auto)")
+    n = visible_gpus()
+    cvd = os.environ.get("CUDA_VISIBLE_DEVICES")
+    seen = f"CUDA_VISIBLE_DEVICES={cvd!r}" if cvd is not None else "CUDA_VISIBLE_DEVICES unset"
+    if n == 0:
+        raise DeviceError(f"Global.device={device} but no GPU is visible ({seen}; check nvidia-smi and the "
+                          "driver), or set -o Global.device=cpu (or auto)")
+    k = int(idx) if idx else int(os.environ.get("FLAGS_selected_gpus", "0").split(",")[0] or 0)
+    if k >= n:
+        raise DeviceError(f"Global.device={device}: GPU index {k} does not exist, {n} GPU(s) visible "
+                          f"(gpu:0 .. gpu:{n - 1}; {seen})")
+    return f"gpu:{k}"
+
+
+def set_device(device: str) -> str:
+    """``paddle.set_device`` of :func:`resolve_device` (``cpu | gpu | gpu:N | auto``); returns the device."""
+    import paddle
+
+    dev = resolve_device(device)
     paddle.set_device(dev)
     return dev
+
+
+def amp_support(amp: str) -> Tuple[bool, str]:
+    """Whether ``Global.amp`` (``fp16`` | ``bf16``) really runs in reduced precision on the current device, with
+    the reason naming the device. Paddle's own rule (``paddle/amp/auto_cast.py``, 2.6 and 3.x), under which
+    ``auto_cast`` only WARNS and silently runs fp32: AMP is enabled on GPU / XPU / custom places only (not on CPU);
+    on an NVIDIA GPU fp16 needs compute capability >= 7.0 and bf16 >= 8.0 with CUDA >= 11 (ROCm builds pass)."""
+    import paddle
+
+    dev = str(paddle.device.get_device())
+    if not dev.startswith("gpu"):
+        return False, (f"Global.amp={amp} needs a GPU: Paddle's auto_cast is a no-op on {dev} (it would run fp32 "
+                       "with a warning). Use -o Global.amp=null on CPU (or Global.device=gpu)")
+    if paddle.is_compiled_with_rocm():
+        return True, f"{dev} (ROCm)"
+    major, minor = paddle.device.cuda.get_device_capability()
+    name = paddle.device.cuda.get_device_name()
+    cuda = paddle.version.cuda()
+    cuda_major = int(str(cuda).split(".")[0]) if cuda and str(cuda) not in ("False", "None") else 0
+    fp16 = major >= 7
+    bf16 = major >= 8 and cuda_major >= 11
+    has = [p for p, ok in (("fp16", fp16), ("bf16", bf16)) if ok]
+    what = f"{name} on {dev} (compute capability {major}.{minor}, CUDA {cuda})"
+    ok = {"fp16": fp16, "bf16": bf16}[amp]
+    if ok:
+        return True, what
+    rule = ("fp16 needs compute capability >= 7.0" if amp == "fp16" else
+            "bf16 needs compute capability >= 8.0 and CUDA >= 11")
+    alt = f"-o Global.amp={has[0]}" if has else "-o Global.amp=null (fp32)"
+    return False, (f"Global.amp={amp} is not supported by {what}: Paddle's AMP {rule} (it would run fp32 with only "
+                   f"a warning). This GPU supports {' and '.join(has) if has else 'no AMP'}: use {alt}")
 
 
 def seed_everything(seed: int) -> None:

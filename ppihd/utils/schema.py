@@ -15,7 +15,8 @@ from typing import Any, Dict
 
 DEFAULTS: Dict[str, Any] = {
     "Global": {
-        "device": "cpu",              # cpu | gpu
+        "device": "cpu",              # cpu | gpu | gpu:N | auto (gpu when one is visible, else cpu);
+                                      # a GPU that is not there is an error (exit 2), never a fallback
         "num_threads": 2,             # CPU intra-op threads (paddle sets 1 when OMP_NUM_THREADS is unset)
         "seed": 42,
         "output_dir": "output",
@@ -26,7 +27,10 @@ DEFAULTS: Dict[str, Any] = {
         "pretrained_model": None,     # our checkpoint (.pdparams) to start from / infer with
         "checkpoints": None,          # a `latest` checkpoint prefix to resume training from
         "save_inference_dir": "output/inference",
-        "amp": None,                  # None | fp16 | bf16 (GPU only)
+        "amp": None,                  # None | fp16 | bf16 (GPU only; fp16 needs compute capability >= 7.0, bf16
+                                      # >= 8.0 + CUDA 11, Paddle's rule: otherwise an error, never a silent fp32)
+        "amp_max_bad_steps": 20,      # fp16: the GradScaler skips a step with non-finite gradients and halves the
+                                      # scale; this many skipped steps IN A ROW stop the run (checked at log lines)
         "grad_accum": 1,              # series accumulated per optimizer step
         "grad_clip": None,            # global-norm clip value, None = off
         "use_visualdl": False,
@@ -173,6 +177,8 @@ DEFAULTS: Dict[str, Any] = {
         "name": "Momentum",
         "momentum": 0.9,
         "nesterov": False,                         # reference: True
+        "multi_tensor": None,                      # Momentum: Paddle's merged update of all parameters (use_multi_tensor,
+                                                   # same numbers); None = on for GPU runs, off on CPU
         "weight_decay": 1e-4,                      # coupled L2
         "lr": {
             "name": "CosineWarmup",

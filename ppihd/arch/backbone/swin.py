@@ -73,6 +73,51 @@ def _get_recompute():
         return recompute
 
 
+class _ReplayRng:
+    """Wraps a block so that its re-run (the recomputation in backward) draws the same random numbers as its
+    first run (dropout, drop-path): the first call records paddle's global RNG state, later calls run from it
+    and put the current state back. Used where Paddle's own ``preserve_rng_state`` is not available (the
+    hook-based recompute of Paddle 2.6 on CPU)."""
+
+    def __init__(self, fn: Any) -> None:
+        self.fn, self.state = fn, None
+
+    def __call__(self, *args: Any) -> Any:
+        if self.state is None:
+            self.state = paddle.get_rng_state()
+            return self.fn(*args)
+        now = paddle.get_rng_state()
+        paddle.set_rng_state(self.state)
+        try:
+            return self.fn(*args)
+        finally:
+            paddle.set_rng_state(now)
+
+
+#: Per device type: whether ``recompute(..., use_reentrant=False)`` preserves the RNG on this device.
+_HOOK_RNG_OK: Dict[str, bool] = {}
+
+
+def recompute_block(blk: Any, *args: Any) -> Any:
+    """Activation checkpointing of one block with Paddle's hook-based (non-reentrant) recompute.
+
+    The default PyLayer (reentrant) recompute runs a nested backward, which ``paddle.DataParallel``'s reducer sees
+    as a parameter becoming ready twice ("parameter ... has been ready before", reproduced with 2 gloo ranks in
+    tests/test_distributed.py); Paddle's docs name ``use_reentrant=False`` as the DataParallel-safe form.
+    Paddle 2.6's hook recompute cannot preserve the RNG state on CPU (it raises), so there the block is wrapped in
+    :class:`_ReplayRng` and Paddle's preservation is switched off: the same masks either way (tested)."""
+    rc = _get_recompute()
+    dev = str(paddle.get_device()).split(":")[0]
+    if _HOOK_RNG_OK.get(dev, True):
+        try:
+            return rc(blk, *args, use_reentrant=False)
+        except RuntimeError as e:  # Paddle 2.6 on CPU: "Recompute with RNG perserve is not support current device"
+            if "not support current device" not in str(e):
+                raise
+            _HOOK_RNG_OK[dev] = False
+    return rc(_ReplayRng(blk), *args, use_reentrant=False, preserve_rng_state=False)
+
+
 def relative_position_index(window: int) -> np.ndarray:
     """int64 ``[w*w, w*w]``: row-major index into the ``(2w-1)^2`` bias table of the offset between tokens."""
     coords = np.stack(np.meshgrid(np.arange(window), np.arange(window), indexing="ij")).reshape(2, -1)
@@ -656,9 +701,8 @@ class BasicLayer(nn.Layer):
         """x ``[B, H*W, C]`` -> (x, H, W) after the blocks and the optional merge. With ``token_layout="window"``
         each stage's tokens come in and go out in the order :func:`uses_window_order` gives for its grid."""
         use_rc = self.recompute and self.training and not x.stop_gradient
-        rc = _get_recompute() if use_rc else None
         for blk in self.blocks:
-            x = rc(blk, x, height, width) if rc is not None else blk(x, height, width)
+            x = recompute_block(blk, x, height, width) if use_rc else blk(x, height, width)
         if self.downsample is not None:
             ws = self.window_size
             src = uses_window_order(self.token_layout, height, width, ws)
