@@ -32,12 +32,15 @@ import glob
 import json
 import logging
 import os
+import warnings
 from typing import Any, Dict, List, Mapping, Optional
 
 from ppihd import LABELS
 from ppihd.utils.fileio import atomic_path
 
 _log = logging.getLogger("ppihd")
+if logging.getLogger("highdicom").level == logging.NOTSET:  # its INFO lines ("copy attributes of module ...")
+    logging.getLogger("highdicom").setLevel(logging.WARNING)
 
 #: Local coding scheme of the classes (no standard code is asserted for them); code values are the usual
 #: abbreviations (<= 16 characters, so a plain Code Value), the probabilities ``P-<abbreviation>``.
@@ -142,11 +145,14 @@ def build_study_sr(doc: Mapping[str, Any], images: Mapping[str, Any], algorithm_
         report[0].ContentSequence.append(hd.sr.TextContentItem(
             name=CodedConcept("121106", "DCM", "Comment"), value=str(provenance),
             relationship_type=hd.sr.RelationshipTypeValues.CONTAINS))
-    return hd.sr.Comprehensive3DSR(
+    sr = hd.sr.Comprehensive3DSR(
         evidence=evidence, content=report[0], series_instance_uid=generate_uid(),
         series_number=SR_SERIES_NUMBER, sop_instance_uid=generate_uid(), instance_number=1,
         manufacturer="ppihd", series_description=SR_SERIES_DESCRIPTION, is_complete=True,
         manufacturer_model_name="ppihd", software_versions=str(algorithm_version))
+    # UTF-8: the provenance (an em dash) and names decoded from any source character set encode as they are
+    sr.SpecificCharacterSet = "ISO_IR 192"
+    return sr
 
 
 def write_study_srs(out_dir: str, infer_cfg: Mapping[str, Any], algorithm_version: str,
@@ -168,7 +174,7 @@ def write_study_srs(out_dir: str, infer_cfg: Mapping[str, Any], algorithm_versio
         sid = doc["study_id"]
         if doc.get("answer_series") is None or any(doc["probabilities"].get(lab) is None for lab in LABELS):
             why = "; ".join(doc.get("warnings") or []) or "no series was predicted"
-            log.info("study %s: no DICOM SR (no study answer: %s)", sid, why)
+            log.info("study %s: no DICOM SR (no study answer: %s)", doc.get("study_folder") or sid, why)
             continue
         images: Dict[str, Any] = {}
         problem = None
@@ -194,11 +200,15 @@ def write_study_srs(out_dir: str, infer_cfg: Mapping[str, Any], algorithm_versio
                 problem = f"{' '.join(bad)} of {path} not a valid DICOM UID ({v!r}: {what})"
                 break
         if problem:
-            log.warning("study %s: no DICOM SR: %s", sid, problem)
+            log.warning("study %s: no DICOM SR: %s", doc.get("study_folder") or sid, problem)
             continue
         path = os.path.join(out_dir, "sr", f"{sid}.dcm")
         try:
-            sr = build_study_sr(doc, images, algorithm_version, provenance)
+            with warnings.catch_warnings(record=True) as caught:  # e.g. a one-component PatientName
+                warnings.simplefilter("always")
+                sr = build_study_sr(doc, images, algorithm_version, provenance)
+            for w in caught:
+                log.debug("study %s: SR: %s", sid, w.message)
             os.makedirs(os.path.dirname(path), exist_ok=True)
             with atomic_path(path, ".dcm") as tmp:
                 sr.save_as(tmp, enforce_file_format=True)
