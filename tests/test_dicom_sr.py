@@ -190,3 +190,29 @@ def test_dciodvfy_reports_no_error(run, tmp_path):
         warnings = {ln for ln in lines if ln.startswith("Warning")}
         assert warnings <= {"Warning - Unrecognized defined term <99PPIHD> for value 1 of attribute "
                             "<Coding Scheme Designator>"}, warnings
+
+
+def test_switches_and_a_failing_sr_never_costs_the_csvs(run, tmp_path, monkeypatch, caplog):
+    """Infer.dicom_sr / report_html off: neither is written; an SR writer that raises is an ERROR line, and
+    the CSVs, the JSON and report.html are still written."""
+    import ppihd.engine.dicom_sr as dicom_sr
+
+    out, cases = run
+    inp = os.path.dirname(cases["CASE-C"]["series"]["plain"][1][0])
+    ckpt = save_tiny_checkpoint(str(tmp_path / "m.pdparams"))
+    infer = load_tool("tools/infer.py")
+    off = tmp_path / "off"
+    assert infer.main(infer_args(ckpt) + ["--input", inp, "--output", str(off), "-o", "Infer.save_plots=False",
+                                          "-o", "Infer.dicom_sr=False", "-o", "Infer.report_html=False"]) == 0
+    assert (off / "studies.csv").is_file() and not (off / "sr").exists() and not (off / "report.html").exists()
+
+    def boom(*a, **k):
+        raise RuntimeError("disk full")
+    monkeypatch.setattr(dicom_sr, "write_study_srs", boom)
+    bad = tmp_path / "bad"
+    with caplog.at_level("INFO", logger="ppihd"):
+        assert infer.main(infer_args(ckpt) + ["--input", inp, "--output", str(bad), "-o", "Infer.save_plots=False"]) == 0
+    assert any(r.levelname == "ERROR" and "DICOM SR could not be written: disk full" in r.getMessage()
+               for r in caplog.records)
+    assert len(_csv(bad / "predictions.csv")) == 8 and len(_csv(bad / "studies.csv")) == 1
+    assert (bad / "report.html").is_file() and not (bad / "sr").exists()
