@@ -7,7 +7,9 @@
 with black slices to 60 and run without a mask (docs/deviations.md "Evaluation padding").
 
 Writes DIR/metrics.json (weighted log loss, per-class log loss and ROC-AUC for head 2 and head 1, the constant-prior
-baseline) and DIR/predictions.csv (one row per slice); DIR defaults to <Global.output_dir>/eval.
+baseline), DIR/predictions.csv (one row per slice, with its sop_uid) and the plots of head 2: DIR/roc_pr.png
+(per-class ROC and precision-recall curves), DIR/calibration.png (reliability diagram), DIR/per_class.png (the
+per-class table) with their numbers in DIR/curves.json; DIR defaults to <Global.output_dir>/eval.
 Prints the metric next to the constant-prior baseline (each class's training-set positive rate).
 Exit status: 0 done, 2 bad command line / config / data / checkpoint.
 """
@@ -50,7 +52,8 @@ def main(argv=None) -> int:
 
     from ppihd.arch import build_model
     from ppihd.data.dataset import SeriesDataset
-    from ppihd.engine.evaluator import dataset_prior, evaluate, format_metrics, write_predictions_csv
+    from ppihd.engine.evaluator import (dataset_prior, evaluate, format_metrics, slice_sop_uids,
+                                        write_predictions_csv)
     from ppihd.utils.checkpoint import load_weights
     from ppihd.utils.env import setup_runtime
 
@@ -70,6 +73,7 @@ def main(argv=None) -> int:
     out = args.output or os.path.join(cfg["Global"]["output_dir"], "eval")
     os.makedirs(out, exist_ok=True)
     preds = res.pop("predictions")
+    preds["sop_uid"] = slice_sop_uids(preds, data)
     write_predictions_csv(preds, os.path.join(out, "predictions.csv"))
     res.update(split=args.split, checkpoint=cfg["Global"]["pretrained_model"], config=cfg.get("_source_"),
                pad_to=cfg["DataLoader"]["Eval"].get("pad_to"))
@@ -77,6 +81,11 @@ def main(argv=None) -> int:
         json.dump(res, f, indent=1)
     print(format_metrics(res))
     print(f"wrote {os.path.join(out, 'metrics.json')} and {os.path.join(out, 'predictions.csv')}")
+    try:  # ROC / PR, reliability, per-class table (ppihd.engine.eval_plots); metrics.json is written already
+        from ppihd.engine.eval_plots import write_eval_plots
+        print("wrote " + ", ".join(os.path.basename(q) for q in write_eval_plots(preds, out, res)))
+    except Exception as e:
+        log.error("eval plots could not be written: %s", e)
     return 0
 
 

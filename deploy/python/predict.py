@@ -48,6 +48,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="study probability from the primary series or from every predicted series")
     p.add_argument("--num-workers", type=int, default=0, help="header-scan processes")
     p.add_argument("--no-plots", action="store_true", help="skip the per-series PNG")
+    p.add_argument("--no-sr", action="store_true", help="skip the DICOM SR per study (Infer.dicom_sr)")
+    p.add_argument("--no-html", action="store_true", help="skip report.html (Infer.report_html)")
     p.add_argument("--no-progress", action="store_true")
     return p.parse_args(argv)
 
@@ -91,6 +93,10 @@ def main(argv=None) -> int:
             infer_cfg[key] = val
     if args.no_plots:
         infer_cfg["save_plots"] = False
+    if args.no_sr:
+        infer_cfg["dicom_sr"] = False
+    if args.no_html:
+        infer_cfg["report_html"] = False
     infer_cfg["batch_series"] = 1  # the exported graph takes one series at a time
     res = run_inference(args.input, args.output, backend, data_cfg, infer_cfg, num_workers=args.num_workers,
                         progress=not args.no_progress, logger=log, tool="deploy/python/predict.py")

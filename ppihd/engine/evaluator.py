@@ -183,12 +183,24 @@ def dataset_prior(dataset: Any) -> Optional[np.ndarray]:
     return None if np.any(~np.isfinite(p)) else p
 
 
+def slice_sop_uids(preds: Mapping[str, Any], dataset: Any) -> Optional[List[str]]:
+    """SOPInstanceUID of every prediction row (``series_id``, ``slice_idx`` = row of the series' cache array),
+    from the dataset's items (``SeriesDataset``: ``slice_idx`` and ``sop_uids``); None when it has none."""
+    items = getattr(dataset, "items", None)
+    if not isinstance(items, list) or not items or not isinstance(items[0], dict) or "sop_uids" not in items[0]:
+        return None
+    by_series = {it["series_id"]: dict(zip((int(i) for i in it["slice_idx"]), it["sop_uids"])) for it in items}
+    return [str(by_series.get(sid, {}).get(int(i), "")) for sid, i in zip(preds["series_id"], preds["slice_idx"])]
+
+
 def write_predictions_csv(preds: Mapping[str, Any], path: str) -> str:
-    """One row per slice: series_id, slice_idx, the six labels (empty when unknown), the six head-2 (and head-1)
-    probabilities."""
+    """One row per slice: series_id, slice_idx, sop_uid (when ``preds["sop_uid"]`` is set), the six labels
+    (empty when unknown), the six head-2 (and head-1) probabilities."""
     import pandas as pd
 
     df = pd.DataFrame({"series_id": preds["series_id"], "slice_idx": preds["slice_idx"]})
+    if preds.get("sop_uid") is not None:
+        df["sop_uid"] = list(preds["sop_uid"])
     lab = np.asarray(preds["labels"], dtype=np.float64).copy()
     lab[np.asarray(preds["label_mask"]) <= 0] = np.nan
     for c, name in enumerate(LABELS):

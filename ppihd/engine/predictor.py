@@ -567,6 +567,11 @@ def _predict_studies(inputs: Sequence[str], out_dir: str, backend: Backend, data
             log.error("studies.csv / series.csv could not be written: %s\n%s", e, traceback.format_exc(limit=3))
         except Exception as e:  # the per-slice CSVs are complete either way
             log.error("studies.csv / series.csv could not be written: %s\n%s", e, traceback.format_exc(limit=3))
+        try:  # sr/<study_id>.dcm + report.html from the files above (Infer.dicom_sr / report_html)
+            from ppihd.engine.publish import write_study_reports
+            write_study_reports(writer.out_dir, infer_cfg, logger=log)
+        except Exception as e:  # the CSVs are written either way
+            log.error("DICOM SR / report.html failed: %s\n%s", e, traceback.format_exc(limit=3))
         result = {"exit_code": writer.exit_code(), "num_series": writer.n_series, "num_studies": len(studies),
                   "num_predicted": writer.n_predicted, "num_skipped": writer.n_skipped,
                   "out_dir": writer.out_dir}

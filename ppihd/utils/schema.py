@@ -201,6 +201,10 @@ DEFAULTS: Dict[str, Any] = {
         "chunk_overlap": 32,                       # slices shared by consecutive chunks (their probabilities averaged)
         "key_slices": 4,                           # brain-window thumbnails in the per-series PNG
         "save_plots": True,                        # write series/<series_id>.png (the JSON is always written)
+        "dicom_sr": True,                          # write sr/<study_id>.dcm: a DICOM Comprehensive 3D SR (TID 1500)
+                                                   # per study with an answer, for a PACS (ppihd.engine.dicom_sr)
+        "report_html": True,                       # write report.html: the studies by P(any), thumbnails, links to
+                                                   # the series PNGs; opens from disk (ppihd.engine.report_html)
         # studies (ppihd.data.study, docs/inference.md "Studies"): which series the model reads, which answers
         "predict_series": "usable",                # usable (every axial CT series) | primary (one per study)
         "min_slices": 3,                           # fewer slices -> role too_few_slices, not predicted (1-2
