@@ -141,6 +141,15 @@ def test_primary_choice_and_modes():
     # no soft-tissue series: the bone kernel is primary
     (study,) = plan_studies(group_series([h for h in hs if h.series_uid == "bone"]), [], INFER)
     assert study.primary.key[2] == "bone" and "sharp kernel" in study.primary_reason
+    # a post-contrast series (ContrastBolusAgent) loses to the plain one, even with the better spacing
+    post = [_h(i, key=st + ("post",), number=6) for i in range(30)]
+    for h in post:
+        h.contrast_agent = "OMNIPAQUE 350"
+    plain_thin = [h for h in hs if h.series_uid == "thin"]
+    (study,) = plan_studies(group_series(post + plain_thin), [], INFER)
+    assert [m.key[2] for m in study.ranked] == ["thin", "post"]
+    (study,) = plan_studies(group_series(post), [], INFER)
+    assert "with contrast" in study.primary_reason
     with pytest.raises(ValueError, match="predict_series"):
         plan_studies(group_series(hs), [], dict(INFER, predict_series="all"))
 

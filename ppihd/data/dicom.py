@@ -109,6 +109,7 @@ class SliceHeader:
     series_number: Optional[int] = None
     series_description: str = ""
     kernel: str = ""                                    # ConvolutionKernel (first value)
+    contrast_agent: str = ""                            # ContrastBolusAgent ("" = none recorded)
     warnings: List[str] = field(default_factory=list)
 
     @property
@@ -370,7 +371,8 @@ def header_from_dataset(ds: Dataset, path: str = "<dataset>") -> SliceHeader:
         transfer_syntax=_transfer_syntax(ds), bits_allocated=int(ds.get("BitsAllocated", 16) or 16),
         sop_class=sop_class, image_type=_strings(ds.get("ImageType", None)),
         series_number=None if series_no is None else int(series_no), series_description=ident["series_description"],
-        kernel=(_strings(ds.get("ConvolutionKernel", None)) or ("",))[0], warnings=notes)
+        kernel=(_strings(ds.get("ConvolutionKernel", None)) or ("",))[0],
+        contrast_agent=_str(ds, "ContrastBolusAgent"), warnings=notes)
 
 
 def read_header(path: str) -> SliceHeader:

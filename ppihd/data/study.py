@@ -19,8 +19,8 @@ axial          everything else: an axial CT series the model can read (gantry ti
 ============== =====================================================================================
 
 Of the ``axial`` series of a study one is **primary** (:func:`primary_key`): a soft-tissue kernel before a
-bone kernel, then the slice spacing closest to the training spacing (``Infer.train_spacing_mm``), then the
-most slices. Thin series are averaged into **slabs** of ``Infer.slab_mm`` before the model (:func:`slab_groups`).
+bone kernel, no contrast before contrast, then the slice spacing closest to the training spacing
+(``Infer.train_spacing_mm``), then the most slices. Thin series are averaged into **slabs** of ``Infer.slab_mm`` before the model (:func:`slab_groups`).
 """
 from __future__ import annotations
 
@@ -75,6 +75,7 @@ class SeriesPlan:
     thickness_mm: float = float("nan")
     axis_angle_deg: float = float("nan")     # slice normal vs the patient's z axis (gantry tilt for axial)
     sharp_kernel: bool = False
+    contrast: bool = False                   # ContrastBolusAgent recorded (a post-contrast series)
     primary: bool = False
     predict: bool = False
     slabs: Optional[List[List[int]]] = None  # slice indices averaged into each model input (None = one each)
@@ -196,14 +197,20 @@ def classify_objects(objects: Sequence[Tuple[str, str, Mapping[str, str]]]) -> T
 
 
 # ------------------------------------------------------------------------------------------ choosing
+def has_contrast(agent: str) -> bool:
+    """A ContrastBolusAgent value that names an agent (not empty, NONE, NO or N/A)."""
+    return str(agent).strip().upper() not in ("", "NONE", "NO", "N/A", "NA", "0")
+
+
 def primary_key(plan: SeriesPlan, train_spacing_mm: float) -> Tuple:
-    """Sort key of the primary-series choice (smallest wins): soft-tissue kernel first, then |spacing −
-    training spacing| (unknown spacing last; SliceThickness stands in when positions are unknown), then
-    the most slices, then SeriesNumber and series_id (a stable tie-break)."""
+    """Sort key of the primary-series choice (smallest wins): soft-tissue kernel first, then a series without
+    contrast (the model learnt non-contrast CT, where fresh blood is bright), then |spacing − training
+    spacing| (unknown spacing last; SliceThickness stands in when positions are unknown), then the most
+    slices, then SeriesNumber and series_id (a stable tie-break)."""
     spacing = plan.spacing_mm if np.isfinite(plan.spacing_mm) else plan.thickness_mm
     gap = abs(spacing - float(train_spacing_mm)) if np.isfinite(spacing) else float("inf")
     number = plan.series_number if plan.series_number is not None else 1 << 30
-    return (plan.sharp_kernel, round(gap, 3), -len(plan.series or ()), number, plan.series_id)
+    return (plan.sharp_kernel, plan.contrast, round(gap, 3), -len(plan.series or ()), number, plan.series_id)
 
 
 def slab_groups(num_slices: int, spacing_mm: float, slab_mm: Optional[float]) -> Optional[List[List[int]]]:
@@ -240,7 +247,8 @@ def _plan_image_series(series: Series, infer_cfg: Mapping[str, Any]) -> SeriesPl
                       description=first.series_description, kernel=first.kernel, image_type=first.image_type,
                       spacing_mm=series_spacing(series),
                       thickness_mm=float(np.median(thick)) if thick else float("nan"),
-                      sharp_kernel=is_sharp_kernel(first.kernel, first.series_description))
+                      sharp_kernel=is_sharp_kernel(first.kernel, first.series_description),
+                      contrast=has_contrast(first.contrast_agent))
     if first.orientation is not None:
         try:
             plan.axis_angle_deg = axis_angle_deg(first.orientation)
@@ -307,7 +315,9 @@ def _primary_reason(ranked: Sequence[SeriesPlan], train_mm: float) -> str:
     text = f"{len(p.series)} slices, {spacing}"
     if p.sharp_kernel:
         text += f", sharp kernel {p.kernel or p.description} (no soft-tissue series)"
+    if p.contrast:
+        text += " (with contrast: no usable series without)"
     if len(ranked) == 1:
         return f"the only usable series ({text})"
-    return (f"best of {len(ranked)} usable series: soft-tissue kernel first, then spacing closest to "
-            f"{train_mm:g} mm, then most slices ({text})")
+    return (f"best of {len(ranked)} usable series: soft-tissue kernel first, then no contrast, then spacing "
+            f"closest to {train_mm:g} mm, then most slices ({text})")
