@@ -99,7 +99,8 @@ def main(argv=None) -> int:
         infer_cfg["report_html"] = False
     infer_cfg["batch_series"] = 1  # the exported graph takes one series at a time
     res = run_inference(args.input, args.output, backend, data_cfg, infer_cfg, num_workers=args.num_workers,
-                        progress=not args.no_progress, logger=log, tool="deploy/python/predict.py")
+                        progress=not args.no_progress, logger=log, tool="deploy/python/predict.py",
+                        provenance=meta.get("Provenance"))
     return int(res["exit_code"])
 
 

@@ -18,6 +18,7 @@ from typing import Any, Dict, Mapping, Optional
 import yaml
 
 import ppihd
+from ppihd.utils.provenance import provenance_of_weights
 from ppihd import LABELS
 from ppihd.utils.fileio import atomic_path
 
@@ -171,6 +172,8 @@ def inference_meta(cfg: Mapping[str, Any], files: Mapping[str, str]) -> Dict[str
                  "variant": cfg["Arch"]["backbone"]["variant"], "post_norm": cfg["Arch"]["backbone"]["post_norm"],
                  "inter_slice": cfg["Arch"]["inter_slice"], "deep_supervision": cfg["Arch"]["deep_supervision"]},
         "pretrained_model": cfg["Global"].get("pretrained_model"),
+        # what the weights were trained on (their checkpoint manifest; None = no record beside them)
+        "Provenance": provenance_of_weights(cfg["Global"].get("pretrained_model")),
         "Preprocess": {k: data[k] for k in PREPROCESS_KEYS if k in data},
         "input": {"name": "images", "shape": [1, -1, 3, size, size], "dtype": "float32",
                   "layout": "[1, S, 3, H, W]: one series, S slices in Preprocess.slice_order, channels in "

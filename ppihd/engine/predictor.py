@@ -383,17 +383,23 @@ _WRITE_ERRNOS = {errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EPERM, errno.EFB
 
 def run_inference(inputs: Sequence[str], out_dir: str, backend: Backend, data_cfg: Mapping[str, Any],
                   infer_cfg: Mapping[str, Any], num_workers: int = 0, progress: bool = True,
-                  logger: Optional[logging.Logger] = None, tool: str = "ppihd inference") -> Dict[str, Any]:
+                  logger: Optional[logging.Logger] = None, tool: str = "ppihd inference",
+                  provenance: Optional[Mapping[str, Any]] = None) -> Dict[str, Any]:
     """Predict the CT studies found under ``inputs`` and write the outputs to ``out_dir``, holding its lock
     (:class:`ppihd.utils.runlock.RunLock`) and keeping its ``run.json`` (running → complete | failed).
 
     A second run into the same folder returns :data:`~ppihd.engine.outputs.EXIT_BUSY` naming the first; a disk
     that is full or read-only returns :data:`~ppihd.engine.outputs.EXIT_OUTPUT` with one ERROR line naming the
     path and the free space, the previous run's CSVs left as they were. The rest: :func:`_predict_studies`.
+    ``provenance``: what the model was trained on (:mod:`ppihd.utils.provenance`), logged first and written into
+    ``provenance.json``, ``run.json``, every JSON and picture, the SRs and ``report.html``.
     """
+    from ppihd.utils.provenance import describe, is_synthetic
     from ppihd.utils.runlock import LockError, RunLock, write_marker
 
     log = logger or _log
+    model = describe(provenance)
+    (log.warning if is_synthetic(provenance) or not provenance else log.info)("MODEL: %s", model)
     out = os.path.abspath(out_dir)
     failed = {"num_series": 0, "num_studies": 0, "num_predicted": 0, "num_skipped": 0, "out_dir": out}
     try:
@@ -405,9 +411,14 @@ def run_inference(inputs: Sequence[str], out_dir: str, backend: Backend, data_cf
         log.error("cannot write to the output folder %s: %s", out, e.strerror or e)
         return dict(failed, exit_code=EXIT_OUTPUT)
     try:
-        write_marker(out, "running", tool=tool, inputs=[str(i) for i in inputs])
-        result = _predict_studies(inputs, out, backend, data_cfg, infer_cfg, num_workers, progress, log)
-        write_marker(out, "complete", tool=tool, **{k: v for k, v in result.items() if k != "out_dir"})
+        write_marker(out, "running", tool=tool, inputs=[str(i) for i in inputs], model=model, provenance=provenance)
+        report.write_summary(os.path.join(out, "provenance.json"), {"model": model, "provenance": provenance})
+        result = _predict_studies(inputs, out, backend, data_cfg, infer_cfg, num_workers, progress, log, model)
+        from ppihd.engine.publish import write_study_reports   # SR + report.html read the finished CSVs
+
+        write_study_reports(out, infer_cfg, provenance=model, logger=log)
+        write_marker(out, "complete", tool=tool, model=model, provenance=provenance,
+                     **{k: v for k, v in result.items() if k != "out_dir"})
         return result
     except OSError as e:
         if e.errno not in _WRITE_ERRNOS:
@@ -430,7 +441,7 @@ def run_inference(inputs: Sequence[str], out_dir: str, backend: Backend, data_cf
 
 def _predict_studies(inputs: Sequence[str], out_dir: str, backend: Backend, data_cfg: Mapping[str, Any],
                      infer_cfg: Mapping[str, Any], num_workers: int, progress: bool,
-                     log: logging.Logger) -> Dict[str, Any]:
+                     log: logging.Logger, model: str = "") -> Dict[str, Any]:
     """Predict the CT studies found under ``inputs`` and write the outputs to ``out_dir``.
 
     Every series is given its role (:func:`ppihd.data.study.plan_studies`); the usable ones (or only each
@@ -553,25 +564,20 @@ def _predict_studies(inputs: Sequence[str], out_dir: str, backend: Backend, data
                 results[m.series_id] = SeriesResult([r["sop_uid"] for r in rows], [r["slice_idx"] for r in rows],
                                                     slice_probs)
                 _write_report(writer.series_dir, m, rows, slice_probs, np.asarray(arr)[..., 0][image_of], image_of,
-                              threshold, n_keys, save_plots, log)
+                              threshold, n_keys, save_plots, log, model)
             bar.update(min(nbatch, len(todo) - b0))
         bar.close()
         # safety net: every input file is in exactly one of predictions / skipped
         for path in unaccounted(inputs, writer):
             writer.add_skipped(path, "not a readable DICOM file (ignored by the scan)")
         try:
-            write_studies(writer.out_dir, studies, results, infer_cfg)
+            write_studies(writer.out_dir, studies, results, infer_cfg, model=model)
         except OSError as e:
             if e.errno in _WRITE_ERRNOS:   # a full disk stops the run (run_inference)
                 raise
             log.error("studies.csv / series.csv could not be written: %s\n%s", e, traceback.format_exc(limit=3))
         except Exception as e:  # the per-slice CSVs are complete either way
             log.error("studies.csv / series.csv could not be written: %s\n%s", e, traceback.format_exc(limit=3))
-        try:  # sr/<study_id>.dcm + report.html from the files above (Infer.dicom_sr / report_html)
-            from ppihd.engine.publish import write_study_reports
-            write_study_reports(writer.out_dir, infer_cfg, logger=log)
-        except Exception as e:  # the CSVs are written either way
-            log.error("DICOM SR / report.html failed: %s\n%s", e, traceback.format_exc(limit=3))
         result = {"exit_code": writer.exit_code(), "num_series": writer.n_series, "num_studies": len(studies),
                   "num_predicted": writer.n_predicted, "num_skipped": writer.n_skipped,
                   "out_dir": writer.out_dir}
@@ -584,9 +590,10 @@ def _predict_studies(inputs: Sequence[str], out_dir: str, backend: Backend, data
 
 
 def _write_report(series_dir: str, plan: Any, rows: List[Dict[str, Any]], probs: np.ndarray, brain: np.ndarray,
-                  image_of: np.ndarray, threshold: float, n_keys: int, save_plots: bool, log: logging.Logger) -> None:
+                  image_of: np.ndarray, threshold: float, n_keys: int, save_plots: bool, log: logging.Logger,
+                  model: str = "") -> None:
     meta = {k: rows[0][k] for k in ("patient_id", "study_uid", "series_uid", "series_id")}
-    meta.update(role=plan.role, primary=bool(plan.primary))
+    meta.update(role=plan.role, primary=bool(plan.primary), model=model)
     if plan.slabs:  # [first, last] slice_idx of each slab
         meta["slabs"] = [[int(np.flatnonzero(image_of == j)[0]), int(np.flatnonzero(image_of == j)[-1])]
                          for j in range(int(image_of[-1]) + 1)]
@@ -598,7 +605,7 @@ def _write_report(series_dir: str, plan: Any, rows: List[Dict[str, Any]], probs:
         report.write_summary(os.path.join(series_dir, f"{plan.series_id}.json"), summary)
         if save_plots:
             report.plot_series(os.path.join(series_dir, f"{plan.series_id}.png"), probs, brain=brain,
-                               title=_title(plan), threshold=threshold, key_slices=n_keys,
+                               title=_title(plan), threshold=threshold, key_slices=n_keys, note=model,
                                positions=[r["position"] for r in rows])
     except OSError as e:
         if e.errno in _WRITE_ERRNOS:   # a full disk stops the run (run_inference)

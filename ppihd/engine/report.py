@@ -97,7 +97,7 @@ def pick_key_slices(probs: np.ndarray, k: int, min_gap: Optional[int] = None, th
 
 def plot_series(path: str, probs: np.ndarray, brain: Optional[np.ndarray] = None, title: str = "",
                 threshold: float = 0.5, key_slices: int = 4,
-                positions: Optional[Sequence[Optional[float]]] = None) -> str:
+                positions: Optional[Sequence[Optional[float]]] = None, note: str = "") -> str:
     """Save the per-series PNG.
 
     Args:
@@ -108,6 +108,7 @@ def plot_series(path: str, probs: np.ndarray, brain: Optional[np.ndarray] = None
         threshold: drawn as a dashed line; flagged slices are shaded.
         key_slices: number of thumbnails shown under the curves.
         positions: mm along the slice normal per slice (used in thumbnail captions).
+        note: a line in red above the title (what the model was trained on).
     Returns:
         ``path``.
     """
@@ -149,6 +150,8 @@ def plot_series(path: str, probs: np.ndarray, brain: Optional[np.ndarray] = None
              + (f"above threshold: {verdict}" if verdict else
                 ("any above threshold" if any_max > threshold else "no class above threshold")))
     fig.suptitle(f"{title}\n{line2}", fontsize=11, y=0.995, ha="center")
+    if note:
+        fig.text(0.5, 1.04, note, ha="center", va="bottom", fontsize=11, color="#b00000", fontweight="bold")
     for j, i in enumerate(keys):
         axi = fig.add_subplot(gs[1, j])
         axi.imshow(brain[i], cmap="gray", vmin=0, vmax=255, interpolation="bilinear")

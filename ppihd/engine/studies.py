@@ -163,9 +163,9 @@ def _write_csv(path: str, columns: Sequence[str], rows: Sequence[Dict[str, Any]]
 
 
 def write_studies(out_dir: str, studies: Sequence[Any], results: Mapping[str, SeriesResult],
-                  infer_cfg: Mapping[str, Any]) -> List[Dict[str, Any]]:
+                  infer_cfg: Mapping[str, Any], model: str = "") -> List[Dict[str, Any]]:
     """Write ``series.csv`` (every series of every study), ``studies.csv`` (one row per study) and
-    ``studies/<study_id>.json``. Returns the study rows."""
+    ``studies/<study_id>.json`` (with ``model``: what the model was trained on). Returns the study rows."""
     threshold = float(infer_cfg.get("threshold", 0.5))
     aggregation = str(infer_cfg.get("study_aggregation", "primary_max"))
     study_rows, series_rows = [], []
@@ -178,7 +178,7 @@ def write_studies(out_dir: str, studies: Sequence[Any], results: Mapping[str, Se
         series_rows.extend(srows)
         doc = {**{k: row[k] for k in ("patient_id", "study_uid", "study_folder", "study_id", "primary_series_id",
                                       "primary_reason")},
-               "threshold": threshold, "aggregation": aggregation, **ans, "series": srows}
+               "threshold": threshold, "aggregation": aggregation, "model": model, **ans, "series": srows}
         with atomic_path(os.path.join(out_dir, "studies", f"{st.study_id}.json")) as tmp, \
                 open(tmp, "w", encoding="utf-8") as f:
             json.dump(doc, f, indent=2)

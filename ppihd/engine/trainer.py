@@ -29,6 +29,7 @@ import numpy as np
 
 from ..data.dataset import images_to_tensor, set_uint8_images
 from ..utils.checkpoint import load_checkpoint, load_weights, read_manifest, save_checkpoint
+from ..utils.provenance import training_provenance
 from ..utils.env import amp_support, get_logger
 from .evaluator import dataset_prior, evaluate, format_metrics
 
@@ -136,6 +137,7 @@ class Trainer:
         self.progress = bool(g.get("progress_bar", True)) and self.is_main
         self.amp = g.get("amp")
         self.amp_max_bad_steps = max(1, int(g.get("amp_max_bad_steps") or 1))
+        self._provenance: Optional[Dict[str, Any]] = None   # what the checkpoints record (made at the first save)
         tl = cfg["DataLoader"]["Train"]
         if tl.get("uint8", True):  # uint8 until _forward_loss (images_to_tensor): same numbers, less loader work
             set_uint8_images(train_set)
@@ -358,8 +360,11 @@ class Trainer:
         extra = {"history": self.history}
         if self.scaler is not None:
             extra["scaler"] = self.scaler.state_dict()
+        if self._provenance is None:
+            self._provenance = training_provenance(self.cfg, {"train": len(self.train_set),
+                                                              "val": len(self.val_set) if self.val_set else 0})
         save_checkpoint(os.path.join(self.out_dir, name), self.net, self.optimizer, self.scheduler, it,
-                        self.best_metric, self.best_iter, cfg, extra)
+                        self.best_metric, self.best_iter, cfg, extra, provenance=self._provenance)
 
     def _eval_and_maybe_best(self, it: int, final: bool = False) -> None:
         res = self.evaluate(None if final else self.eval_max_series)

@@ -122,8 +122,11 @@ def restore_optimizer_state(state: Mapping[str, Any], model: Any) -> Dict[str, A
 
 def save_checkpoint(prefix: str, model: Any, optimizer: Any = None, scheduler: Any = None,
                     iteration: int = 0, best_metric: Optional[float] = None, best_iter: Optional[int] = None,
-                    config: Optional[Mapping[str, Any]] = None, extra: Optional[Mapping[str, Any]] = None) -> str:
-    """Save model / optimizer / scheduler / state under ``prefix`` atomically. Returns the manifest path."""
+                    config: Optional[Mapping[str, Any]] = None, extra: Optional[Mapping[str, Any]] = None,
+                    provenance: Optional[Mapping[str, Any]] = None) -> str:
+    """Save model / optimizer / scheduler / state under ``prefix`` atomically. Returns the manifest path.
+    ``provenance`` (:func:`ppihd.utils.provenance.training_provenance`) goes into the JSON manifest, readable
+    without unpickling anything."""
     d, name = os.path.split(os.path.abspath(prefix))
     os.makedirs(d, exist_ok=True)
     tag = f"{name}.{int(iteration):08d}"
@@ -140,7 +143,8 @@ def save_checkpoint(prefix: str, model: Any, optimizer: Any = None, scheduler: A
     _atomic_write_bytes(os.path.join(d, files["state"]), pickle.dumps(state, protocol=4))
     sizes = {k: os.path.getsize(os.path.join(d, v)) for k, v in files.items()}
     manifest = {"version": MANIFEST_VERSION, "iteration": int(iteration), "best_metric": best_metric,
-                "best_iter": best_iter, "files": files, "sizes": sizes, "time": time.time()}
+                "best_iter": best_iter, "files": files, "sizes": sizes, "time": time.time(),
+                "provenance": dict(provenance) if provenance else None}
     mpath = os.path.join(d, f"{name}.json")
     _atomic_write_bytes(mpath, json.dumps(manifest, indent=1).encode())
     _atomic_link(os.path.join(d, files["model"]), os.path.join(d, f"{name}.pdparams"))
