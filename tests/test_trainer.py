@@ -283,6 +283,20 @@ def test_tools_train_resume_eval_end_to_end(tmp_path):
                                            "subdural", "any"}
     df = pd.read_csv(tmp_path / "ev" / "predictions.csv")
     assert len(df) == m["n_slices"] > 0 and df["prob_any"].between(0, 1).all()
+    # provenance: the checkpoint says it was trained on the synthetic set (10 series generated above), and
+    # inference on a series says so first in its log, in provenance.json and in every series JSON
+    prov = read_manifest(os.path.join(out, "best_model"))["provenance"]
+    assert prov["synthetic"] is True and prov["data_root"] == os.path.abspath(data)
+    assert sum(prov["num_series"].values()) == 10 and prov["paddle"] == paddle.__version__
+    r = subprocess.run([sys.executable, os.path.join(root, "tools", "infer.py"), "-c", cfg, *common,
+                        "-o", f"Global.pretrained_model={out}/best_model", "--input", os.path.join(data, "stage_2_test"),
+                        "--output", str(tmp_path / "inf"), "--no-progress"], capture_output=True, text=True, timeout=600)
+    assert r.returncode in (0, 3), r.stderr[-3000:]
+    first = [ln for ln in r.stderr.splitlines() if "MODEL:" in ln][0]
+    assert "WARNING MODEL: trained on synthetic phantoms — not for clinical use" in first
+    assert json.load(open(tmp_path / "inf" / "provenance.json"))["provenance"] == prov
+    (sj,) = [f for f in os.listdir(tmp_path / "inf" / "series") if f.endswith(".json")]
+    assert "synthetic phantoms" in json.load(open(tmp_path / "inf" / "series" / sj))["model"]
     # a missing checkpoint is a clear error, exit status 2
     r = subprocess.run([sys.executable, os.path.join(root, "tools", "eval.py"), "-c", cfg, *common],
                        capture_output=True, text=True, timeout=300)
