@@ -190,3 +190,23 @@ def test_same_file_given_twice_is_predicted_once(tmp_path, fixture_series_dir):
     rows = _read(tmp_path / "o" / "predictions.csv")
     assert [os.path.basename(r["path"]) for r in rows] == ["01.dcm", "02.dcm", "03.dcm"]
     assert [r["slice_idx"] for r in rows] == ["0", "1", "2"]
+
+
+def test_console_is_clean_when_not_a_terminal(tmp_path, fixture_series_dir):
+    """Run as a pipe (a log file, CI): no progress bars, no Paddle import banner or ccache warning, and the log
+    starts with what the model was trained on."""
+    import subprocess
+    import sys
+
+    from infer_utils import ROOT
+
+    ckpt = save_tiny_checkpoint(str(tmp_path / "m.pdparams"))
+    files = [os.path.join(fixture_series_dir, n) for n in ("01.dcm", "02.dcm", "03.dcm")]
+    args = [a for a in infer_args(ckpt) if a != "--no-progress"]
+    r = subprocess.run([sys.executable, os.path.join(ROOT, "tools", "infer.py"), *args, "--input", *files,
+                        "--output", str(tmp_path / "o")], capture_output=True, text=True, timeout=300)
+    assert r.returncode == EXIT_OK, r.stderr[-2000:]
+    for noise in ("OMP_NUM_THREADS", "ccache", "it/s", "series:"):
+        assert noise not in r.stderr, (noise, r.stderr[:2000])
+    assert r.stderr.splitlines()[0].endswith("WARNING MODEL: model of unknown provenance (no training record "
+                                             "beside the weights)")

@@ -221,7 +221,8 @@ def real_study(tmp_path_factory, fixture_series_dir):
     ds0 = pydicom.dcmread(src[0], stop_before_pixels=True)
     o = np.asarray(ds0.ImageOrientationPatient, float)
     normal, p0 = np.cross(o[:3], o[3:]), np.asarray(ds0.ImagePositionPatient, float)
-    study, s2 = generate_uid(), generate_uid()
+    rng = np.random.default_rng(7)   # study UIDs short enough for ".N" series suffixes (a UID has <= 64 chars)
+    study, s2 = (f"1.2.826.0.1.3680043.8.498.{rng.integers(10 ** 15, 10 ** 16)}" for _ in range(2))
     top = root / "in" / "CASE-1"
     files = {}
     files["plain"] = _copy_series(src, str(top / "plain"), study, study + ".1", 2)

@@ -64,11 +64,12 @@ def main(argv=None) -> int:
         log.error("%s", e)
         return 2
     from ppihd.engine.predictor import run_inference
+    from ppihd.utils.env import show_progress
     from ppihd.utils.provenance import provenance_of_weights
 
     res = run_inference(args.input, args.output, DygraphBackend(model, cfg["Infer"]["batch_series"]),
                         cfg["Data"], cfg["Infer"], num_workers=int(cfg["Data"]["num_workers"]),
-                        progress=bool(cfg["Global"]["progress_bar"]) and not args.no_progress, logger=log,
+                        progress=show_progress(cfg["Global"]["progress_bar"] and not args.no_progress), logger=log,
                         tool="tools/infer.py", provenance=provenance_of_weights(cfg["Global"]["pretrained_model"]))
     return int(res["exit_code"])
 

@@ -14,7 +14,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from ppihd.utils.env import get_logger, setup_threads  # noqa: E402
+from ppihd.utils.env import get_logger, setup_threads, show_progress  # noqa: E402
 
 
 def main(argv=None) -> int:
@@ -37,7 +37,7 @@ def main(argv=None) -> int:
     from ppihd.data.labels import LabelError
 
     try:
-        summary = build_cache(cfg, progress=not (args.no_progress or not cfg["Global"].get("progress_bar", True)),
+        summary = build_cache(cfg, progress=show_progress(not args.no_progress and cfg["Global"].get("progress_bar", True)),
                               rebuild=args.rebuild)
     except (CacheError, LabelError) as e:
         logger.error(str(e))

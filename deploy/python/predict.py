@@ -56,7 +56,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    from ppihd.utils.env import get_logger, setup_threads
+    from ppihd.utils.env import get_logger, setup_threads, show_progress
 
     threads = setup_threads(args.threads)
     from ppihd.engine.exporter import read_inference_yml
@@ -99,7 +99,7 @@ def main(argv=None) -> int:
         infer_cfg["report_html"] = False
     infer_cfg["batch_series"] = 1  # the exported graph takes one series at a time
     res = run_inference(args.input, args.output, backend, data_cfg, infer_cfg, num_workers=args.num_workers,
-                        progress=not args.no_progress, logger=log, tool="deploy/python/predict.py",
+                        progress=show_progress(not args.no_progress), logger=log, tool="deploy/python/predict.py",
                         provenance=meta.get("Provenance"))
     return int(res["exit_code"])
 

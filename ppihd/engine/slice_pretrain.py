@@ -28,7 +28,7 @@ from ..data.augment import TrainAugment, build_train_augment
 from ..data.dataset import SeriesDataset
 from ..metric.log_loss import per_class_auc, prior_probabilities, weighted_log_loss
 from ..optimizer import build_lr_scheduler, build_optimizer
-from ..utils.env import get_logger
+from ..utils.env import get_logger, show_progress
 from ..utils.fileio import atomic_path
 
 
@@ -233,7 +233,7 @@ class SlicePretrainer:
         best: Dict[str, Any] = {}
         t0 = time.time()
         bar = tqdm(range(1, iters + 1), desc="slice pre-train", dynamic_ncols=True,
-                   disable=not self.cfg["Global"].get("progress_bar", True))
+                   disable=not show_progress(self.cfg["Global"].get("progress_bar", True)))
         for it in bar:
             idx = self.rng.choice(n, size=min(bs, n), replace=False)
             u8 = self.train.images(idx)

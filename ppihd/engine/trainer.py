@@ -30,7 +30,7 @@ import numpy as np
 from ..data.dataset import images_to_tensor, set_uint8_images
 from ..utils.checkpoint import load_checkpoint, load_weights, read_manifest, save_checkpoint
 from ..utils.provenance import training_provenance
-from ..utils.env import amp_support, get_logger
+from ..utils.env import amp_support, get_logger, show_progress
 from .evaluator import dataset_prior, evaluate, format_metrics
 
 
@@ -134,7 +134,7 @@ class Trainer:
         self.grad_accum = max(1, int(g.get("grad_accum") or 1))
         self.eval_max_series = g.get("eval_max_series")
         self.keep_best = bool(g.get("keep_best", True))
-        self.progress = bool(g.get("progress_bar", True)) and self.is_main
+        self.progress = show_progress(g.get("progress_bar", True)) and self.is_main
         self.amp = g.get("amp")
         self.amp_max_bad_steps = max(1, int(g.get("amp_max_bad_steps") or 1))
         self._provenance: Optional[Dict[str, Any]] = None   # what the checkpoints record (made at the first save)

@@ -10,16 +10,59 @@ import logging
 import os
 import random
 import sys
+import warnings
 from typing import Any, Mapping, Optional, Tuple
 
 import numpy as np
 
 _THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
 
+# Paddle's import-time noise, said once here instead: it warns that ccache is missing (it would only speed up
+# compiling custom C++ operators, which ppihd never builds), and prints a banner when OMP_NUM_THREADS > 1 that
+# multi-threading "will not be optimized if you use data parallel" (ppihd sets the threads on purpose: one
+# process per GPU sets 1 itself through paddle.distributed.launch).
+warnings.filterwarnings("ignore", message="No ccache found")
+_BANNER = ("WARNING: OMP_NUM_THREADS set to", "PLEASE USE OMP_NUM_THREADS WISELY.")
+
+
+class _QuietStderr:
+    """``sys.stderr`` minus Paddle's OMP_NUM_THREADS banner (each line and the newline ``print`` adds)."""
+
+    def __init__(self, stream: Any):
+        self._stream = stream
+        self._dropped = False
+
+    def write(self, text: str) -> int:
+        if text.startswith(_BANNER) or (self._dropped and text == "\n"):
+            self._dropped = text != "\n"
+            return len(text)
+        self._dropped = False
+        return self._stream.write(text)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)
+
+
+def quiet_paddle_banner() -> None:
+    """Filter Paddle's import banner from ``sys.stderr`` (once; call before paddle is imported)."""
+    if not isinstance(sys.stderr, _QuietStderr):
+        sys.stderr = _QuietStderr(sys.stderr)
+
+
+def show_progress(flag: Any = True) -> bool:
+    """Progress bars only where someone watches: ``flag`` (Global.progress_bar / --no-progress) and a terminal
+    on stderr; a log file or a pipe gets the log lines alone."""
+    try:
+        tty = sys.stderr.isatty()
+    except (AttributeError, ValueError):
+        tty = False
+    return bool(flag) and tty
+
 
 def setup_threads(num_threads: Optional[int] = None) -> int:
     """Set the CPU thread count for OpenMP/MKL/oneDNN and for paddle if it is imported. Returns it."""
     n = int(num_threads) if num_threads else (os.cpu_count() or 1)
+    quiet_paddle_banner()
     for var in _THREAD_VARS:
         os.environ[var] = str(n)
     if "paddle" in sys.modules:
