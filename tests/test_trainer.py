@@ -2,6 +2,7 @@
 import json
 import math
 import os
+import re
 
 import numpy as np
 import paddle
@@ -301,3 +302,25 @@ def test_tools_train_resume_eval_end_to_end(tmp_path):
     r = subprocess.run([sys.executable, os.path.join(root, "tools", "eval.py"), "-c", cfg, *common],
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 2 and "Global.pretrained_model" in r.stderr
+
+
+def test_log_line_has_batch_cost_reader_cost_and_ips(tmp_path, data):
+    """PaddleClas-style timing: a loader that sleeps 30 ms per series (2 series per step) must show a reader_cost
+    of at least 60 ms per step, inside a batch_cost that includes it; both in the log and the history."""
+    import time as _time
+
+    class Slow(ToyDataset):
+        def get(self, i, rng):
+            _time.sleep(0.03)
+            return super().get(i, rng)
+
+    slow = Slow(10, 0)
+    cfg = make_cfg(str(tmp_path), iters=4, **{"Global.log_interval": 2, "Global.eval_interval": 0,
+                                              "Global.save_interval": 0})
+    hist = build(cfg, slow, data[1]).train()
+    rows = hist["train"]
+    assert [r["iter"] for r in rows] == [2, 4]
+    for r in rows:
+        assert r["reader_cost"] >= 0.06 and r["batch_cost"] >= r["reader_cost"]
+    log = open(tmp_path / "train.log").read()
+    assert re.search(r"iter 2/4 .* batch_cost \d+\.\d{4} s reader_cost \d+\.\d{4} s ips \d+\.\d slices/s eta ", log)

@@ -138,6 +138,7 @@ class Trainer:
         self.amp = g.get("amp")
         self.amp_max_bad_steps = max(1, int(g.get("amp_max_bad_steps") or 1))
         self._provenance: Optional[Dict[str, Any]] = None   # what the checkpoints record (made at the first save)
+        self._reader_s = 0.0                                 # seconds spent waiting for batches (log window)
         tl = cfg["DataLoader"]["Train"]
         if tl.get("uint8", True):  # uint8 until _forward_loss (images_to_tensor): same numbers, less loader work
             set_uint8_images(train_set)
@@ -246,7 +247,9 @@ class Trainer:
         terms_sum: Dict[str, Any] = {}
         n_slices = 0
         for k in range(self.grad_accum):
+            t_read = time.perf_counter()
             batch = next(stream)
+            self._reader_s += time.perf_counter() - t_read   # reader_cost: waiting for the loader
             n_slices += int(np.asarray(batch["mask"]).sum())
             with self._sync_context(k == self.grad_accum - 1):
                 terms = self._forward_loss(batch)
@@ -423,7 +426,8 @@ class Trainer:
         stream = self.batches.iterate(it * self.grad_accum)
         bar = tqdm(total=self.iters, initial=it, desc="train", disable=not self.progress, dynamic_ncols=True)
         self._reset_window()
-        slices_acc, t_window, t_start, it_start = 0, time.time(), time.time(), it
+        slices_acc, t_window, t_start, it_start, it_window = 0, time.time(), time.time(), it, it
+        self._reader_s = 0.0
         evaluated_at = None
         stop = self.iters if until is None else min(int(until), self.iters)
         while it < stop:
@@ -440,18 +444,25 @@ class Trainer:
                 means = self._read_window(it)
                 sps = slices_acc * self.world / max(now - t_window, 1e-9)
                 eta = (now - t_start) / max(it - it_start, 1) * (self.iters - it)
-                row = {"iter": it, "lr": lr, "slices_per_s": sps, **means}
+                steps = max(it - it_window, 1)
+                batch_cost, reader_cost = (now - t_window) / steps, self._reader_s / steps
+                row = {"iter": it, "lr": lr, "slices_per_s": sps, "batch_cost": batch_cost, "reader_cost": reader_cost,
+                       **means}
                 self.history["train"].append(row)
-                if self.is_main:
+                if self.is_main:   # PaddleClas-style timing: is the loader keeping up (reader_cost << batch_cost)?
                     terms_s = " ".join(f"{k} {v:.4f}" for k, v in means.items())
-                    self.log.info("iter %d/%d %s lr %.3g %.1f slices/s eta %s", it, self.iters, terms_s, lr, sps,
+                    self.log.info("iter %d/%d %s lr %.3g batch_cost %.4f s reader_cost %.4f s ips %.1f slices/s "
+                                  "eta %s", it, self.iters, terms_s, lr, batch_cost, reader_cost, sps,
                                   time.strftime("%H:%M:%S", time.gmtime(eta)))
+                    self._scalar("train/batch_cost", batch_cost, it)
+                    self._scalar("train/reader_cost", reader_cost, it)
+                    self._scalar("train/ips", sps, it)
                     bar.set_postfix(loss=f"{means['loss']:.4f}", lr=f"{lr:.2g}")
                     for k, v in means.items():
                         self._scalar(f"train/{k}", v, it)
                     self._scalar("train/lr", lr, it)
                 self._reset_window()
-                slices_acc, t_window = 0, time.time()
+                slices_acc, t_window, it_window, self._reader_s = 0, time.time(), it, 0.0
             elif eval_due or save_due:
                 self._read_window(it)  # the finiteness / bad-step checks before anything is evaluated or saved
             if eval_due:
