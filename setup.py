@@ -22,7 +22,7 @@ setup(
     # what); 12-bit lossy JPEG needs the GPL-3.0 pylibjpeg-libjpeg, the [gpl] extra
     install_requires=["numpy", "pandas", "pydicom>=3.0.1", "highdicom>=0.28,<0.29", "pylibjpeg>=2.0", "python-gdcm>=3.0.10",
                       "pylibjpeg-openjpeg>=2.0", "pylibjpeg-rle>=2.0", "opencv-python-headless", "PyYAML", "tqdm",
-                      "matplotlib", "scikit-learn"],
-    extras_require={"gpl": ["pylibjpeg-libjpeg>=2.1"], "onnx": ["paddle2onnx", "onnxruntime"], "visualdl": ["visualdl"]},
+                      "matplotlib", "scikit-learn", "visualdl>=2.5.3,<2.6"],
+    extras_require={"gpl": ["pylibjpeg-libjpeg>=2.1"], "onnx": ["paddle2onnx", "onnxruntime"]},
     license="Apache-2.0",
 )

@@ -132,6 +132,16 @@ def test_training_learns_and_writes_outputs(tmp_path, data):
     load_weights(net, str(tmp_path / "best_model"))
     res = evaluate(net, data[1], cfg, prior=dataset_prior(data[0]), collate_fn=collate, progress=False)
     assert res["head2"]["weighted_log_loss"] == pytest.approx(hist["best_metric"], rel=1e-6)
+    # VisualDL (on by default): the curves read back with visualdl's own reader equal the history
+    from visualdl import LogReader
+
+    (rec,) = os.listdir(tmp_path / "vdl")
+    reader = LogReader(file_path=str(tmp_path / "vdl" / rec))
+    tags = reader.get_tags()["scalar"]
+    assert {"train/loss", "train/batch_cost", "train/ips", "eval/head2_wll", "eval/head2_log_loss/any"} <= set(tags)
+    got = [(p.id, p.value) for p in reader.get_data("scalar", "eval/head2_wll")]
+    assert [i for i, _ in got] == [20, 40, 60]
+    np.testing.assert_allclose([v for _, v in got], [r["head2"] for r in ev], rtol=1e-6)
 
 
 def test_resume_is_exact(tmp_path, data):

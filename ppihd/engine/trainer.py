@@ -381,6 +381,11 @@ class Trainer:
         self.history["eval"].append(row)
         self.log.info("iter %d\n%s", it, format_metrics(res))
         self._scalar("eval/head2_wll", wll, it)
+        for cls, v in (res["head2"].get("log_loss") or {}).items():   # per class, as the competition weighs them
+            self._scalar(f"eval/head2_log_loss/{cls}", v, it)
+        for cls, v in (res["head2"].get("auc") or {}).items():
+            if v is not None:
+                self._scalar(f"eval/head2_auc/{cls}", v, it)
         if row["head1"] is not None:
             self._scalar("eval/head1_wll", row["head1"], it)
         if self.best_metric is None or wll < self.best_metric:
@@ -400,7 +405,8 @@ class Trainer:
         try:
             from visualdl import LogWriter  # optional dependency
         except ImportError:
-            self.log.warning("Global.use_visualdl is set but visualdl is not installed (pip install visualdl); "
+            self.log.warning("Global.use_visualdl is on but visualdl is not installed (pip install visualdl, part of "
+                             "ppihd's requirements); "
                              "continuing without it")
             return
         self._vdl = LogWriter(logdir=os.path.join(self.out_dir, "vdl"))
@@ -475,6 +481,9 @@ class Trainer:
             if self._win_steps:
                 self._read_window(it)  # finiteness / bad-step checks before the save
             self.save("latest", it)
+            if self._vdl is not None:
+                self._vdl.close()
+                self._vdl = None
             return {**self.history, "best_metric": self.best_metric, "best_iter": self.best_iter}
         return self._finish(it, evaluated=evaluated_at == it)
 

@@ -33,7 +33,7 @@ DEFAULTS: Dict[str, Any] = {
                                       # scale; this many skipped steps IN A ROW stop the run (checked at log lines)
         "grad_accum": 1,              # series accumulated per optimizer step
         "grad_clip": None,            # global-norm clip value, None = off
-        "use_visualdl": False,
+        "use_visualdl": True,         # VisualDL scalars in <output_dir>/vdl (visualdl --logdir <output_dir>/vdl)
         "progress_bar": True,
         "eval_max_series": None,      # cap on val series per periodic evaluation (None = all; final eval uses all)
         "keep_best": True,            # also save `best_model` when the val metric improves
