@@ -334,3 +334,43 @@ def test_log_line_has_batch_cost_reader_cost_and_ips(tmp_path, data):
         assert r["reader_cost"] >= 0.06 and r["batch_cost"] >= r["reader_cost"]
     log = open(tmp_path / "train.log").read()
     assert re.search(r"iter 2/4 .* batch_cost \d+\.\d{4} s reader_cost \d+\.\d{4} s ips \d+\.\d slices/s eta ", log)
+
+
+def test_changed_settings_on_resume_hand_worked():
+    from ppihd.engine.trainer import changed_settings
+
+    old = {"Global": {"seed": 42, "iters": 10, "log_interval": 2}, "Optimizer": {"lr": {"learning_rate": 0.1}},
+           "DataLoader": {"Train": {"batch_series": 1, "num_workers": 0}}}
+    new = {"Global": {"seed": 7, "iters": 20, "log_interval": 5}, "Optimizer": {"lr": {"learning_rate": 0.2}},
+           "DataLoader": {"Train": {"batch_series": 2, "num_workers": 4}}}
+    # iters, log_interval and num_workers may change; seed, lr and batch may not
+    assert changed_settings(old, new) == ["DataLoader.Train.batch_series", "Global.seed",
+                                          "Optimizer.lr.learning_rate"]
+    assert changed_settings(old, old) == [] and changed_settings(None, new) == []
+
+
+def test_output_folder_with_a_run_is_refused_then_resumed_or_started_over(tmp_path, data):
+    """Training into a folder that holds checkpoints: refused naming the way out; resuming with a changed seed
+    warns with the key; Global.start_over replaces the run; a second live run is refused naming the first."""
+    import logging
+
+    from ppihd.engine.trainer import claim_output_dir
+    from ppihd.utils.runlock import LockError
+
+    cfg = make_cfg(str(tmp_path), iters=4, **{"Global.eval_interval": 0})
+    build(cfg, *data).train()
+    with pytest.raises(RuntimeError, match=r"already holds a training run \(latest, best_model\).*start_over"):
+        claim_output_dir(cfg)
+    lock = claim_output_dir(make_cfg(str(tmp_path), iters=4, **{"Global.start_over": "true"}))
+    with pytest.raises(LockError, match=rf"in use by tools/train.py \(pid {os.getpid()}"):
+        claim_output_dir(make_cfg(str(tmp_path), iters=4, **{"Global.checkpoints": str(tmp_path / "latest")}))
+    lock.release()
+    claim_output_dir(make_cfg(str(tmp_path), iters=4, **{"Global.checkpoints": str(tmp_path / "latest")})).release()
+    records = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    tr = build(make_cfg(str(tmp_path), iters=8, **{"Global.seed": 7, "Global.eval_interval": 0}), *data)
+    tr.log.addHandler(handler)
+    tr.resume(str(tmp_path / "latest"))
+    msg = [r.getMessage() for r in records if r.levelname == "WARNING"]
+    assert any("Global.seed: 42 -> 7" in m for m in msg) and not any("Global.iters" in m for m in msg), msg

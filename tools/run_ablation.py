@@ -337,6 +337,7 @@ def main(argv=None) -> int:
                 rec["note"] = (rec["note"] + "; " if rec["note"] else "") + \
                     f"stage 1: {os.path.relpath(backbone, a.out)}"
             rec["iters"] = int(cfg["Global"]["iters"])
+            cfg["Global"]["start_over"] = True   # a row whose config changed is trained afresh in its folder
             row_dir = cfg["Global"]["output_dir"]
             os.makedirs(row_dir, exist_ok=True)
             ensure_cache(cfg, caches, progress)

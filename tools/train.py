@@ -6,7 +6,9 @@
     python -m paddle.distributed.launch --gpus 0,1,2,3 tools/train.py -c CONFIG  # data-parallel
 
 Writes <Global.output_dir>/{config.yaml, train.log, latest.*, best_model.*, history.json, curves.png}.
-Exit status: 0 done, 2 bad command line / config / data / checkpoint. See docs/training.md.
+Exit status: 0 done, 2 bad command line / config / data / checkpoint, or an output folder that already holds a
+run (resume it with Global.checkpoints, or -o Global.start_over=true), 6 another run holds the output folder.
+See docs/training.md.
 """
 from __future__ import annotations
 
@@ -34,18 +36,21 @@ def main(argv=None) -> int:
     from ppihd.arch import build_model
     from ppihd.data.augment import build_train_augment
     from ppihd.data.dataset import SeriesDataset
-    from ppihd.engine.trainer import Trainer
+    from ppihd.engine.trainer import Trainer, claim_output_dir
+    from ppihd.utils.runlock import LockError
     from ppihd.loss import build_loss
     from ppihd.optimizer import build_lr_scheduler, build_optimizer
     from ppihd.utils.env import setup_runtime
 
     g = cfg["Global"]
+    lock = None
     try:
         setup_runtime(cfg)
         world = paddle.distributed.get_world_size()
         if world > 1:
             paddle.distributed.init_parallel_env()
         rank = paddle.distributed.get_rank()
+        lock = claim_output_dir(cfg) if rank == 0 else None   # one run per output folder, no silent overwrite
         train_cfg = cfg
         if cfg["DataLoader"]["Train"].get("max_slices"):  # shorter training windows; validation sees all slices
             train_cfg = deep_merge(cfg, {"Data": {"max_slices": int(cfg["DataLoader"]["Train"]["max_slices"])}})
@@ -67,12 +72,21 @@ def main(argv=None) -> int:
             trainer.resume(g["checkpoints"])
         elif g.get("pretrained_model"):
             trainer.load_pretrained(g["pretrained_model"])
+    except LockError as e:
+        log.error("%s", e)
+        return 6
     except (ConfigError, FileNotFoundError, ValueError, KeyError, RuntimeError) as e:
         log.error("%s", e)
+        if lock is not None:
+            lock.release()
         return 2
-    if rank == 0:
-        save_config(cfg, os.path.join(g["output_dir"], "config.yaml"))
-    trainer.train()
+    try:
+        if rank == 0:
+            save_config(cfg, os.path.join(g["output_dir"], "config.yaml"))
+        trainer.train()
+    finally:
+        if lock is not None:
+            lock.release()
     return 0
 
 

@@ -34,6 +34,58 @@ from ..utils.env import amp_support, get_logger, show_progress
 from .evaluator import dataset_prior, evaluate, format_metrics
 
 
+#: Settings that may change on resume without changing what the remaining iterations compute (logging, I/O,
+#: threads, the data's location, inference-only sections). ``Global.iters`` is here because continuing a run to more
+#: iterations is the documented use of resume (the schedule is stretched). Anything else that changed is a warning.
+RESUME_FREE = ("Global.iters", "Global.checkpoints", "Global.pretrained_model", "Global.output_dir",
+               "Global.log_interval", "Global.eval_interval", "Global.save_interval", "Global.progress_bar",
+               "Global.use_visualdl", "Global.num_threads", "Global.device", "Global.eval_max_series",
+               "Global.keep_best", "Global.start_over", "Global.save_inference_dir", "Data.num_workers", "Data.root",
+               "Data.cache_dir", "Data.index_file", "DataLoader.Train.num_workers", "DataLoader.Eval", "Infer",
+               "Export", "PseudoLabel", "Ensemble", "SlicePretrain")
+#: checkpoint prefixes whose presence means an output folder holds a run
+RUN_CHECKPOINTS = ("latest", "best_model")
+
+
+def _flat(tree: Any, prefix: str = "") -> Dict[str, Any]:
+    out: Dict[str, Any] = {}
+    for k, v in (tree or {}).items():
+        if str(k).startswith("_"):
+            continue
+        if isinstance(v, Mapping):
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def changed_settings(old: Optional[Mapping[str, Any]], new: Mapping[str, Any]) -> List[str]:
+    """Dotted keys whose value differs between a checkpoint's config and this run's, outside :data:`RESUME_FREE`."""
+    if not old:
+        return []
+    a, b = _flat(old), _flat(new)
+    free = lambda k: any(k == f or k.startswith(f + ".") for f in RESUME_FREE)  # noqa: E731
+    return sorted(k for k in set(a) | set(b) if not free(k) and a.get(k) != b.get(k))
+
+
+def claim_output_dir(cfg: Mapping[str, Any]) -> Any:
+    """Rank 0 of ``tools/train.py``: the output folder's :class:`~ppihd.utils.runlock.RunLock` (a second run into it
+    raises ``LockError`` naming the first); a folder that already holds checkpoints is refused (``RuntimeError``)
+    unless this run resumes one (``Global.checkpoints``) or ``Global.start_over`` says to replace them."""
+    from ..utils.runlock import RunLock
+
+    g = cfg["Global"]
+    out = str(g["output_dir"])
+    lock = RunLock(out, "tools/train.py").acquire()
+    held = [n for n in RUN_CHECKPOINTS if os.path.isfile(os.path.join(out, f"{n}.json"))]
+    if held and not g.get("checkpoints") and not g.get("start_over"):
+        lock.release()
+        raise RuntimeError(f"{out} already holds a training run ({', '.join(held)}); resume it with -o "
+                           f"Global.checkpoints={os.path.join(out, 'latest')}, choose another Global.output_dir, or "
+                           "-o Global.start_over=true to train from scratch and replace its checkpoints")
+    return lock
+
+
 def _seed_for(*parts: int) -> int:
     return int(np.random.SeedSequence([int(p) % (2 ** 32) for p in parts]).generate_state(1)[0])
 
@@ -187,6 +239,12 @@ class Trainer:
         read_manifest(prefix)  # clear error before touching the model
         state = load_checkpoint(prefix, self.net, self.optimizer, self.scheduler)
         self.start_iter = int(state["iteration"])
+        changed = changed_settings(state.get("config"), self.cfg)
+        if changed:
+            old, new = _flat(state.get("config")), _flat(self.cfg)
+            self.log.warning("resuming %s with settings that differ from the checkpoint's, so the run is no longer "
+                             "the one that was interrupted: %s", prefix,
+                             "; ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in changed))
         saved = state.get("extra", {}).get("scaler")
         if self.scaler is not None and saved:
             self.scaler.load_state_dict(saved)  # loss scale and its counters: an fp16 resume continues exactly

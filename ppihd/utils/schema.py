@@ -37,6 +37,8 @@ DEFAULTS: Dict[str, Any] = {
         "progress_bar": True,
         "eval_max_series": None,      # cap on val series per periodic evaluation (None = all; final eval uses all)
         "keep_best": True,            # also save `best_model` when the val metric improves
+        "start_over": False,          # train from scratch into an output_dir that holds checkpoints (replacing them);
+                                      # without it such a folder is refused unless Global.checkpoints resumes it
     },
     "Data": {
         "root": "data/demo",                       # folder in the RSNA layout
