@@ -1,6 +1,5 @@
 """Studies: series roles, the primary series, slabs and the study answer — hand-worked cases, then a real
 multi-series study built from the GE fixture through tools/infer.py."""
-import copy
 import csv
 import json
 import math
@@ -20,6 +19,7 @@ from ppihd.engine.studies import SeriesResult, key_slice, study_answer
 from ppihd.utils.schema import DEFAULTS
 
 from infer_utils import infer_args, load_tool, save_tiny_checkpoint, write_ct
+from study_utils import copy_series
 
 INFER = DEFAULTS["Infer"]
 
@@ -196,22 +196,13 @@ def test_study_answer_hand_worked():
 
 # ------------------------------------------------------------------- a real multi-series study end to end
 def _copy_series(src_files, folder, study_uid, series_uid, number, edit=None, positions=None):
-    """Write the fixture slices ``src_files`` as a new series (new UIDs); ``positions``: IPP per output file."""
-    os.makedirs(folder, exist_ok=True)
-    out = []
-    for k, src in enumerate(src_files):
-        ds = pydicom.dcmread(src)
-        ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SeriesNumber = study_uid, series_uid, number
-        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = f"{series_uid}.{k + 1}"
-        ds.InstanceNumber = k + 1
+    """study_utils.copy_series, with ``positions``: the ImagePositionPatient of each output file."""
+    def place(ds, k):
         if positions is not None:
             ds.ImagePositionPatient = [float(v) for v in positions[k]]
         if edit:
             edit(ds, k)
-        path = os.path.join(folder, f"{k:04d}.dcm")
-        ds.save_as(path)
-        out.append(path)
-    return out
+    return copy_series(src_files, folder, study_uid, series_uid, number, edit=place)
 
 
 @pytest.fixture(scope="module")

@@ -29,7 +29,7 @@ def plot_roc(res: dict, path: str) -> str:
 
     from ppihd import LABELS
     from ppihd.engine.report import LABEL_COLORS
-    from ppihd.utils.fileio import atomic_path
+    from ppihd.utils.fileio import save_figure
 
     fig, ax = plt.subplots(figsize=(7.5, 6.5), dpi=110)
     ax.plot([0, 1], [0, 1], color="#999999", ls="--", lw=1, label="chance (AUC 0.5)")
@@ -57,12 +57,7 @@ def plot_roc(res: dict, path: str) -> str:
     ax.set_title(f"Study-level ROC: {res['n_evaluated']} studies, 95% CI from {res['bootstrap']['resamples']} "
                  f"bootstrap resamples\n{os.path.basename(res['predictions_file'])} vs "
                  f"{os.path.basename(res['labels_file'])}", fontsize=10)
-    try:
-        with atomic_path(path, ".png") as tmp:
-            fig.savefig(tmp, bbox_inches="tight")
-    finally:
-        plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def main(argv=None) -> int:

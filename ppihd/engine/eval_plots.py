@@ -29,7 +29,7 @@ import numpy as np
 from ppihd import LABELS
 from ppihd.engine.report import LABEL_COLORS
 from ppihd.metric import roc_auc, roc_points
-from ppihd.utils.fileio import atomic_path
+from ppihd.utils.fileio import atomic_path, save_figure
 
 
 def pr_points(y: Any, p: Any) -> Dict[str, List[float]]:
@@ -114,15 +114,6 @@ def _fig():
     return plt
 
 
-def _save(fig, path: str, plt) -> str:
-    try:
-        with atomic_path(path, ".png") as tmp:
-            fig.savefig(tmp, bbox_inches="tight")
-    finally:
-        plt.close(fig)
-    return path
-
-
 def write_eval_plots(preds: Mapping[str, Any], out_dir: str, metrics: Optional[Mapping[str, Any]] = None,
                      n_bins: int = 10, threshold: float = 0.5) -> List[str]:
     """Write ``curves.json``, ``roc_pr.png``, ``calibration.png`` and ``per_class.png`` to ``out_dir``
@@ -156,7 +147,7 @@ def write_eval_plots(preds: Mapping[str, Any], out_dir: str, metrics: Optional[M
         a.grid(alpha=0.3)
         a.legend(fontsize=8, loc="lower right" if a is a1 else "lower left")
     fig.suptitle(title)
-    paths.append(_save(fig, os.path.join(out_dir, "roc_pr.png"), plt))
+    paths.append(save_figure(fig, os.path.join(out_dir, "roc_pr.png")))
 
     fig, (a1, a2) = plt.subplots(2, 1, figsize=(7.5, 8.5), dpi=100, height_ratios=[3, 1.2], sharex=True)
     centers = [(b["lower"] + b["upper"]) / 2 for b in cur["classes"][LABELS[0]]["calibration"]]
@@ -177,7 +168,7 @@ def write_eval_plots(preds: Mapping[str, Any], out_dir: str, metrics: Optional[M
     a2.set(xlabel="mean predicted probability", ylabel="slices per bin")
     a2.set_yscale("symlog")
     a2.grid(alpha=0.3)
-    paths.append(_save(fig, os.path.join(out_dir, "calibration.png"), plt))
+    paths.append(save_figure(fig, os.path.join(out_dir, "calibration.png")))
 
     ll = ((metrics or {}).get("head2") or {}).get("log_loss") or {}
     fmt = (lambda v, d=3: "n/a" if v is None else f"{v:.{d}f}")
@@ -195,5 +186,5 @@ def write_eval_plots(preds: Mapping[str, Any], out_dir: str, metrics: Optional[M
     t.scale(1, 1.35)
     wll = ((metrics or {}).get("head2") or {}).get("weighted_log_loss")
     ax.set_title(title + (f" | weighted log loss {wll:.5f}" if wll is not None else ""), fontsize=10)
-    paths.append(_save(fig, os.path.join(out_dir, "per_class.png"), plt))
+    paths.append(save_figure(fig, os.path.join(out_dir, "per_class.png")))
     return paths

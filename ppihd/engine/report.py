@@ -14,7 +14,7 @@ from typing import Any, Dict, List, Optional, Sequence
 import numpy as np
 
 from ppihd import LABELS
-from ppihd.utils.fileio import atomic_path
+from ppihd.utils.fileio import atomic_path, save_figure
 
 #: One colour per label (colour-blind-friendly palette; ``any`` is black and drawn thicker).
 LABEL_COLORS = ("#E69F00", "#D55E00", "#0072B2", "#009E73", "#CC79A7", "#000000")
@@ -168,10 +168,4 @@ def plot_series(path: str, probs: np.ndarray, brain: Optional[np.ndarray] = None
         axi.set_title(f"{chr(ord('A') + j)}: slice {i}{pos}\nany {probs[i, -1]:.2f} | "
                       f"{LABELS[top][:8]} {probs[i, top]:.2f}", fontsize=9,
                       color="#cc0000" if flagged else "black")
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    try:
-        with atomic_path(path, ".png") as tmp:
-            fig.savefig(tmp, bbox_inches="tight")
-    finally:
-        plt.close(fig)
-    return path
+    return save_figure(fig, path)

@@ -12,6 +12,19 @@ def tmp_name(path: str, suffix: str = "") -> str:
     return f"{path}.tmp{os.getpid()}{suffix}"
 
 
+def save_figure(fig, path: str) -> str:
+    """Save a matplotlib figure as PNG atomically (tight bounding box) and close it. Returns ``path``."""
+    import matplotlib.pyplot as plt
+
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    try:
+        with atomic_path(path, ".png") as tmp:
+            fig.savefig(tmp, bbox_inches="tight")
+    finally:
+        plt.close(fig)
+    return path
+
+
 @contextlib.contextmanager
 def atomic_path(path: str, suffix: str = "") -> Iterator[str]:
     """Yield a temporary name beside ``path``; on success move it onto ``path``, on error delete it.
