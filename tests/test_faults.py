@@ -3,7 +3,6 @@ symlinked folders and loops, FIFOs, headers that cannot be true. Every case: a d
 naming the file, every input file in exactly one of predictions.csv / skipped.csv, no half-written CSV."""
 import csv
 import hashlib
-import logging
 import os
 import signal
 import subprocess
