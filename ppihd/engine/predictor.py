@@ -17,6 +17,7 @@ import logging
 import os
 import shutil
 import traceback
+from collections import Counter
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
@@ -503,12 +504,16 @@ def _predict_studies(inputs: Sequence[str], out_dir: str, backend: Backend, data
                        "not the primary series of its study (Infer.predict_series=primary)")
                 writer.add_skipped_many((h.path, f"not predicted: {why}") for h in m.series.slices)
         todo = [m for m in plans if m.predict]
-        log.info("%d studies, %d series (%d to predict), %d files skipped while scanning", len(studies),
-                 len(plans), len(todo), len(skipped))
-        for st in studies:
+        counts = Counter(m.role for m in plans)
+        log.info("%d studies, %d series (%s; %d to predict), %d files skipped while scanning", len(studies),
+                 len(plans), ", ".join(f"{n} {r}" for r, n in counts.most_common()), len(todo), len(skipped))
+        several = [st for st in studies if len(st.series) > 1]
+        for st in several[:20]:   # what was chosen where there was a choice (all of it is in series.csv)
             roles = ", ".join(f"#{m.series_number if m.series_number is not None else '?'} {m.role}"
                               f"{' (primary)' if m.primary else ''}" for m in st.series)
             log.info("study %s: %s", st.folder or st.key[1], roles)
+        if len(several) > 20:
+            log.info("... %d more studies with several series (series.csv)", len(several) - 20)
 
         results: Dict[str, SeriesResult] = {}
         bar = tqdm(total=len(todo), desc="series", unit="series", disable=not progress)
