@@ -16,7 +16,7 @@ setup(
     long_description=long_description,
     long_description_content_type="text/markdown",
     packages=find_packages(include=["ppihd", "ppihd.*"]),
-    python_requires=">=3.8",
+    python_requires=">=3.10",  # pydicom 3
     # paddlepaddle (CPU) or paddlepaddle-gpu is installed separately, see requirements.txt.
     # GDCM and the pylibjpeg plug-ins decode every compressed CT transfer syntax (requirements.txt says which does
     # what); 12-bit lossy JPEG needs the GPL-3.0 pylibjpeg-libjpeg, the [gpl] extra
