@@ -167,6 +167,20 @@ def test_sr_references_key_frames(studies):
     assert {r.ReferencedSOPInstanceUID for r in refs} == {doc["key_slices"]["any"]["sop_uid"]}
 
 
+def test_predictions_readers_keep_frames_apart(studies):
+    from ppihd.engine.ensemble import read_probabilities
+    from ppihd.engine.outputs import read_predictions
+    from ppihd.engine.pseudo_label import PseudoLabelError, read_predictions as read_for_pseudo
+
+    out = studies[0] / "o_mf"
+    sub = {r["ID"]: float(r["Label"]) for r in _csv(out / "submission.csv")}
+    probs = read_probabilities(str(out / "predictions.csv"))
+    assert dict(zip(probs.index, probs.to_numpy())) == pytest.approx(sub)
+    assert sorted(read_predictions(str(out))["frame"].astype(int)) == list(range(1, N + 1))
+    with pytest.raises(PseudoLabelError, match="multi-frame"):
+        read_for_pseudo(str(out / "predictions.csv"))
+
+
 def test_unreadable_frame_skips_the_file(studies):
     """A frame that cannot be used (here: constant, no anatomy) puts the whole file in skipped.csv only."""
     root, sf, mf, *_ = studies
