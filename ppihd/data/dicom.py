@@ -111,6 +111,7 @@ class SliceHeader:
     kernel: str = ""                                    # ConvolutionKernel (first value)
     contrast_agent: str = ""                            # ContrastBolusAgent ("" = none recorded)
     warnings: List[str] = field(default_factory=list)
+    frame: Optional[int] = None                         # 0-based frame of a multi-frame file (None: single-frame)
 
     @property
     def key(self) -> Tuple[str, str, str]:
@@ -266,8 +267,9 @@ NATIVE_FAST = {"1.2.840.10008.1.2": "<", "1.2.840.10008.1.2.1": "<", "1.2.840.10
 
 
 def read_native_pixels(header: SliceHeader) -> Optional[np.ndarray]:
-    """Stored values [rows, cols] read straight from the file at ``header.pixel_offset`` (native syntaxes
-    only; None otherwise, then use :func:`read_raw_pixels`). Unused high bits are corrected exactly as
+    """Stored values [rows, cols] read straight from the file at ``header.pixel_offset`` (+ ``header.frame`` frames
+    of a multi-frame file; native syntaxes only; None otherwise, then use :func:`read_raw_pixels` or, for a frame,
+    :func:`read_frame_pixels`). Unused high bits are corrected exactly as
     pydicom 3 does (shift left then right by BitsAllocated - BitsStored). Raises :class:`DicomError`."""
     end = NATIVE_FAST.get(header.transfer_syntax)
     if end is None or header.pixel_offset is None or header.bits_allocated not in (8, 16):
@@ -282,7 +284,7 @@ def read_native_pixels(header: SliceHeader) -> Optional[np.ndarray]:
             f.seek(max(0, header.pixel_offset - back))
             if f.read(4) != want:
                 raise DicomError(header.path, "file changed since it was scanned (pixel data moved)")
-            f.seek(header.pixel_offset)
+            f.seek(header.pixel_offset + (header.frame or 0) * count * dtype.itemsize)   # frame of a multi-frame
             arr = np.fromfile(f, dtype=dtype, count=count)
     except OSError as e:
         raise DicomError(header.path, f"cannot open file ({e.strerror or e})") from None
@@ -312,10 +314,40 @@ def series_identity(ds: Dataset, path: str) -> Dict[str, str]:
             "series_number": _str(ds, "SeriesNumber"), "series_description": _str(ds, "SeriesDescription")}
 
 
+#: SOP classes of multi-frame CT read frame by frame: Enhanced CT, Legacy Converted Enhanced CT
+MULTIFRAME_CT_CLASSES = {"1.2.840.10008.5.1.4.1.1.2.1", "1.2.840.10008.5.1.4.1.1.2.2"}
+
+
+def _frame_item(ds: Dataset, frame: int, sequence: str) -> Optional[Dataset]:
+    """The first item of functional group ``sequence`` (e.g. ``PlanePositionSequence``) for ``frame``: from the
+    frame's PerFrameFunctionalGroupsSequence item, else from SharedFunctionalGroupsSequence; None if neither."""
+    for groups, i in (("PerFrameFunctionalGroupsSequence", frame), ("SharedFunctionalGroupsSequence", 0)):
+        seq = ds.get(groups, None)
+        if seq is not None and len(seq) > i:
+            inner = seq[i].get(sequence, None)
+            if inner is not None and len(inner):
+                return inner[0]
+    return None
+
+
+def _frame_value(ds: Dataset, frame: int, sequence: str, keyword: str) -> Any:
+    item = _frame_item(ds, frame, sequence)
+    return None if item is None else item.get(keyword, None)
+
+
 def header_from_dataset(ds: Dataset, path: str = "<dataset>") -> SliceHeader:
-    """Build a :class:`SliceHeader` from an already read dataset; raises :class:`DicomError` if unusable.
-    A DICOM object that is not a usable CT image (SR, MR, colour, multi-frame) raises with its
-    :func:`series_identity`, so the study it belongs to can list it."""
+    """Build the :class:`SliceHeader` of a single-frame image from an already read dataset (the first frame's
+    of a multi-frame CT: :func:`headers_from_dataset` gives them all); raises :class:`DicomError` if unusable."""
+    return headers_from_dataset(ds, path)[0]
+
+
+def headers_from_dataset(ds: Dataset, path: str = "<dataset>") -> List[SliceHeader]:
+    """The :class:`SliceHeader` of each frame of an already read dataset: one for a single-frame image, one per
+    frame of a multi-frame CT (Enhanced / Legacy Converted Enhanced CT: position, orientation, rescale,
+    thickness, spacing and FrameType from the per-frame functional groups, else the shared ones); raises
+    :class:`DicomError` if unusable. A DICOM object that is not a usable CT image (SR, MR, colour, a multi-frame
+    image without functional groups) raises with its :func:`series_identity`, so the study it belongs to can
+    list it."""
     notes: List[str] = []
     sop_class = _sop_class(ds)
     if sop_class == DICOMDIR_SOP_CLASS or "DirectoryRecordSequence" in ds:
@@ -333,15 +365,52 @@ def header_from_dataset(ds: Dataset, path: str = "<dataset>") -> SliceHeader:
     if spp != 1:
         raise DicomError(path, f"colour image (SamplesPerPixel {spp}); CT must be greyscale", ident)
     frames = int(_first_number(ds.get("NumberOfFrames", 1)) or 1)
-    if frames != 1:
-        raise DicomError(path, f"multi-frame image ({frames} frames) is not supported; export single slices", ident)
-    slope = _first_number(ds.get("RescaleSlope", None))
-    intercept = _first_number(ds.get("RescaleIntercept", None))
+    multi = frames != 1 or sop_class in MULTIFRAME_CT_CLASSES
+    if multi and not (sop_class in MULTIFRAME_CT_CLASSES or "PerFrameFunctionalGroupsSequence" in ds
+                      or "SharedFunctionalGroupsSequence" in ds):
+        raise DicomError(path, f"multi-frame image ({frames} frames) without functional groups (not an Enhanced "
+                               f"CT) is not supported; export single slices", ident)
+    if frames < 1:
+        raise DicomError(path, f"NumberOfFrames {frames}: no image", ident)
+    if not multi:
+        return [_single_header(ds, path, ident, sop_class, modality, rows, cols, notes, None)]
+    return [_single_header(ds, path, ident, sop_class, modality, rows, cols, list(notes), i) for i in range(frames)]
+
+
+#: where a multi-frame CT keeps, per frame or shared, what a single-frame image has at the top level
+_FUNCTIONAL_GROUP = {
+    "ImagePositionPatient": "PlanePositionSequence", "ImageOrientationPatient": "PlaneOrientationSequence",
+    "RescaleSlope": "PixelValueTransformationSequence", "RescaleIntercept": "PixelValueTransformationSequence",
+    "SliceThickness": "PixelMeasuresSequence", "PixelSpacing": "PixelMeasuresSequence",
+    "WindowCenter": "FrameVOILUTSequence", "WindowWidth": "FrameVOILUTSequence",
+    "ImageType": "CTImageFrameTypeSequence", "ConvolutionKernel": "CTReconstructionSequence"}
+#: Legacy Converted Enhanced images keep the other attributes of their source slices in these functional groups
+_UNASSIGNED = ("UnassignedPerFrameConvertedAttributesSequence", "UnassignedSharedConvertedAttributesSequence")
+
+
+def _single_header(ds: Dataset, path: str, ident: Dict[str, str], sop_class: str, modality: Optional[str],
+                   rows: Any, cols: Any, notes: List[str], frame: Optional[int]) -> SliceHeader:
+    """The :class:`SliceHeader` of a single-frame image (``frame`` None) or of one frame of a multi-frame CT."""
+    if frame is None:
+        get = ds.get
+    else:  # this frame's functional group, else the top level, else the converted source attributes
+
+        def get(keyword: str, default: Any = None) -> Any:
+            seq = _FUNCTIONAL_GROUP.get(keyword)
+            v = None if seq is None else _frame_value(ds, frame, seq,
+                                                      "FrameType" if keyword == "ImageType" else keyword)
+            if v is None:
+                v = ds.get(keyword, None)
+            for unassigned in _UNASSIGNED if v is None else ():
+                v = v if v is not None else _frame_value(ds, frame, unassigned, keyword)
+            return default if v is None else v
+    slope = _first_number(get("RescaleSlope", None))
+    intercept = _first_number(get("RescaleIntercept", None))
     if slope is not None and (not np.isfinite(slope) or abs(slope) > MAX_ABS_SLOPE):
-        raise DicomError(path, f"impossible RescaleSlope {ds.get('RescaleSlope')} (expected a finite number, "
+        raise DicomError(path, f"impossible RescaleSlope {get('RescaleSlope')} (expected a finite number, "
                                f"|slope| <= {MAX_ABS_SLOPE:g})")
     if intercept is not None and (not np.isfinite(intercept) or abs(intercept) > MAX_ABS_INTERCEPT):
-        raise DicomError(path, f"impossible RescaleIntercept {ds.get('RescaleIntercept')} (expected a finite "
+        raise DicomError(path, f"impossible RescaleIntercept {get('RescaleIntercept')} (expected a finite "
                                f"number, |intercept| <= {MAX_ABS_INTERCEPT:g})")
     if slope is None or slope == 0:
         if slope == 0:
@@ -354,34 +423,41 @@ def header_from_dataset(ds: Dataset, path: str = "<dataset>") -> SliceHeader:
         notes.append("SeriesInstanceUID missing: grouped by folder")
     inst = _first_number(ds.get("InstanceNumber", None))
     series_no = _first_number(ds.get("SeriesNumber", None))
-    spacing = _floats(ds.get("PixelSpacing", None), 2)
+    spacing = _floats(get("PixelSpacing", None), 2)
     return SliceHeader(
         path=str(path), sop_uid=sop, patient_id=ident["patient_id"], study_uid=ident["study_uid"],
         series_uid=ident["series_uid"], modality=modality,
-        position=_floats(ds.get("ImagePositionPatient", None), 3),
-        orientation=_floats(ds.get("ImageOrientationPatient", None), 6),
+        position=_floats(get("ImagePositionPatient", None), 3),
+        orientation=_floats(get("ImageOrientationPatient", None), 6),
         instance_number=None if inst is None else int(inst), rows=int(rows), cols=int(cols),
         slope=float(slope), intercept=float(intercept),
         bits_stored=None if ds.get("BitsStored", None) is None else int(ds.BitsStored),
         pixel_representation=None if ds.get("PixelRepresentation", None) is None else int(ds.PixelRepresentation),
-        window_center=_first_number(ds.get("WindowCenter", None)),
-        window_width=_first_number(ds.get("WindowWidth", None)),
-        slice_thickness=_first_number(ds.get("SliceThickness", None)),
+        window_center=_first_number(get("WindowCenter", None)),
+        window_width=_first_number(get("WindowWidth", None)),
+        slice_thickness=_first_number(get("SliceThickness", None)),
         pixel_spacing=None if spacing is None else (spacing[0], spacing[1]),
         transfer_syntax=_transfer_syntax(ds), bits_allocated=int(ds.get("BitsAllocated", 16) or 16),
-        sop_class=sop_class, image_type=_strings(ds.get("ImageType", None)),
+        sop_class=sop_class, image_type=_strings(get("ImageType", None)),
         series_number=None if series_no is None else int(series_no), series_description=ident["series_description"],
-        kernel=(_strings(ds.get("ConvolutionKernel", None)) or ("",))[0],
-        contrast_agent=_str(ds, "ContrastBolusAgent"), warnings=notes)
+        kernel=(_strings(get("ConvolutionKernel", None)) or ("",))[0],
+        contrast_agent=str(get("ContrastBolusAgent", "") or "").strip(), warnings=notes, frame=frame)
 
 
 def read_header(path: str) -> SliceHeader:
-    """Read the header of one file (pixels not decoded) and check it is a usable single-frame CT image.
+    """Read the header of one file (pixels not decoded) and check it is a usable CT image: its only slice, or
+    the first frame of a multi-frame CT (:func:`read_headers` gives every frame).
 
     Checks done here so that a scan reports them up front: DICOM at all, Modality, presence and length of
     the pixel data (truncated files), and that a decoder for a compressed transfer syntax is installed.
     Raises :class:`DicomError` (path, reason).
     """
+    return read_headers(path)[0]
+
+
+def read_headers(path: str) -> List[SliceHeader]:
+    """The :class:`SliceHeader` of every slice of one file: one for a single-frame image, one per frame of a
+    multi-frame CT (:func:`headers_from_dataset`); the checks of :func:`read_header`."""
     path = str(path)
     try:
         size = os.path.getsize(path)
@@ -392,14 +468,17 @@ def read_header(path: str) -> SliceHeader:
         if size < 132:
             raise DicomError(path, "not DICOM (file too small)" if size else "not DICOM (empty file)")
         ds = _open_dataset(path, fp, stop_before_pixels=True)
-        hdr = header_from_dataset(ds, path)
-        check_decoder(path, hdr.transfer_syntax)
-        if hdr.transfer_syntax == DEFLATED_SYNTAX:  # the file offset says nothing about the inflated stream
+        hdrs = headers_from_dataset(ds, path)
+        ts = hdrs[0].transfer_syntax
+        check_decoder(path, ts)
+        if ts == DEFLATED_SYNTAX:  # the file offset says nothing about the inflated stream
             fp.seek(0)
             _deflated_pixel_check(path, _open_dataset(path, fp, stop_before_pixels=False))
         else:
-            hdr.pixel_offset = _pixel_element_check(path, fp, ds, hdr.transfer_syntax, size)
-    return hdr
+            offset = _pixel_element_check(path, fp, ds, ts, size)
+            for h in hdrs:
+                h.pixel_offset = offset
+    return hdrs
 
 
 def _deflated_pixel_check(path: str, ds: Dataset) -> None:
@@ -409,7 +488,8 @@ def _deflated_pixel_check(path: str, ds: Dataset) -> None:
                                                                         "DoubleFloatPixelData" in ds)
                          else "missing pixel data")
     rows, cols = int(ds.get("Rows", 0) or 0), int(ds.get("Columns", 0) or 0)
-    expected = (rows * cols * int(ds.get("BitsAllocated", 16) or 16) + 7) // 8
+    frames = int(_first_number(ds.get("NumberOfFrames", 1)) or 1)
+    expected = (rows * cols * frames * int(ds.get("BitsAllocated", 16) or 16) + 7) // 8
     have = len(ds.PixelData)
     if have < expected:
         raise DicomError(path, f"truncated pixel data ({have} of {expected} bytes)")
@@ -462,6 +542,33 @@ def _decode(ds: Dataset, path: str, ts: str) -> np.ndarray:
             raise DicomError(path, f"cannot decode pixel data ({type(e).__name__}: {str(e)[:120]})") from None
     if arr.ndim != 2:
         raise DicomError(path, f"expected a single greyscale frame, got pixel array of shape {arr.shape}")
+    return arr
+
+
+def read_frame_pixels(header: SliceHeader) -> np.ndarray:
+    """Stored values [rows, cols] of frame ``header.frame`` of a multi-frame file, decoding only that frame
+    (``pydicom.pixels.pixel_array(path, index=frame)``). Raises :class:`DicomError`."""
+    from pydicom.pixels import pixel_array
+
+    path, ts = header.path, header.transfer_syntax
+    check_decoder(path, ts)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            arr = pixel_array(path, index=int(header.frame or 0))
+        except OSError as e:
+            raise DicomError(path, f"cannot open file ({e.strerror or e})") from None
+        except ValueError as e:
+            msg = str(e)
+            if "less than expected" in msg or "truncat" in msg.lower():
+                raise DicomError(path, f"truncated pixel data (frame {int(header.frame or 0) + 1})") from None
+            raise DicomError(path, f"cannot decode pixel data ({msg.splitlines()[0][:120]})") from None
+        except Exception as e:  # decoder plug-ins raise all sorts of things
+            raise DicomError(path, f"cannot decode {_syntax_name(ts)} pixel data, frame {int(header.frame or 0) + 1} "
+                                   f"({type(e).__name__}: {' '.join(str(e).split())[:200]})") from None
+    if arr.shape != (header.rows, header.cols):
+        raise DicomError(path, f"expected a greyscale frame of {header.rows} x {header.cols}, got pixel array of "
+                               f"shape {arr.shape}")
     return arr
 
 

@@ -20,8 +20,8 @@ from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
-from .dicom import (DicomError, SliceHeader, header_from_dataset, read_dataset, read_header, read_native_pixels,
-                    read_raw_pixels)
+from .dicom import (DicomError, SliceHeader, header_from_dataset, read_dataset, read_frame_pixels, read_headers,
+                    read_native_pixels, read_raw_pixels)
 from .transforms import preprocess_slice, to_hu
 
 Skipped = List[Tuple[str, str]]
@@ -121,9 +121,10 @@ def list_files(inputs: Union[str, Sequence[str]]) -> Tuple[List[str], Skipped]:
     return files, skipped
 
 
-def _scan_one(path: str) -> Union[SliceHeader, Tuple[str, str, Optional[Dict[str, str]]]]:
+def _scan_one(path: str) -> Union[List[SliceHeader], Tuple[str, str, Optional[Dict[str, str]]]]:
+    """The headers of one file (one per frame of a multi-frame CT), or ``(path, reason, identity)``."""
     try:
-        return read_header(path)
+        return read_headers(path)
     except DicomError as e:
         return (e.path, e.reason, e.identity)
     except Exception as e:  # never let one odd file stop a scan
@@ -145,7 +146,8 @@ def scan(inputs: Union[str, Sequence[str]], num_workers: int = 1, progress: bool
          desc: str = "scan headers", rejected: Optional[list] = None) -> Tuple[List[SliceHeader], Skipped]:
     """Read the header of every file under ``inputs`` with ``num_workers`` processes (tqdm progress).
 
-    Returns ``(headers, skipped)``; ``skipped`` lists ``(path, reason)`` for missing inputs, empty folders,
+    Returns ``(headers, skipped)``: one header per slice (a multi-frame CT file gives one per frame, with its
+    ``frame``); ``skipped`` lists ``(path, reason)`` for missing inputs, empty folders,
     non-DICOM files, non-CT, truncated or undecodable files. Order of ``headers`` follows the file list.
     ``rejected``: a list to which every skipped DICOM object that names its series (an SR, a dose report, an MR
     slice, ...) is appended as ``(path, reason, identity)`` (:func:`ppihd.data.dicom.series_identity`).
@@ -164,8 +166,8 @@ def scan(inputs: Union[str, Sequence[str]], num_workers: int = 1, progress: bool
     else:
         results = [_scan_one(f) for f in tqdm(files, **bar)]
     for r in results:
-        if isinstance(r, SliceHeader):
-            headers.append(r)
+        if isinstance(r, list):
+            headers.extend(r)
         else:
             skipped.append(r[:2])
             if r[2] is not None and rejected is not None:
@@ -282,12 +284,19 @@ def read_hu(header: SliceHeader, data_cfg: Mapping[str, Any]) -> np.ndarray:
     (:func:`~ppihd.data.dicom.read_native_pixels`, same values as pydicom); others go through pydicom."""
     raw = read_native_pixels(header)
     h = header
-    if raw is None:
+    if raw is None and header.frame is not None:   # one frame of a compressed (or deflated) multi-frame file
+        raw = read_frame_pixels(header)
+    elif raw is None:
         ds = read_dataset(header.path)
         h = header_from_dataset(ds, header.path)
         raw = read_raw_pixels(ds, header.path)
     return to_hu(raw, h.slope, h.intercept, h.bits_stored, h.pixel_representation,
                  bool(data_cfg.get("fix_intercept", True)))
+
+
+def _frame_prefix(h: SliceHeader) -> str:
+    """``"frame 4: "`` for a frame of a multi-frame file (1-based, as DICOM numbers frames), else ``""``."""
+    return "" if h.frame is None else f"frame {h.frame + 1}: "
 
 
 def load_slice(header: SliceHeader, data_cfg: Mapping[str, Any]) -> np.ndarray:
@@ -301,7 +310,8 @@ def load_slabs(series: Series, slabs: Sequence[Sequence[int]], data_cfg: Mapping
     ``series.slices``), then windows, crop and resize as for one slice. A slab of one slice is that slice.
 
     Returns ``(images, skipped, members)``: uint8 [K, H, W, 3] for the K slabs that kept at least one
-    readable slice, ``(path, reason)`` of every slice that could not be read (dropped, the others continue),
+    readable slice, ``(path, reason)`` of every slice that could not be read (dropped, the others continue; the
+    reason of a frame of a multi-frame file starts with ``frame <n>:``),
     and for each returned image the indices of the slices averaged into it. Slices of another size than the
     slab's first readable one are resized to it (bilinear) before averaging. ``reject_constant``: a slice whose
     HU are all one value (no anatomy: a blank or corrupt image) is skipped with that reason (inference does
@@ -323,10 +333,10 @@ def load_slabs(series: Series, slabs: Sequence[Sequence[int]], data_cfg: Mapping
                     raise DicomError(h.path, f"constant image: every pixel is {float(hu.flat[0]):g} HU (nothing to "
                                              "read; a blank or corrupt slice)")
             except DicomError as e:
-                skipped.append((e.path, e.reason))
+                skipped.append((e.path, _frame_prefix(h) + e.reason))
                 continue
             except Exception as e:
-                skipped.append((h.path, f"cannot read pixels ({type(e).__name__}: {str(e)[:120]})"))
+                skipped.append((h.path, f"{_frame_prefix(h)}cannot read pixels ({type(e).__name__}: {str(e)[:120]})"))
                 continue
             if total is None:
                 total = hu.astype(np.float64) if len(slab) > 1 else hu

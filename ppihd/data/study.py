@@ -9,7 +9,7 @@ decided it (the first rule that matches, in this order; docs/inference.md, "Stud
 role           rule
 ============== =====================================================================================
 non_image      a DICOM object without pixels (SR, dose report, presentation state, DICOMDIR, ...)
-other          an image that is not a greyscale single-frame CT (MR, colour, multi-frame)
+other          an image that is not a greyscale CT (MR, colour, multi-frame without functional groups)
 derived        Secondary Capture SOP class, or an ImageType naming a projection / rendering / screen
 localizer      ImageType LOCALIZER / SCOUT / TOPOGRAM / SURVIEW
 non_axial      slice normal more than ``Infer.axial_max_angle_deg`` from the patient's z axis (coronal,
@@ -86,7 +86,8 @@ class SeriesPlan:
 
     @property
     def num_files(self) -> int:
-        return (len(self.series) if self.series is not None else 0) + len(self.objects)
+        files = len({h.path for h in self.series.slices}) if self.series is not None else 0  # frames share a file
+        return files + len(self.objects)
 
 
 @dataclass

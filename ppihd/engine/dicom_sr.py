@@ -14,7 +14,8 @@ The document is a Comprehensive 3D SR (highdicom) holding a TID 1500 Measurement
   - qualitative evaluation: the class ``Present`` (SCT 52101004) when the study probability is above
     ``Infer.threshold`` (``p > threshold``, as in ``studies.csv``), else ``Absent`` (SCT 2667000);
   - measurement: the study probability (``P-EDH`` ...), unit UCUM ``1`` (no units), referencing its key slice;
-  - source image: the class's key slice, by SOP Class / SOP Instance UID;
+  - source image: the class's key slice, by SOP Class / SOP Instance UID (and its ReferencedFrameNumber when the
+    key slice is a frame of a multi-frame image);
 - when ``provenance`` is given, a TEXT item "Comment" (DCM 121106) in the root container.
 
 Patient and study attributes (PatientName, PatientID, PatientBirthDate, PatientSex, StudyInstanceUID,
@@ -88,6 +89,23 @@ def _valid_uid(uid: Any) -> bool:
     return bool(uid) and UID(str(uid)).is_valid
 
 
+def _describe_frame(ds, frame: int) -> None:
+    """Give a multi-frame image's header the top-level geometry of its ``frame`` (1-based): highdicom's image
+    library entry (TID 1604) reads PixelSpacing, ImageOrientationPatient, ImagePositionPatient and SliceThickness
+    there, where an Enhanced CT has them in its functional groups. So the SR's image library describes the
+    image by its first key frame."""
+    from pydicom.valuerep import DS
+
+    from ppihd.data.dicom import headers_from_dataset
+
+    h = headers_from_dataset(ds)[frame - 1]
+    for keyword, value in (("PixelSpacing", h.pixel_spacing), ("ImageOrientationPatient", h.orientation),
+                           ("ImagePositionPatient", h.position), ("SliceThickness", h.slice_thickness)):
+        if value is not None and keyword not in ds:
+            setattr(ds, keyword, [DS(v, auto_format=True) for v in value] if isinstance(value, tuple)
+                    else DS(value, auto_format=True))
+
+
 def build_study_sr(doc: Mapping[str, Any], images: Mapping[str, Any], algorithm_version: str,
                    provenance: Optional[str] = None):
     """The :class:`highdicom.sr.Comprehensive3DSR` of one study.
@@ -112,6 +130,7 @@ def build_study_sr(doc: Mapping[str, Any], images: Mapping[str, Any], algorithm_
         p = doc["probabilities"][lab]
         key = doc["key_slices"][lab]
         ds = images[key["sop_uid"]]
+        frames = [int(key["frame"])] if key.get("frame") else None   # a frame of a multi-frame image
         groups.append(hd.sr.MeasurementsAndQualitativeEvaluations(
             tracking_identifier=hd.sr.TrackingIdentifier(uid=generate_uid(), identifier=f"ppihd {lab}"),
             finding_type=class_code(lab),
@@ -120,15 +139,22 @@ def build_study_sr(doc: Mapping[str, Any], images: Mapping[str, Any], algorithm_
                 name=class_code(lab), value=present if lab in doc["flagged"] else absent)],
             measurements=[hd.sr.Measurement(
                 name=probability_code(lab), value=float(p), unit=unit, algorithm_id=algo,
-                referenced_images=[hd.sr.SourceImageForMeasurement(str(ds.SOPClassUID), str(ds.SOPInstanceUID))])],
-            source_images=[hd.sr.SourceImageForMeasurementGroup(str(ds.SOPClassUID), str(ds.SOPInstanceUID))],
+                referenced_images=[hd.sr.SourceImageForMeasurement(str(ds.SOPClassUID), str(ds.SOPInstanceUID),
+                                                                   referenced_frame_numbers=frames)])],
+            source_images=[hd.sr.SourceImageForMeasurementGroup(str(ds.SOPClassUID), str(ds.SOPInstanceUID),
+                                                                referenced_frame_numbers=frames)],
         ))
     device = hd.sr.DeviceObserverIdentifyingAttributes(uid=generate_uid(), name="ppihd", manufacturer_name="ppihd",
                                                        model_name=f"ppihd {algorithm_version}")
     context = hd.sr.ObservationContext(observer_device_context=hd.sr.ObserverContext(
         observer_type=hd.sr.CodedConcept("121007", "DCM", "Device"), observer_identifying_attributes=device))
-    evidence = [images[s] for s in dict.fromkeys(doc["key_slices"][lab]["sop_uid"] for lab in LABELS)]
-    evidence = [copy.deepcopy(ds) for ds in evidence]
+    first_frame = {}   # sop_uid -> the 1-based frame of its first key slice (multi-frame images)
+    for lab in LABELS:
+        first_frame.setdefault(doc["key_slices"][lab]["sop_uid"], doc["key_slices"][lab].get("frame"))
+    evidence = [copy.deepcopy(images[s]) for s in first_frame]
+    for ds in evidence:
+        if first_frame[str(ds.SOPInstanceUID)] and "PixelSpacing" not in ds:
+            _describe_frame(ds, int(first_frame[str(ds.SOPInstanceUID)]))
     for ds in evidence:  # highdicom copies them from the first image and needs them present
         for k in COPIED:
             if k not in ds:

@@ -16,7 +16,7 @@ where ALL models exceed it.
 from __future__ import annotations
 
 import os
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import pandas as pd
@@ -122,10 +122,15 @@ def combine(probs: np.ndarray, weights: Sequence[float], tau_h: Optional[float] 
 # ----------------------------------------------------------------------------------------------- I/O
 
 
-def submission_id(sop_uid: str, label: str) -> str:
-    """Kaggle row ID: ``ID_<sop>_<label>``; RSNA SOP UIDs already start with ``ID_``."""
+def submission_id(sop_uid: str, label: str, frame: Any = None) -> str:
+    """Kaggle row ID: ``ID_<sop>_<label>``; RSNA SOP UIDs already start with ``ID_``. A frame of a multi-frame
+    file (1-based ``frame``, predictions.csv's ``frame`` column) is ``ID_<sop>-<frame>_<label>``, as in
+    ``submission.csv`` (:func:`ppihd.engine.outputs.submission_id`)."""
     sop = str(sop_uid)
-    return f"{sop}_{label}" if sop.startswith("ID_") else f"ID_{sop}_{label}"
+    sid = sop if sop.startswith("ID_") else f"ID_{sop}"
+    if frame is not None and str(frame).strip() not in ("", "nan"):
+        sid = f"{sid}-{int(float(frame))}"
+    return f"{sid}_{label}"
 
 
 def read_probabilities(path: str) -> pd.Series:
@@ -140,7 +145,8 @@ def read_probabilities(path: str) -> pd.Series:
     if {"ID", "Label"} <= cols:
         s = pd.Series(df["Label"].to_numpy(dtype=np.float64), index=df["ID"].astype(str).to_numpy())
     elif {"sop_uid", *LABELS} <= cols:
-        ids = [submission_id(sop, lab) for sop in df["sop_uid"] for lab in LABELS]
+        frames = df["frame"] if "frame" in cols else [None] * len(df)
+        ids = [submission_id(sop, lab, fr) for sop, fr in zip(df["sop_uid"], frames) for lab in LABELS]
         vals = df[list(LABELS)].to_numpy(dtype=np.float64).reshape(-1)
         s = pd.Series(vals, index=ids)
     else:

@@ -22,10 +22,11 @@ import numpy as np
 
 from ppihd import LABELS
 
-#: Columns of ``predictions.csv`` (the six probabilities are in ``ppihd.LABELS`` order).
+#: Columns of ``predictions.csv`` (the six probabilities are in ``ppihd.LABELS`` order). ``frame``: the
+#: 1-based frame number (DICOM ReferencedFrameNumber) of a slice that is a frame of a multi-frame file, else empty.
 PRED_COLUMNS: Tuple[str, ...] = (
     "patient_id", "study_uid", "series_uid", "series_id", "sop_uid", "slice_idx", "position",
-    *LABELS, "path")
+    *LABELS, "path", "frame")
 SUBMISSION_COLUMNS: Tuple[str, ...] = ("ID", "Label")
 SKIPPED_COLUMNS: Tuple[str, ...] = ("path", "reason")
 
@@ -40,15 +41,17 @@ EXIT_BUSY = 6          # another run holds the output folder (its lock names the
 PARTIAL = ".partial"   # suffix of the journal files of a run in progress
 
 
-def submission_id(sop_uid: str) -> str:
-    """Kaggle image ID for a SOPInstanceUID.
+def submission_id(sop_uid: str, frame: Optional[int] = None) -> str:
+    """Kaggle image ID for a SOPInstanceUID (and the 1-based ``frame`` number of a multi-frame file's slice).
 
     RSNA files already carry ``ID_<hex>`` as their SOPInstanceUID, which is kept as is (never ``ID_ID_``).
-    Any other UID gets the ``ID_`` prefix: ``1.2.3`` -> ``ID_1.2.3``. DICOM UIDs contain only digits and
-    dots, so ``ID_<uid>_<subtype>`` still splits unambiguously at its last ``_``.
+    Any other UID gets the ``ID_`` prefix: ``1.2.3`` -> ``ID_1.2.3``; a frame adds ``-<frame>``:
+    ``ID_1.2.3-7``. DICOM UIDs contain only digits and dots, so ``ID_<uid>[-<frame>]_<subtype>`` still splits
+    unambiguously at its last ``_``.
     """
     sop = str(sop_uid).strip()
-    return sop if sop.startswith("ID_") else f"ID_{sop}"
+    sid = sop if sop.startswith("ID_") else f"ID_{sop}"
+    return sid if frame in (None, "") else f"{sid}-{int(frame)}"
 
 
 def exit_code(n_predicted: int, n_skipped: int) -> int:
@@ -67,7 +70,9 @@ class OutputWriter:
 
     Use as a context manager. Each input path is recorded at most once: a path that was already predicted
     or skipped is ignored when it comes again (the first record wins), so every input file ends up in
-    exactly one of predictions/skipped.
+    exactly one of predictions/skipped. A multi-frame file has one prediction row per frame (the unit of a
+    prediction is ``(path, frame)``), so its frames are all predicted rows; a file skipped before (a frame
+    that could not be read) gets no prediction rows.
     """
 
     def __init__(self, out_dir: str):
@@ -76,7 +81,8 @@ class OutputWriter:
         self.series_dir = os.path.join(self.out_dir, "series")
         self._files: Dict[str, Any] = {}
         self._writers: Dict[str, Any] = {}
-        self._seen: set = set()
+        self._seen: set = set()            # input files recorded (predicted or skipped), absolute paths
+        self._predicted: set = set()       # (absolute path, frame) of every prediction row
         self.n_predicted = 0
         self.n_skipped = 0
         self.n_series = 0
@@ -153,27 +159,34 @@ class OutputWriter:
 
         Args:
             rows: one dict per slice with the keys of :data:`PRED_COLUMNS` except the six labels
-                (``patient_id, study_uid, series_uid, series_id, sop_uid, slice_idx, position, path``).
+                (``patient_id, study_uid, series_uid, series_id, sop_uid, slice_idx, position, path``; ``frame``:
+                the 0-based frame of a multi-frame file, absent or None otherwise).
             probs: float ``[S, 6]`` probabilities in ``ppihd.LABELS`` order.
         Returns:
-            The number of rows written (slices whose path was already recorded are dropped).
+            The number of rows written (slices whose file was already recorded are dropped: skipped, or
+            predicted in an earlier series; the frames of one multi-frame file in one call are all written).
         """
         probs = np.asarray(probs, dtype=np.float64)
         if probs.shape != (len(rows), len(LABELS)):
             raise ValueError(f"probabilities have shape {probs.shape}, expected ({len(rows)}, {len(LABELS)})")
         n = 0
+        mine: set = set()   # files first recorded by this call (their other frames follow)
         for row, p in zip(rows, probs):
             key = os.path.abspath(str(row["path"]))
-            if key in self._seen:
+            frame = row.get("frame")
+            if (key in self._seen and key not in mine) or (key, frame) in self._predicted:
                 continue
+            if key not in self._seen:
+                mine.add(key)
             self._seen.add(key)
+            self._predicted.add((key, frame))
             pos = row.get("position")
             pos_s = "" if pos is None or (isinstance(pos, float) and not np.isfinite(pos)) else f"{float(pos):.4f}"
             self._writers["predictions"].writerow(
                 [row.get("patient_id", ""), row.get("study_uid", ""), row.get("series_uid", ""),
                  row.get("series_id", ""), row.get("sop_uid", ""), int(row["slice_idx"]), pos_s,
-                 *[_fmt_prob(v) for v in p], str(row["path"])])
-            sid = submission_id(row.get("sop_uid", ""))
+                 *[_fmt_prob(v) for v in p], str(row["path"]), "" if frame is None else int(frame) + 1])
+            sid = submission_id(row.get("sop_uid", ""), None if frame is None else int(frame) + 1)
             for label, v in zip(LABELS, p):
                 self._writers["submission"].writerow([f"{sid}_{label}", _fmt_prob(v)])
             n += 1
@@ -190,7 +203,7 @@ def read_predictions(out_dir: str):
     """Load ``predictions.csv`` from an output folder as a pandas DataFrame (UIDs kept as strings)."""
     import pandas as pd
 
-    str_cols = {c: str for c in ("patient_id", "study_uid", "series_uid", "series_id", "sop_uid", "path")}
+    str_cols = {c: str for c in ("patient_id", "study_uid", "series_uid", "series_id", "sop_uid", "path", "frame")}
     return pd.read_csv(os.path.join(out_dir, "predictions.csv"), dtype=str_cols, keep_default_na=False)
 
 
@@ -234,5 +247,6 @@ def series_rows(series: Any, keep: Optional[Sequence[int]] = None) -> List[Dict[
             "slice_idx": j,
             "position": positions[i] if i < len(positions) else None,
             "path": h.path,
+            "frame": getattr(h, "frame", None),
         })
     return rows

@@ -481,8 +481,8 @@ def _predict_studies(inputs: Sequence[str], out_dir: str, backend: Backend, data
         _log_inputs(inputs, headers, log)
         uniq, seen = [], set()
         for h in headers:  # the same file given twice (a folder and a file in it) is predicted once
-            if os.path.abspath(h.path) not in seen:
-                seen.add(os.path.abspath(h.path))
+            if (os.path.abspath(h.path), h.frame) not in seen:
+                seen.add((os.path.abspath(h.path), h.frame))
                 uniq.append(h)
         headers = uniq
         try:
@@ -527,6 +527,10 @@ def _predict_studies(inputs: Sequence[str], out_dir: str, backend: Backend, data
                     writer.add_skipped_many((str(p), str(r)) for p, r in bad)
                     keep = [i for g in members for i in g]
                     image_of = np.repeat(np.arange(len(members)), [len(g) for g in members])
+                    if bad:  # the readable frames of a multi-frame file with an unreadable frame: skipped with it
+                        gone = {os.path.abspath(str(p)) for p, _ in bad}
+                        ok = [os.path.abspath(series.slices[i].path) not in gone for i in keep]
+                        keep, image_of = [i for i, o in zip(keep, ok) if o], image_of[np.asarray(ok, dtype=bool)]
                     if len(keep):
                         loaded.append((m, keep, image_of, arr))
                 except Exception as e:
@@ -567,7 +571,7 @@ def _predict_studies(inputs: Sequence[str], out_dir: str, backend: Backend, data
                 rows = series_rows(m.series, keep)
                 writer.add_series(rows, slice_probs)
                 results[m.series_id] = SeriesResult([r["sop_uid"] for r in rows], [r["slice_idx"] for r in rows],
-                                                    slice_probs)
+                                                    slice_probs, [r["frame"] for r in rows])
                 _write_report(writer.series_dir, m, rows, slice_probs, np.asarray(arr)[..., 0][image_of], image_of,
                               threshold, n_keys, save_plots, log, model)
             bar.update(min(nbatch, len(todo) - b0))

@@ -73,6 +73,9 @@ def read_predictions(path: str) -> pd.DataFrame:
         df["position"] = np.nan
     df[["patient_id", "study_uid"]] = df[["patient_id", "study_uid"]].fillna("")
     dup = df["sop_uid"][df["sop_uid"].duplicated()]
+    if len(dup) and "frame" in df.columns and df["frame"].notna().any():
+        raise PseudoLabelError(f"{path}: slices that are frames of multi-frame files (column frame); "
+                               "pseudo-labelling takes single-frame slices only (one sop_uid per slice)")
     if len(dup):
         raise PseudoLabelError(f"{path}: {len(dup)} duplicate sop_uid rows, e.g. {', '.join(dup.iloc[:3])}")
     probs = df[list(LABELS)].to_numpy(dtype=np.float64)

@@ -89,9 +89,10 @@ def _read_csv(path: str) -> List[Dict[str, str]]:
 
 
 def make_thumbnail(out_dir: str, series_id: str, key_slice_file: Optional[str] = None,
-                   width: int = THUMB_WIDTH) -> Optional[str]:
+                   width: int = THUMB_WIDTH, frame: Optional[int] = None) -> Optional[str]:
     """``thumbs/<series_id>.png`` (relative path) from ``series/<series_id>.png``, else from the DICOM file
-    ``key_slice_file`` in the brain window (WL 40 / WW 80); None when neither exists."""
+    ``key_slice_file`` (its 1-based ``frame`` if a multi-frame file) in the brain window (WL 40 / WW 80); None
+    when neither exists."""
     from PIL import Image
 
     import numpy as np
@@ -105,9 +106,11 @@ def make_thumbnail(out_dir: str, series_id: str, key_slice_file: Optional[str] =
     elif key_slice_file and os.path.isfile(key_slice_file):
         import pydicom
 
-        ds = pydicom.dcmread(key_slice_file)
-        hu = ds.pixel_array.astype(np.float64) * float(getattr(ds, "RescaleSlope", 1) or 1) + \
-            float(getattr(ds, "RescaleIntercept", 0) or 0)
+        from ppihd.data.dicom import read_headers
+        from ppihd.data.series import read_hu
+
+        hdrs = read_headers(key_slice_file)
+        hu = read_hu(hdrs[min(len(hdrs), int(frame or 1)) - 1], {"fix_intercept": False})
         im = Image.fromarray(np.clip((hu - 0.0) / 80.0 * 255.0, 0, 255).astype(np.uint8)).convert("RGB")
     else:
         return None
@@ -161,7 +164,7 @@ def write_report_html(out_dir: str, infer_cfg: Mapping[str, Any], provenance: Op
         thumb_cell = '<span class="none">no usable series</span>'
         if answer:
             key = (doc.get("key_slices") or {}).get("any") or {}
-            thumb = make_thumbnail(out_dir, answer, sop_paths.get(key.get("sop_uid", "")))
+            thumb = make_thumbnail(out_dir, answer, sop_paths.get(key.get("sop_uid", "")), frame=key.get("frame"))
             png = os.path.join(out_dir, "series", f"{answer}.png")
             target = _href("series", f"{answer}.png") if os.path.isfile(png) else (
                 _href(*thumb.split("/")) if thumb else "")

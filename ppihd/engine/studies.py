@@ -45,6 +45,7 @@ class SeriesResult:
     sop_uids: List[str]
     slice_idx: List[int]
     probs: np.ndarray            # [S, 6]
+    frames: Optional[List[Optional[int]]] = None   # 0-based frame of a multi-frame file's slice, else None
 
 
 def key_slice(p: np.ndarray) -> int:
@@ -65,8 +66,8 @@ def _fmt(v: Optional[float], digits: int = 7) -> str:
 def study_answer(study: Any, results: Mapping[str, SeriesResult], threshold: float,
                  aggregation: str = "primary_max") -> Dict[str, Any]:
     """The answer for one :class:`~ppihd.data.study.StudyPlan`: ``{probabilities: {label: p | None},
-    flagged: [labels], key_slices: {label: {series_id, slice_idx, sop_uid, probability}}, answer_series,
-    warnings}``. ``results``: series_id → :class:`SeriesResult` of the series that were predicted."""
+    flagged: [labels], key_slices: {label: {series_id, slice_idx, sop_uid, frame, probability}}, answer_series,
+    warnings}`` (``frame``: the 1-based frame number of a multi-frame file's slice, else None). ``results``: series_id → :class:`SeriesResult` of the series that were predicted."""
     if aggregation not in AGGREGATIONS:
         raise ValueError(f"Infer.study_aggregation must be one of {' | '.join(AGGREGATIONS)}, got {aggregation!r}")
     warnings: List[str] = []
@@ -97,8 +98,9 @@ def study_answer(study: Any, results: Mapping[str, SeriesResult], threshold: flo
             m, i, p = best
             r = results[m.series_id]
             probs[lab] = p
+            frame = r.frames[i] if r.frames else None
             keys[lab] = {"series_id": m.series_id, "slice_idx": int(r.slice_idx[i]), "sop_uid": r.sop_uids[i],
-                         "probability": round(p, 6)}
+                         "frame": None if frame is None else int(frame) + 1, "probability": round(p, 6)}
     flagged = [lab for lab in LABELS if probs[lab] is not None and probs[lab] > threshold]
     if answer is not None:
         if answer.slabs:
@@ -137,7 +139,8 @@ def _study_row(study: Any, ans: Dict[str, Any], results: Mapping[str, SeriesResu
                ) -> Dict[str, Any]:
     p = study.primary
     answer = next((m for m in study.series if m.series_id == ans["answer_series"]), None)
-    keys = "; ".join(f"{lab}: {k['sop_uid']} ({k['series_id']} slice {k['slice_idx']})"
+    keys = "; ".join(f"{lab}: {k['sop_uid']}{'' if k.get('frame') is None else ' frame %d' % k['frame']} "
+                     f"({k['series_id']} slice {k['slice_idx']})"
                      for lab, k in ans["key_slices"].items() if lab in ans["flagged"])
     return {
         "patient_id": study.key[0], "study_uid": study.key[1], "study_folder": study.folder,
