@@ -96,8 +96,9 @@ def test_null_default_keys_name_the_key_and_type_on_a_bad_value():
     from ppihd.utils.config import ConfigError, load_config
     from ppihd.utils.schema import NULLABLE_TYPES
 
-    good = {str: "some/path", int: 3, float: 0.5, ("list", int): "[2, 2]", ("list", float): "[0.5, 1]"}
-    want = {str: "str", int: "int", float: "a number", ("list", int): "a list of int",
+    good = {str: "some/path", int: 3, float: 0.5, bool: "true", ("list", int): "[2, 2]",
+            ("list", float): "[0.5, 1]"}
+    want = {str: "str", int: "int", float: "a number", bool: "bool", ("list", int): "a list of int",
             ("list", float): "a list of float"}
     for key, spec in NULLABLE_TYPES.items():
         bad = "[1, 2]" if spec is str else "abc"
@@ -106,3 +107,14 @@ def test_null_default_keys_name_the_key_and_type_on_a_bad_value():
         assert f"'{key}' expects {want[spec]} or null" in str(e.value), str(e.value)
         load_config(None, [f"{key}={good[spec]}"])
         load_config(None, [f"{key}=null"])
+
+
+def test_override_exponent_without_a_dot_is_a_number():
+    """PyYAML (YAML 1.1) reads ``1e-3`` as the string "1e-3"; ``-o ...=1e-3`` means the number."""
+    from ppihd.utils.config import load_config, parse_override
+
+    assert parse_override("a.b=1e-3") == {"a": {"b": 0.001}}
+    assert parse_override("a.b=2E4") == {"a": {"b": 20000.0}} and parse_override("a.b=1.5e-2") == {"a": {"b": 0.015}}
+    assert parse_override("a.b=e5") == {"a": {"b": "e5"}} and parse_override("a.b=12") == {"a": {"b": 12}}
+    cfg = load_config(None, ["Optimizer.lr.learning_rate=1e-3"])
+    assert cfg["Optimizer"]["lr"]["learning_rate"] == 0.001

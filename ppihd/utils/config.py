@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import difflib
 import os
+import re
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence
 
 import yaml
@@ -107,8 +108,8 @@ def _type_ok(default: Any, value: Any) -> bool:
 
 
 def _scalar_ok(kind: type, value: Any) -> bool:
-    if isinstance(value, bool):
-        return False
+    if kind is bool or isinstance(value, bool):
+        return kind is bool and isinstance(value, bool)
     return isinstance(value, (int, float)) if kind is float else isinstance(value, kind)
 
 
@@ -150,6 +151,9 @@ def validate(cfg: Mapping[str, Any], schema: Mapping[str, Any] = DEFAULTS, sourc
     walk(cfg, schema, "")
 
 
+_FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
+
+
 def parse_override(item: str) -> Dict[str, Any]:
     """``"a.b.c=value"`` -> ``{"a": {"b": {"c": value}}}``; the value is parsed with ``yaml.safe_load``."""
     if "=" not in item:
@@ -162,6 +166,8 @@ def parse_override(item: str) -> Dict[str, Any]:
         value = yaml.safe_load(raw) if raw.strip() != "" else ""
     except yaml.YAMLError:
         value = raw
+    if isinstance(value, str) and _FLOAT.fullmatch(value.strip()):
+        value = float(value)   # YAML 1.1 reads "1e-3" (no dot) as a string; a user means the number
     node: Dict[str, Any] = {}
     cur = node
     parts = key.split(".")

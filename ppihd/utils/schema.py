@@ -271,7 +271,7 @@ DEFAULTS: Dict[str, Any] = {
 }
 
 #: The type of each key whose default is None (None is always accepted too): ``int``, ``float`` (an int is
-#: accepted), ``str``, or ``("list", int | float)``. Every None default must be listed (tests/test_config.py).
+#: accepted), ``str``, ``bool``, or ``("list", int | float)``. Every None default must be listed (tests/test_config.py).
 NULLABLE_TYPES: Dict[str, Any] = {
     "Global.pretrained_model": str, "Global.checkpoints": str, "Global.amp": str, "Global.grad_clip": float,
     "Global.eval_max_series": int,
@@ -279,7 +279,7 @@ NULLABLE_TYPES: Dict[str, Any] = {
     "DataLoader.Train.max_slices": int, "DataLoader.Eval.pad_to": int,
     "Arch.backbone.embed_dim": int, "Arch.backbone.depths": ("list", int), "Arch.backbone.num_heads": ("list", int),
     "Arch.backbone.stem_channels": ("list", int), "Arch.pretrained": str, "Arch.head_bias": ("list", float),
-    "Ensemble.tau_l": float, "SlicePretrain.output_dir": str,
+    "Ensemble.tau_l": float, "SlicePretrain.output_dir": str, "Optimizer.multi_tensor": bool,
 }
 
 #: Sections (dotted paths) that accept arbitrary sub-keys.
