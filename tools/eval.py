@@ -9,7 +9,8 @@ with black slices to 60 and run without a mask (docs/deviations.md "Evaluation p
 Writes DIR/metrics.json (weighted log loss, per-class log loss and ROC-AUC for head 2 and head 1, the constant-prior
 baseline) and DIR/predictions.csv (one row per slice); DIR defaults to <Global.output_dir>/eval.
 Prints the metric next to the constant-prior baseline (each class's training-set positive rate).
-Exit status: 0 done, 2 bad command line / config / data / checkpoint.
+Exit status: 0 done, 2 bad command line / config / data / checkpoint, or a split without labels (e.g. ``--split
+test`` on RSNA data, whose test labels are not public: score a test submission with tools/score_submission.py).
 """
 from __future__ import annotations
 
@@ -61,6 +62,11 @@ def main(argv=None) -> int:
         data = SeriesDataset(cfg, args.split)
         if len(data) == 0:
             raise ValueError(f"split '{args.split}' of the cache index is empty (Data.root={cfg['Data']['root']})")
+        if not any(float(it["label_mask"].sum()) > 0 for it in data.items):
+            raise ValueError(
+                f"split '{args.split}' has no labels ({len(data)} series, {data.num_slices} slices, every label "
+                f"unknown): nothing to score. The test split of RSNA-style data is unlabelled; predict it with "
+                f"tools/infer.py and score the submission with tools/score_submission.py --labels LABELS.csv")
         prior = dataset_prior(SeriesDataset(cfg, "train"))
     except (ConfigError, FileNotFoundError, ValueError, KeyError, RuntimeError) as e:
         log.error("%s", e)
