@@ -50,6 +50,15 @@ FIXMATCH_CONFIGS = {
     "configs/demo/swin_micro_seq.yaml": "configs/fixmatch/demo_micro_fixmatch.yaml",
     "configs/swin_b_seq.yaml": "configs/fixmatch/swin_b_seq_fixmatch.yaml",
 }
+#: Config sections a tool does not read: a change there does not re-run its step (the hash covers the rest).
+NOT_READ = {
+    "preprocess": ("Global", "DataLoader", "Arch", "Loss", "Optimizer", "Metric", "Infer", "Export", "PseudoLabel",
+                   "Ensemble", "SlicePretrain"),
+    "pretrain": ("Infer", "Export", "PseudoLabel", "Ensemble"),
+    "train": ("Infer", "Export", "PseudoLabel", "Ensemble", "SlicePretrain"),
+    "eval": ("Infer", "Export", "PseudoLabel", "Ensemble", "SlicePretrain"),
+    "infer": ("Loss", "Optimizer", "Export", "PseudoLabel", "Ensemble", "SlicePretrain"),
+}
 TEST_LABEL_FILES = ("synthetic_test_labels.csv", "stage_2_test_labels.csv")
 
 
@@ -134,6 +143,14 @@ class Pipeline:
             args += ["-o", o]
         return args
 
+    def settings(self, tool: str, config: str, out_dir: Optional[str] = None, extra: Sequence[str] = ()) -> Any:
+        """The resolved config a step's tool reads (its hash input instead of the ``-o`` list)."""
+        from ppihd.utils.config import load_config
+
+        ov = self.common_overrides() + ([f"Global.output_dir={out_dir}"] if out_dir else []) + list(extra)
+        cfg = load_config(config, ov)
+        return {k: v for k, v in cfg.items() if k not in NOT_READ[tool]}
+
     def launcher(self) -> List[str]:
         a = self.a
         if not (a.gpus or a.nproc):
@@ -180,7 +197,7 @@ class Pipeline:
             if self.train_labels:
                 ins.append(self.train_labels)
             return {"argv": _tool("preprocess.py") + self.cfg_args(self.config) + ["--no-progress"],
-                    "inputs": ins, "outputs": [index]}
+                    "settings": self.settings("preprocess", self.config), "inputs": ins, "outputs": [index]}
 
         def preprocess_metric() -> str:
             import pandas as pd
@@ -200,7 +217,8 @@ class Pipeline:
             steps.append(Step(
                 "pretrain",
                 lambda: {"argv": _tool("pretrain_slices.py") + self.cfg_args(self.config, single),
-                         "inputs": [index], "outputs": [backbone, os.path.join(sp, "metrics.json")]},
+                         "settings": self.settings("pretrain", self.config, single), "inputs": [index],
+                         "outputs": [backbone, os.path.join(sp, "metrics.json")]},
                 lambda: "val wLL {val_wll:.5f} (prior {baseline:.5f})".format(
                     **self._json(os.path.join(sp, "metrics.json"))["best"])))
         pre_inputs = [start[0].split("=", 1)[1]] if start else []
@@ -253,7 +271,7 @@ class Pipeline:
         steps.append(Step(
             "train" + sfx,
             lambda: {"argv": _tool("train.py") + self.cfg_args(config, out, start + dev),
-                     "inputs": [index] + start_inputs,
+                     "settings": self.settings("train", config, out, start + dev), "inputs": [index] + start_inputs,
                      "outputs": [best + ".pdparams", os.path.join(out, "history.json")]},
             train_metric, train_dir=out))
         ev = os.path.join(out, "eval")
@@ -266,7 +284,9 @@ class Pipeline:
         steps.append(Step(
             "eval" + sfx,
             lambda: {"argv": _tool("eval.py") + self.cfg_args(config, out, [f"Global.pretrained_model={best}"])
-                     + ["--output", ev], "inputs": [index, best + ".pdparams"],
+                     + ["--output", ev],
+                     "settings": self.settings("eval", config, out, [f"Global.pretrained_model={best}"]),
+                     "inputs": [index, best + ".pdparams"],
                      "outputs": [os.path.join(ev, "metrics.json")]},
             eval_metric))
         test = os.path.join(out, "test")
@@ -277,6 +297,7 @@ class Pipeline:
             "infer" + sfx,
             lambda: {"argv": _tool("infer.py") + self.cfg_args(config, None, infer_o)
                      + ["--input", self.test_dir, "--output", test, "--no-progress"],
+                     "settings": self.settings("infer", config, None, infer_o),
                      "inputs": [self.test_dir, best + ".pdparams"],
                      "outputs": [os.path.join(test, "predictions.csv"), os.path.join(test, "submission.csv")]},
             lambda: self._fmt_test(os.path.join(test, "submission.csv")), ok_codes=(0, 3)))
@@ -337,9 +358,14 @@ class Pipeline:
         return os.path.join(self.run, ".steps", f"{name}.{kind}.json")
 
     @staticmethod
-    def step_hash(argv: List[str], inputs: List[str]) -> str:
-        h = hashlib.sha256(json.dumps({"argv": argv[1:], "inputs": {p: file_state(p) for p in inputs}},
-                                      sort_keys=True).encode())
+    def step_hash(argv: List[str], inputs: List[str], settings: Any = None) -> str:
+        """sha256 of the command (without the interpreter; with ``settings``, the resolved config the tool reads
+        replaces the ``-o`` list) and of the inputs' :func:`file_state`."""
+        if settings is not None:
+            argv = [x for i, x in enumerate(argv) if x != "-o" and (i == 0 or argv[i - 1] != "-o")]
+        h = hashlib.sha256(json.dumps({"argv": argv[1:], "settings": settings,
+                                       "inputs": {p: file_state(p) for p in inputs}},
+                                      sort_keys=True, default=str).encode())
         return h.hexdigest()
 
     def write_json(self, path: str, obj: Any) -> None:
@@ -375,7 +401,7 @@ class Pipeline:
     def run_step(self, s: Step, row: Dict[str, Any]) -> None:
         b = s.build()
         argv, inputs, outputs = b["argv"], b["inputs"], b["outputs"]
-        key = self.step_hash(argv, inputs)
+        key = self.step_hash(argv, inputs, b.get("settings"))
         done = self._json(self.marker(s.name))
         launch = self.launcher() if s.train_dir else []
         if s.train_dir and launch:
