@@ -21,9 +21,9 @@ STEPS = ["preprocess", "pretrain", "train", "eval", "infer", "pseudo_r1", "train
          "ensemble", "score"]
 
 
-def _cmd(data, out, *extra):
+def _cmd(data, out, *extra, rounds=1):
     cmd = TOOL + ["-c", os.path.join(ROOT, "configs", "demo", "swin_micro_seq.yaml"), "--data", str(data),
-                  "--out", str(out), "--rounds", "1", "--no-plots", "--quiet", *extra]
+                  "--out", str(out), "--rounds", str(rounds), "--no-plots", "--quiet", *extra]
     for o in TINY:
         cmd += ["-o", o]
     return cmd
@@ -161,3 +161,28 @@ def test_dry_run_commands_and_launcher(tmp_path):
     r = subprocess.run(TOOL + ["-c", cfg, "--data", str(tmp_path), "--out", str(out), "--ips", "10.0.0.1"],
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and "--ips needs --gpus" in r.stderr
+
+
+@pytest.mark.slow
+def test_two_cpu_ranks_under_the_launcher(tiny):
+    """--nproc 2: the training step runs as 2 gloo ranks under paddle.distributed.launch; the rest of the recipe
+    (here without FixMatch rounds) runs on its output."""
+    base, data = tiny
+    out = base / "run_ranks"
+    env = _env()
+    env.pop("CUDA_VISIBLE_DEVICES", None)
+    r = subprocess.run(_cmd(data, out, "--nproc", "2", "--slice-pretrain", "off", rounds=0), capture_output=True, text=True, timeout=600, env=env)
+    logs = ""
+    ld = out / "single" / "launch_log"
+    for f in sorted(os.listdir(ld)) if ld.is_dir() else []:
+        logs += f"\n--- {f}\n" + (ld / f).read_text(errors="replace")[-2000:]
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:] + logs
+    st = _status(out)
+    assert list(st) == ["preprocess", "train", "eval", "infer", "ensemble", "score"]
+    assert all(v["state"] in ("done", "skipped") for v in st.values()), st
+    assert "-m paddle.distributed.launch --nproc_per_node 2" in r.stdout
+    assert {"workerlog.0", "workerlog.1"} <= set(os.listdir(ld))
+    log = (out / "single" / "train.log").read_text()
+    assert "2 process(es)" in log
+    sub = pd.read_csv(out / "submission.csv")
+    assert len(sub) == len(pd.read_csv(data / "stage_2_sample_submission.csv")) and sub["Label"].between(0, 1).all()
