@@ -392,6 +392,13 @@ class Pipeline:
                 print(self.table())
                 print(f"reproduce: step {e.step} failed with exit status {e.code}: {e}", file=sys.stderr)
                 return e.code
+            except KeyboardInterrupt:
+                row.update(state="interrupted")
+                self.write_status()
+                print(self.table())
+                print(f"reproduce: interrupted in step {s.name}; run the same command again to resume",
+                      file=sys.stderr)
+                return 130
             self.write_status()
         print(self.table())
         if not self.a.dry_run:
