@@ -475,6 +475,8 @@ class Pipeline:
         for r in self.status:
             t = "" if r["seconds"] is None else f"{r['seconds']:.1f} s"
             lines.append(f"{r['step']:<{w}}  {r['state']:<12} {t:>8}  {r['metric']}")
+        total = sum(r["seconds"] or 0 for r in self.status if r["state"].startswith(("done", "failed")))
+        lines.append(f"{'(this run)':<{w}}  {'':<12} {total:>6.1f} s  steps run now; skipped steps show their own time")
         return "\n".join(lines)
 
     def print_results(self) -> None:
