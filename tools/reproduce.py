@@ -222,7 +222,7 @@ class Pipeline:
                 lambda: "val wLL {val_wll:.5f} (prior {baseline:.5f})".format(
                     **self._json(os.path.join(sp, "metrics.json"))["best"])))
         pre_inputs = [start[0].split("=", 1)[1]] if start else []
-        self.models = [{"name": "single", "dir": single, "group": "plain", "config": self.config}]
+        self.models = [{"name": "single", "dir": single, "group": "plain", "config": self.config, "sfx": ""}]
         self._model_steps(steps, "", self.config, single, start, pre_inputs)
         for k in range(1, self.a.rounds + 1):
             rdir = os.path.join(self.run, f"round{k}")
@@ -230,7 +230,7 @@ class Pipeline:
             previous = list(self.models)
             steps.append(Step(f"pseudo_r{k}", self._pseudo_build(previous, pseudo), self._pseudo_metric(pseudo)))
             self.models.append({"name": f"fixmatch round {k}", "dir": rdir, "group": "pseudo",
-                                "config": self.fixmatch})
+                                "config": self.fixmatch, "sfx": f"_r{k}"})
             self._model_steps(steps, f"_r{k}", self.fixmatch, rdir, start + [f"Data.pseudo_label_csv={pseudo}"],
                               pre_inputs + [pseudo])
         sub = os.path.join(self.run, "submission.csv")
@@ -390,6 +390,7 @@ class Pipeline:
                 row.update(state=f"failed ({e.code})")
                 self.write_status()
                 print(self.table())
+                self.print_results()
                 print(f"reproduce: step {e.step} failed with exit status {e.code}: {e}", file=sys.stderr)
                 return e.code
             except KeyboardInterrupt:
@@ -441,8 +442,10 @@ class Pipeline:
         with open(log_path, "ab") as log:
             log.write(f"\n$ {shlex.join(full)}\n".encode())
             proc = subprocess.Popen(full, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
+            tail: List[bytes] = []
             try:
                 for line in proc.stdout:
+                    tail = (tail + [line])[-4:]
                     log.write(line)
                     log.flush()
                     if not self.a.quiet:
@@ -456,7 +459,8 @@ class Pipeline:
         seconds = round(time.time() - t0, 1)
         row["seconds"] = seconds
         if rc not in s.ok_codes:
-            raise StepFailed(s.name, rc, f"see {log_path}")
+            last = b"".join(tail).decode(errors="replace").rstrip()
+            raise StepFailed(s.name, rc, f"its last output lines:\n{last}\n(whole output: {log_path})")
         missing = [o for o in outputs if not os.path.exists(o)]
         if missing:
             raise StepFailed(s.name, 1, f"exit status {rc} but outputs missing: {', '.join(missing)}")
@@ -480,27 +484,56 @@ class Pipeline:
         return "\n".join(lines)
 
     def print_results(self) -> None:
-        """Single model, each FixMatch round, the ensemble and the constant prior: validation and test scores."""
-        scores = self._json(os.path.join(self.run, "scores.json"))
-        test = {r["name"]: r["weighted_log_loss"] for r in scores["rows"]} if scores else {}
-        rows = []
-        for m in self.models:
-            rows.append((m["name"], self.val_wll(m["dir"]), test.get(m["name"])))
-        r = self.ranks(self.models)
-        rows.append(("ensemble (eq. 3)", None, test.get("ensemble (eq. 3)")))
+        """Single model, each FixMatch round, the ensemble and the constant prior: validation and test weighted log
+        loss (test: where test labels exist). Also after a failed step, with what exists (blank = not there)."""
+        def test_of(path: str) -> Optional[float]:
+            try:
+                return self.test_score(path)
+            except Exception:  # a half-written or foreign file: no score
+                return None
+
+        state = {r["step"]: r["state"] for r in self.status}
+
+        def ok(step: str) -> bool:  # finished in this run or skipped as finished: its files are current
+            return state.get(step, "").startswith(("done", "skipped"))
+
+        rows = [(m["name"], self.val_wll(m["dir"]) if ok("eval" + m["sfx"]) else None,
+                 test_of(os.path.join(m["dir"], "test", "submission.csv")) if ok("infer" + m["sfx"]) else None)
+                for m in self.models]
+        rows.append(("ensemble (eq. 3)", None,
+                     test_of(os.path.join(self.run, "submission.csv")) if ok("ensemble") else None))
         ev = self._json(os.path.join(self.models[0]["dir"], "eval", "metrics.json"))
-        rows.append(("constant prior", ev["baseline"]["weighted_log_loss"] if ev else None, test.get("constant prior")))
+        prior_test = None
+        if self.test_labels and self.train_labels:
+            try:
+                from ppihd.metric.submission import constant_submission, prior_rates, read_labels, score
+
+                labels = read_labels(self.test_labels)
+                ids = self.sample_ids() or list(labels.index)
+                prior = constant_submission(ids, prior_rates(self.train_labels))
+                prior_test = float(score(prior, labels)["weighted_log_loss"])
+            except Exception:
+                prior_test = None
+        rows.append(("constant prior", ev["baseline"]["weighted_log_loss"] if ev else None, prior_test))
         fmt = lambda v: "" if v is None else f"{v:.5f}"  # noqa: E731
         out = [f"{'model':<18} {'val wLL':>9} {'test wLL':>9}"]
         out += [f"{n:<18} {fmt(v):>9} {fmt(t):>9}" for n, v, t in rows]
         text = "\n".join(out)
+        r = self.ranks(self.models) if ok("ensemble") else None
         if r is not None and len(self.models) > 1:
             text += "\nensemble ranks (by val wLL): " + ", ".join(f"{m['name']} {k}" for m, k in zip(self.models, r))
-        if not test:
+        if not self.test_labels:
             text += "\n(no test labels: pass --test-labels to score the test submissions)"
         print(text)
         with atomic_path(os.path.join(self.run, "results.txt")) as tmp, open(tmp, "w", encoding="utf-8") as f:
             f.write(text + "\n")
+
+    def sample_ids(self) -> Optional[List[str]]:
+        if not self.sample:
+            return None
+        import pandas as pd
+
+        return pd.read_csv(self.sample, dtype={"ID": str})["ID"].tolist()
 
 
 def main(argv=None) -> int:
