@@ -151,7 +151,8 @@ def test_cli_ranks_groups_select_with_eq3(tmp_path):
     assert read_pseudo_csv(str(tmp_path / "w.csv"))["confidence"].min() == pytest.approx(1 - 0.0425)
     # equal weights: (0.01 + 0.01 + 0.40) / 3 = 0.14 -> s = 0.86: dropped
     r = subprocess.run(tool + ["--out", str(tmp_path / "e.csv")], capture_output=True, text=True)
-    assert r.returncode == 0 and "kept 0/1 series" in r.stdout
+    assert r.returncode == 4 and "kept 0/1 series" in r.stdout  # nothing kept: exit 4 (tools/pseudo_label.py)
+    assert "no series passed tau_s=0.95 (0/1 kept)" in r.stderr and "e.csv is empty" in r.stderr
     # explicit weights, and mistakes
     r = subprocess.run(tool + ["--weights", "22", "11", "3", "--out", str(tmp_path / "x.csv")],
                        capture_output=True, text=True)

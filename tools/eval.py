@@ -11,7 +11,8 @@ baseline), DIR/predictions.csv (one row per slice, with its sop_uid) and the plo
 (per-class ROC and precision-recall curves), DIR/calibration.png (reliability diagram), DIR/per_class.png (the
 per-class table) with their numbers in DIR/curves.json; DIR defaults to <Global.output_dir>/eval.
 Prints the metric next to the constant-prior baseline (each class's training-set positive rate).
-Exit status: 0 done, 2 bad command line / config / data / checkpoint.
+Exit status: 0 done, 2 bad command line / config / data / checkpoint, or a split without labels (e.g. ``--split
+test`` on RSNA data, whose test labels are not public: score a test submission with tools/score_submission.py).
 """
 from __future__ import annotations
 
@@ -64,6 +65,11 @@ def main(argv=None) -> int:
         data = SeriesDataset(cfg, args.split)
         if len(data) == 0:
             raise ValueError(f"split '{args.split}' of the cache index is empty (Data.root={cfg['Data']['root']})")
+        if not any(float(it["label_mask"].sum()) > 0 for it in data.items):
+            raise ValueError(
+                f"split '{args.split}' has no labels ({len(data)} series, {data.num_slices} slices, every label "
+                f"unknown): nothing to score. The test split of RSNA-style data is unlabelled; predict it with "
+                f"tools/infer.py and score the submission with tools/score_submission.py --labels LABELS.csv")
         prior = dataset_prior(SeriesDataset(cfg, "train"))
     except (ConfigError, FileNotFoundError, ValueError, KeyError, RuntimeError) as e:
         log.error("%s", e)

@@ -9,6 +9,9 @@ Several prediction files are averaged (they must cover the same slices): equally
 eq. 3 weights given --ranks (and --groups), as tools/ensemble.py, or with explicit --weights. A series is kept only if
 max(p, 1-p) > tau_s for every slice and all six classes; labels are p > tau_p. Point a training config's
 ``Data.pseudo_label_csv`` at the output (see configs/fixmatch/).
+
+Exit status: 0 written; 2 bad command line or prediction files; 4 no series passed tau_s (the empty output is
+still written, but a FixMatch round on it would be the single model again: lower --tau-s or improve the model).
 """
 from __future__ import annotations
 
@@ -23,6 +26,9 @@ from ppihd.engine.pseudo_label import (PseudoLabelError, average_predictions, la
                                        read_predictions, select_confident_series, train_label_rates,
                                        write_pseudo_csv)
 from ppihd.utils.schema import DEFAULTS  # noqa: E402
+
+
+NOTHING_KEPT = 4  # exit status when no series is kept
 
 
 def main(argv=None) -> int:
@@ -78,9 +84,12 @@ def main(argv=None) -> int:
     if sel.kept_slices and int(sel.pseudo["any"].sum()) == 0:
         print("WARNING: every kept pseudo-label is negative (no slice has p(any) > tau_p); FixMatch would only add "
               "negative series. Is the model trained beyond the class prior?")
-    elif sel.kept_series == 0:
-        print(f"WARNING: no series passed tau_s={a.tau_s}; the output is empty (lower --tau-s or improve the model)")
     print(f"wrote {a.out}")
+    if sel.kept_series == 0:
+        print(f"pseudo_label: error: no series passed tau_s={a.tau_s} (0/{sel.n_series} kept); {a.out} is empty "
+              f"and a FixMatch round on it would add nothing. Lower --tau-s or improve the model (exit {NOTHING_KEPT})",
+              file=sys.stderr)
+        return NOTHING_KEPT
     return 0
 
 

@@ -69,6 +69,26 @@ def _load_with_bases(path: str, _seen: Optional[List[str]] = None) -> Dict[str, 
     return deep_merge(merged, data)
 
 
+def config_files(path: str) -> List[str]:
+    """The absolute paths of a config and of every file in its ``_base_`` chain (the config first)."""
+    path = os.path.abspath(path)
+    out = [path]
+    bases = _read_yaml(path).get(BASE_KEY) or []
+    for b in [bases] if isinstance(bases, str) else bases:
+        bpath = b if os.path.isabs(b) else os.path.join(os.path.dirname(path), b)
+        out += [f for f in config_files(bpath) if f not in out]
+    return out
+
+
+def is_demo_config(path: Optional[str]) -> bool:
+    """True for the CPU demo configs: the file or one of its ``_base_`` files lies in a ``configs/demo`` folder
+    (``configs/demo/swin_micro_seq.yaml``, ``configs/fixmatch/demo_micro_fixmatch.yaml``)."""
+    if not path:
+        return False
+    return any(os.path.basename(os.path.dirname(f)) == "demo"
+               and os.path.basename(os.path.dirname(os.path.dirname(f))) == "configs" for f in config_files(path))
+
+
 def _known_paths(tree: Mapping[str, Any], prefix: str = "") -> List[str]:
     out = []
     for k, v in tree.items():

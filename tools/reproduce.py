@@ -1,0 +1,592 @@
+#!/usr/bin/env python
+"""The paper's whole recipe as one resumable command (docs/reproduce.md).
+
+    python tools/reproduce.py -c configs/swin_b_seq.yaml --data data/rsna --out runs/paper \\
+        -o Arch.pretrained=weights/SwinTransformer_base_patch4_window7_224_pretrained.pdparams -o Global.device=gpu
+    python tools/reproduce.py ... --gpus 0,1,2,3                      # training steps on 4 GPUs
+    python tools/reproduce.py ... --gpus 0,1,2,3 --ips 10.0.0.1,10.0.0.2   # and several machines (see the docs)
+    python tools/reproduce.py -c configs/demo/swin_micro_seq.yaml --data data/demo --out output/reproduce-demo
+    python tools/reproduce.py ... --dry-run                           # print the commands, run nothing
+
+Steps, each a subprocess of an existing tool, inputs and outputs files (the run folder RUN, the data ROOT):
+
+    preprocess    tools/preprocess.py                 -> <cache>/index.csv  (the cache of ROOT, shared by runs)
+    pretrain      tools/pretrain_slices.py (demo configs only, as make demo) -> RUN/single/slice_pretrain/
+    train         tools/train.py                      -> RUN/single/best_model.pdparams, history.json
+    eval          tools/eval.py (val split)           -> RUN/single/eval/metrics.json
+    infer         tools/infer.py -o Infer.slab_mm=null (every slice, as the paper) -> RUN/single/test/
+    pseudo_rK     tools/pseudo_label.py (all models so far, eq. 3 weights by val rank) -> RUN/roundK/pseudo.csv
+    train_rK, eval_rK, infer_rK   the FixMatch round K with the FixMatch config (RUN/roundK/)
+    ensemble      tools/ensemble.py (eq. 3: the rounds = group pseudo, the single model = group plain; ranks
+                  by validation log loss, 1 = best)  -> RUN/submission.csv
+    score         tools/score_submission.py (when test labels exist) -> RUN/scores.json, the results table
+
+A step is skipped when its completion marker RUN/.steps/<step>.json holds the hash of its command and of its
+inputs' sizes and mtimes and its outputs exist; otherwise it runs (a training step that was interrupted resumes
+from its ``latest`` checkpoint: ``-o Global.checkpoints=<dir>/latest``). Every step's output goes to
+RUN/logs/<step>.log too. The status table (step, state, time, key metric) is printed and written to
+RUN/status.json after every step. Exit status: 0 done; 2 bad command line; otherwise the failing step's exit
+status (e.g. 4 from tools/pseudo_label.py when no series is kept), with the step named.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import shlex
+import subprocess
+import sys
+import time
+from typing import Any, Callable, Dict, List, Optional, Sequence
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+from ppihd.utils.fileio import atomic_path  # noqa: E402
+
+#: The FixMatch config that goes with each single-model config (--fixmatch-config overrides).
+FIXMATCH_CONFIGS = {
+    "configs/demo/swin_micro_seq.yaml": "configs/fixmatch/demo_micro_fixmatch.yaml",
+    "configs/swin_b_seq.yaml": "configs/fixmatch/swin_b_seq_fixmatch.yaml",
+}
+#: Config sections a tool does not read: a change there does not re-run its step (the hash covers the rest).
+NOT_READ = {
+    "preprocess": ("Global", "DataLoader", "Arch", "Loss", "Optimizer", "Metric", "Infer", "Export", "PseudoLabel",
+                   "Ensemble", "SlicePretrain"),
+    "pretrain": ("Infer", "Export", "PseudoLabel", "Ensemble"),
+    "train": ("Infer", "Export", "PseudoLabel", "Ensemble", "SlicePretrain"),
+    "eval": ("Infer", "Export", "PseudoLabel", "Ensemble", "SlicePretrain"),
+    "infer": ("Loss", "Optimizer", "Export", "PseudoLabel", "Ensemble", "SlicePretrain"),
+}
+TEST_LABEL_FILES = ("synthetic_test_labels.csv", "stage_2_test_labels.csv")
+
+
+class StepFailed(RuntimeError):
+    def __init__(self, step: str, code: int, msg: str):
+        super().__init__(msg)
+        self.step, self.code = step, code
+
+
+def _tool(name: str) -> List[str]:
+    return [sys.executable, os.path.join(ROOT, "tools", name)]
+
+
+def file_state(path: str) -> Any:
+    """What a step's hash records of an input: (size, mtime_ns) of a file; of a folder the count, total size and
+    newest mtime of its direct entries; None if missing."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return None
+    if not os.path.isdir(path):
+        return [st.st_size, st.st_mtime_ns]
+    n = size = newest = 0
+    with os.scandir(path) as it:
+        for e in it:
+            s = e.stat()
+            n, size, newest = n + 1, size + s.st_size, max(newest, s.st_mtime_ns)
+    return [n, size, newest]
+
+
+class Step:
+    """One pipeline step. ``build()`` returns the tool's argv (without the launcher), its inputs and outputs; it
+    is called when the step is reached, so it may read earlier steps' outputs (e.g. validation ranks)."""
+
+    def __init__(self, name: str, build: Callable[[], Dict[str, Any]], metric: Callable[[], str] = lambda: "",
+                 train_dir: Optional[str] = None, ok_codes: Sequence[int] = (0,)):
+        self.name, self.build, self.metric = name, build, metric
+        self.train_dir, self.ok_codes = train_dir, tuple(ok_codes)
+
+
+class Pipeline:
+    def __init__(self, a: argparse.Namespace):
+        from ppihd.utils.config import is_demo_config, load_config
+
+        self.a = a
+        self.run = os.path.abspath(a.out)
+        self.data = os.path.abspath(a.data)
+        self.config = os.path.abspath(a.config)
+        rel = os.path.relpath(self.config, ROOT).replace(os.sep, "/")
+        fm = os.path.abspath(a.fixmatch_config) if a.fixmatch_config else (
+            os.path.join(ROOT, FIXMATCH_CONFIGS[rel]) if rel in FIXMATCH_CONFIGS else None)
+        if a.rounds > 0 and not fm:
+            raise SystemExit(f"reproduce: error: no FixMatch config known for {a.config}; pass --fixmatch-config "
+                             f"(known: {', '.join(FIXMATCH_CONFIGS)}) or --rounds 0")
+        self.fixmatch = fm
+        self.cfg = load_config(self.config, self.common_overrides())
+        self.fm_cfg = load_config(self.fixmatch, self.common_overrides()) if self.fixmatch else None
+        self.demo = is_demo_config(self.config)
+        self.pretrain = self.demo if a.slice_pretrain == "auto" else a.slice_pretrain == "on"
+        d = self.cfg["Data"]
+        self.test_dir = os.path.join(self.data, d["test_dir"])
+        self.train_labels = os.path.join(self.data, d["label_csv"]) if d.get("label_csv") else None
+        self.test_labels = a.test_labels
+        if self.test_labels is None:
+            found = [os.path.join(self.data, f) for f in TEST_LABEL_FILES if os.path.isfile(os.path.join(self.data, f))]
+            self.test_labels = found[0] if found else None
+        sample = os.path.join(self.data, "stage_2_sample_submission.csv")
+        self.sample = a.sample or (sample if os.path.isfile(sample) else None)
+        from ppihd.data.cache import resolve_index_file
+
+        self.index = resolve_index_file(self.cfg)
+        self.models: List[Dict[str, str]] = []  # name, dir, group
+        self.status: List[Dict[str, Any]] = []
+
+    # -- commands ----------------------------------------------------------------------------------------------
+    def common_overrides(self) -> List[str]:
+        return [f"Data.root={os.path.abspath(self.a.data)}"] + list(self.a.override)
+
+    def cfg_args(self, config: str, out_dir: Optional[str] = None, extra: Sequence[str] = ()) -> List[str]:
+        args = ["-c", config]
+        for o in self.common_overrides() + ([f"Global.output_dir={out_dir}"] if out_dir else []) + list(extra):
+            args += ["-o", o]
+        return args
+
+    def settings(self, tool: str, config: str, out_dir: Optional[str] = None, extra: Sequence[str] = ()) -> Any:
+        """The resolved config a step's tool reads (its hash input instead of the ``-o`` list)."""
+        from ppihd.utils.config import load_config
+
+        ov = self.common_overrides() + ([f"Global.output_dir={out_dir}"] if out_dir else []) + list(extra)
+        cfg = load_config(config, ov)
+        return {k: v for k, v in cfg.items() if k not in NOT_READ[tool]}
+
+    def launcher(self) -> List[str]:
+        a = self.a
+        if not (a.gpus or a.nproc):
+            return []
+        cmd = [sys.executable, "-m", "paddle.distributed.launch"]
+        if a.gpus:
+            cmd += ["--devices", a.gpus]
+        if a.nproc:
+            cmd += ["--nproc_per_node", str(a.nproc)]
+        if a.ips:
+            cmd += ["--ips", a.ips]
+        return cmd
+
+    def rel(self, p: str) -> str:
+        return os.path.relpath(p, self.run)
+
+    # -- metrics (short strings for the status table) ------------------------------------------------------------
+    @staticmethod
+    def _json(path: str) -> Optional[Dict[str, Any]]:
+        try:
+            with open(path, encoding="utf-8") as f:
+                return json.load(f)
+        except (OSError, ValueError):
+            return None
+
+    def val_wll(self, model_dir: str) -> Optional[float]:
+        m = self._json(os.path.join(model_dir, "eval", "metrics.json"))
+        return None if m is None else float(m["head2"]["weighted_log_loss"])
+
+    def test_score(self, submission: str) -> Optional[float]:
+        if not self.test_labels or not os.path.isfile(submission):
+            return None
+        from ppihd.metric.submission import read_labels, read_submission, score
+
+        return float(score(read_submission(submission), read_labels(self.test_labels))["weighted_log_loss"])
+
+    # -- the steps ---------------------------------------------------------------------------------------------
+    def steps(self) -> List[Step]:
+        steps: List[Step] = []
+        index = self.index
+
+        def preprocess() -> Dict[str, Any]:
+            ins = [os.path.join(self.data, self.cfg["Data"]["train_dir"]), self.test_dir]
+            if self.train_labels:
+                ins.append(self.train_labels)
+            return {"argv": _tool("preprocess.py") + self.cfg_args(self.config) + ["--no-progress"],
+                    "settings": self.settings("preprocess", self.config), "inputs": ins, "outputs": [index]}
+
+        def preprocess_metric() -> str:
+            import pandas as pd
+
+            idx = pd.read_csv(index, usecols=["split", "status", "series_id"])
+            ok = idx[idx["status"] == "ok"]
+            return ", ".join(f"{s} {g['series_id'].nunique()} series/{len(g)} slices"
+                             for s, g in ok.groupby("split"))
+
+        steps.append(Step("preprocess", preprocess, preprocess_metric))
+        single = os.path.join(self.run, "single")
+        start: List[str] = []  # the start weights of every training step
+        if self.pretrain:
+            sp = os.path.join(single, "slice_pretrain")
+            backbone = os.path.join(sp, "backbone.pdparams")
+            start = [f"Arch.pretrained={backbone}"]
+            steps.append(Step(
+                "pretrain",
+                lambda: {"argv": _tool("pretrain_slices.py") + self.cfg_args(self.config, single),
+                         "settings": self.settings("pretrain", self.config, single), "inputs": [index],
+                         "outputs": [backbone, os.path.join(sp, "metrics.json")]},
+                lambda: "val wLL {val_wll:.5f} (prior {baseline:.5f})".format(
+                    **self._json(os.path.join(sp, "metrics.json"))["best"])))
+        pre_inputs = [start[0].split("=", 1)[1]] if start else []
+        self.models = [{"name": "single", "dir": single, "group": "plain", "config": self.config, "sfx": ""}]
+        self._model_steps(steps, "", self.config, single, start, pre_inputs)
+        for k in range(1, self.a.rounds + 1):
+            rdir = os.path.join(self.run, f"round{k}")
+            pseudo = os.path.join(rdir, "pseudo.csv")
+            previous = list(self.models)
+            steps.append(Step(f"pseudo_r{k}", self._pseudo_build(previous, pseudo), self._pseudo_metric(pseudo)))
+            self.models.append({"name": f"fixmatch round {k}", "dir": rdir, "group": "pseudo",
+                                "config": self.fixmatch, "sfx": f"_r{k}"})
+            self._model_steps(steps, f"_r{k}", self.fixmatch, rdir, start + [f"Data.pseudo_label_csv={pseudo}"],
+                              pre_inputs + [pseudo])
+        sub = os.path.join(self.run, "submission.csv")
+        models = list(self.models)
+        steps.append(Step("ensemble", self._ensemble_build(models, sub),
+                          lambda: self._fmt_test(sub)))
+        if self.test_labels:
+            scores = os.path.join(self.run, "scores.json")
+
+            def score_build() -> Dict[str, Any]:
+                subs = [os.path.join(m["dir"], "test", "submission.csv") for m in models] + [sub]
+                names = [m["name"] for m in models] + ["ensemble (eq. 3)"]
+                argv = _tool("score_submission.py") + ["--submission", *subs, "--names", *names,
+                                                       "--labels", self.test_labels, "--json", scores]
+                if self.sample:
+                    argv += ["--sample", self.sample]
+                if self.train_labels:
+                    argv += ["--prior", self.train_labels]
+                return {"argv": argv, "inputs": subs + [self.test_labels], "outputs": [scores]}
+
+            steps.append(Step("score", score_build, lambda: self._fmt_test(sub)))
+        return steps
+
+    def _fmt_test(self, sub: str) -> str:
+        s = self.test_score(sub)
+        return "" if s is None else f"test wLL {s:.5f}"
+
+    def _model_steps(self, steps: List[Step], sfx: str, config: str, out: str, start: List[str],
+                     start_inputs: List[str]) -> None:
+        best = os.path.join(out, "best_model")
+        index = self.index
+
+        def train_metric() -> str:
+            h = self._json(os.path.join(out, "history.json")) or {}
+            return "" if h.get("best_metric") is None else f"val wLL {h['best_metric']:.5f} @ {h['best_iter']}"
+
+        dev = ["Global.device=gpu"] if self.a.gpus else []  # the launcher gives each rank its GPU
+        steps.append(Step(
+            "train" + sfx,
+            lambda: {"argv": _tool("train.py") + self.cfg_args(config, out, start + dev),
+                     "settings": self.settings("train", config, out, start + dev), "inputs": [index] + start_inputs,
+                     "outputs": [best + ".pdparams", os.path.join(out, "history.json")]},
+            train_metric, train_dir=out))
+        ev = os.path.join(out, "eval")
+
+        def eval_metric() -> str:
+            m = self._json(os.path.join(ev, "metrics.json"))
+            return "" if m is None else (f"val wLL {m['head2']['weighted_log_loss']:.5f} "
+                                         f"(prior {m['baseline']['weighted_log_loss']:.5f})")
+
+        steps.append(Step(
+            "eval" + sfx,
+            lambda: {"argv": _tool("eval.py") + self.cfg_args(config, out, [f"Global.pretrained_model={best}"])
+                     + ["--output", ev],
+                     "settings": self.settings("eval", config, out, [f"Global.pretrained_model={best}"]),
+                     "inputs": [index, best + ".pdparams"],
+                     "outputs": [os.path.join(ev, "metrics.json")]},
+            eval_metric))
+        test = os.path.join(out, "test")
+        infer_o = [f"Global.pretrained_model={best}", "Infer.slab_mm=null"]
+        if self.a.no_plots:
+            infer_o.append("Infer.save_plots=false")
+        steps.append(Step(
+            "infer" + sfx,
+            lambda: {"argv": _tool("infer.py") + self.cfg_args(config, None, infer_o)
+                     + ["--input", self.test_dir, "--output", test, "--no-progress"],
+                     "settings": self.settings("infer", config, None, infer_o),
+                     "inputs": [self.test_dir, best + ".pdparams"],
+                     "outputs": [os.path.join(test, "predictions.csv"), os.path.join(test, "submission.csv")]},
+            lambda: self._fmt_test(os.path.join(test, "submission.csv")), ok_codes=(0, 3)))
+
+    def ranks(self, models: List[Dict[str, str]]) -> Optional[List[int]]:
+        """Rank of each model by validation weighted log loss (1 = best; ties keep the order); None if a model
+        has no eval/metrics.json yet (dry run)."""
+        vals = [self.val_wll(m["dir"]) for m in models]
+        if any(v is None for v in vals):
+            return None
+        order = sorted(range(len(vals)), key=lambda i: (vals[i], i))
+        r = [0] * len(vals)
+        for pos, i in enumerate(order):
+            r[i] = pos + 1
+        return r
+
+    def _weights_args(self, models: List[Dict[str, str]]) -> List[str]:
+        if len(models) == 1:
+            return []
+        r = self.ranks(models)
+        ranks = [str(x) for x in r] if r is not None else ["<rank-by-val-wLL>"] * len(models)
+        return ["--ranks", *ranks, "--groups", *[m["group"] for m in models]]
+
+    def _pseudo_build(self, models: List[Dict[str, str]], pseudo: str) -> Callable[[], Dict[str, Any]]:
+        def build() -> Dict[str, Any]:
+            pl = self.fm_cfg["PseudoLabel"]
+            preds = [os.path.join(m["dir"], "test", "predictions.csv") for m in models]
+            argv = _tool("pseudo_label.py") + ["--pred", *preds] + self._weights_args(models) + [
+                "--tau-s", str(pl["tau_s"]), "--tau-p", str(pl["tau_p"]), "--out", pseudo]
+            if self.train_labels:
+                argv += ["--train-labels", self.train_labels]
+            metrics = [os.path.join(m["dir"], "eval", "metrics.json") for m in models] if len(models) > 1 else []
+            return {"argv": argv, "inputs": preds + metrics, "outputs": [pseudo]}
+        return build
+
+    def _pseudo_metric(self, pseudo: str) -> Callable[[], str]:
+        def metric() -> str:
+            import pandas as pd
+
+            df = pd.read_csv(pseudo, dtype={"series_uid": str})
+            return f"kept {df['series_uid'].nunique()} series/{len(df)} slices, {int(df['any'].sum())} any+"
+        return metric
+
+    def _ensemble_build(self, models: List[Dict[str, str]], sub: str) -> Callable[[], Dict[str, Any]]:
+        def build() -> Dict[str, Any]:
+            subs = [os.path.join(m["dir"], "test", "submission.csv") for m in models]
+            w = self._weights_args(models) or ["--weights", "1"]
+            e = self.cfg["Ensemble"]
+            argv = _tool("ensemble.py") + ["--inputs", *subs] + w + ["--mode", str(e["mode"])]
+            argv += ["--tau-h", str(e["tau_h"])] if e.get("tau_h") is not None else []
+            argv += ["--tau-l", str(e["tau_l"])] if e.get("tau_l") is not None else []
+            metrics = [os.path.join(m["dir"], "eval", "metrics.json") for m in models]
+            return {"argv": argv + ["--out", sub], "inputs": subs + metrics, "outputs": [sub]}
+        return build
+
+    # -- running -----------------------------------------------------------------------------------------------
+    def marker(self, name: str, kind: str = "done") -> str:
+        return os.path.join(self.run, ".steps", f"{name}.{kind}.json")
+
+    @staticmethod
+    def step_hash(argv: List[str], inputs: List[str], settings: Any = None) -> str:
+        """sha256 of the command (without the interpreter; with ``settings``, the resolved config the tool reads
+        replaces the ``-o`` list) and of the inputs' :func:`file_state`."""
+        if settings is not None:
+            argv = [x for i, x in enumerate(argv) if x != "-o" and (i == 0 or argv[i - 1] != "-o")]
+        h = hashlib.sha256(json.dumps({"argv": argv[1:], "settings": settings,
+                                       "inputs": {p: file_state(p) for p in inputs}},
+                                      sort_keys=True, default=str).encode())
+        return h.hexdigest()
+
+    def write_json(self, path: str, obj: Any) -> None:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
+            json.dump(obj, f, indent=1)
+
+    def write_status(self) -> None:
+        if not self.a.dry_run:
+            self.write_json(os.path.join(self.run, "status.json"), {"run": self.run, "steps": self.status})
+
+    def execute(self) -> int:
+        steps = self.steps()
+        self.status = [{"step": s.name, "state": "pending", "seconds": None, "metric": ""} for s in steps]
+        if not self.a.dry_run:
+            os.makedirs(os.path.join(self.run, "logs"), exist_ok=True)
+        for i, s in enumerate(steps):
+            row = self.status[i]
+            try:
+                self.run_step(s, row)
+            except StepFailed as e:
+                row.update(state=f"failed ({e.code})")
+                self.write_status()
+                print(self.table())
+                self.print_results()
+                print(f"reproduce: step {e.step} failed with exit status {e.code}: {e}", file=sys.stderr)
+                return e.code
+            except KeyboardInterrupt:
+                row.update(state="interrupted")
+                self.write_status()
+                print(self.table())
+                print(f"reproduce: interrupted in step {s.name}; run the same command again to resume",
+                      file=sys.stderr)
+                return 130
+            self.write_status()
+        print(self.table())
+        if not self.a.dry_run:
+            self.print_results()
+        return 0
+
+    def run_step(self, s: Step, row: Dict[str, Any]) -> None:
+        b = s.build()
+        argv, inputs, outputs = b["argv"], b["inputs"], b["outputs"]
+        key = self.step_hash(argv, inputs, b.get("settings"))
+        done = self._json(self.marker(s.name))
+        launch = self.launcher() if s.train_dir else []
+        if s.train_dir and launch:
+            launch = launch + ["--log_dir", os.path.join(s.train_dir, "launch_log")]
+        if done and done.get("hash") == key and all(os.path.exists(o) for o in outputs):
+            row.update(state="skipped", seconds=done.get("seconds"), metric=done.get("metric", ""))
+            print(f"== {s.name}: skipped (done {done.get('finished')}, inputs and command unchanged)")
+            return
+        extra: List[str] = []
+        started = self._json(self.marker(s.name, "started"))
+        if s.train_dir and started and started.get("hash") == key \
+                and os.path.isfile(os.path.join(s.train_dir, "latest.json")):
+            extra = ["-o", f"Global.checkpoints={os.path.join(s.train_dir, 'latest')}"]
+        elif s.train_dir and any(os.path.isfile(os.path.join(s.train_dir, f"{n}.json")) for n in ("latest", "best_model")):
+            extra = ["-o", "Global.start_over=true"]   # its inputs or settings changed: the old run is replaced
+        full = (launch + argv[1:] if launch else argv) + extra  # the launcher takes the script, not python
+        if self.a.dry_run:
+            row.update(state="dry-run")
+            print(f"== {s.name}\n{shlex.join(full)}")
+            return
+        print(f"== {s.name}{' (resuming from latest)' if extra else ''}\n{shlex.join(full)}", flush=True)
+        self.write_json(self.marker(s.name, "started"), {"hash": key, "argv": argv, "time": time.time()})
+        row.update(state="running")
+        self.write_status()
+        t0 = time.time()
+        env = dict(os.environ)
+        if launch and self.a.nproc and not self.a.gpus:
+            env["OMP_NUM_THREADS"] = "1"
+            if not env.get("CUDA_VISIBLE_DEVICES"):  # an empty value makes the launcher pick the GPU type
+                env.pop("CUDA_VISIBLE_DEVICES", None)
+        log_path = os.path.join(self.run, "logs", f"{s.name}.log")
+        with open(log_path, "ab") as log:
+            log.write(f"\n$ {shlex.join(full)}\n".encode())
+            proc = subprocess.Popen(full, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
+            tail: List[bytes] = []
+            try:
+                for line in proc.stdout:
+                    tail = (tail + [line])[-4:]
+                    log.write(line)
+                    log.flush()
+                    if not self.a.quiet:
+                        sys.stdout.buffer.write(line)
+                        sys.stdout.flush()
+                rc = proc.wait()
+            except BaseException:
+                proc.kill()
+                proc.wait()
+                raise
+        seconds = round(time.time() - t0, 1)
+        row["seconds"] = seconds
+        if rc not in s.ok_codes:
+            last = b"".join(tail).decode(errors="replace").rstrip()
+            raise StepFailed(s.name, rc, f"its last output lines:\n{last}\n(whole output: {log_path})")
+        missing = [o for o in outputs if not os.path.exists(o)]
+        if missing:
+            raise StepFailed(s.name, 1, f"exit status {rc} but outputs missing: {', '.join(missing)}")
+        try:
+            metric = s.metric()
+        except Exception as e:  # a metric is a summary; a bad one must not fail a finished step
+            metric = f"(metric unavailable: {e})"
+        row.update(state="done" if rc == 0 else f"done (exit {rc})", metric=metric)
+        self.write_json(self.marker(s.name), {"hash": key, "argv": argv, "inputs": inputs, "outputs": outputs,
+                                              "seconds": seconds, "metric": metric, "exit": rc,
+                                              "finished": time.strftime("%Y-%m-%d %H:%M:%S")})
+
+    def table(self) -> str:
+        w = max(len(r["step"]) for r in self.status)
+        lines = [f"{'step':<{w}}  {'state':<12} {'time':>8}  key metric"]
+        for r in self.status:
+            t = "" if r["seconds"] is None else f"{r['seconds']:.1f} s"
+            lines.append(f"{r['step']:<{w}}  {r['state']:<12} {t:>8}  {r['metric']}")
+        total = sum(r["seconds"] or 0 for r in self.status if r["state"].startswith(("done", "failed")))
+        lines.append(f"{'(this run)':<{w}}  {'':<12} {total:>6.1f} s  steps run now; skipped steps show their own time")
+        return "\n".join(lines)
+
+    def print_results(self) -> None:
+        """Single model, each FixMatch round, the ensemble and the constant prior: validation and test weighted log
+        loss (test: where test labels exist). Also after a failed step, with what exists (blank = not there)."""
+        def test_of(path: str) -> Optional[float]:
+            try:
+                return self.test_score(path)
+            except Exception:  # a half-written or foreign file: no score
+                return None
+
+        state = {r["step"]: r["state"] for r in self.status}
+
+        def ok(step: str) -> bool:  # finished in this run or skipped as finished: its files are current
+            return state.get(step, "").startswith(("done", "skipped"))
+
+        rows = [(m["name"], self.val_wll(m["dir"]) if ok("eval" + m["sfx"]) else None,
+                 test_of(os.path.join(m["dir"], "test", "submission.csv")) if ok("infer" + m["sfx"]) else None)
+                for m in self.models]
+        rows.append(("ensemble (eq. 3)", None,
+                     test_of(os.path.join(self.run, "submission.csv")) if ok("ensemble") else None))
+        ev = self._json(os.path.join(self.models[0]["dir"], "eval", "metrics.json"))
+        prior_test = None
+        if self.test_labels and self.train_labels:
+            try:
+                from ppihd.metric.submission import constant_submission, prior_rates, read_labels, score
+
+                labels = read_labels(self.test_labels)
+                ids = self.sample_ids() or list(labels.index)
+                prior = constant_submission(ids, prior_rates(self.train_labels))
+                prior_test = float(score(prior, labels)["weighted_log_loss"])
+            except Exception:
+                prior_test = None
+        rows.append(("constant prior", ev["baseline"]["weighted_log_loss"] if ev else None, prior_test))
+        fmt = lambda v: "" if v is None else f"{v:.5f}"  # noqa: E731
+        out = [f"{'model':<18} {'val wLL':>9} {'test wLL':>9}"]
+        out += [f"{n:<18} {fmt(v):>9} {fmt(t):>9}" for n, v, t in rows]
+        text = "\n".join(out)
+        r = self.ranks(self.models) if ok("ensemble") else None
+        if r is not None and len(self.models) > 1:
+            text += "\nensemble ranks (by val wLL): " + ", ".join(f"{m['name']} {k}" for m, k in zip(self.models, r))
+        if not self.test_labels:
+            text += "\n(no test labels: pass --test-labels to score the test submissions)"
+        print(text)
+        with atomic_path(os.path.join(self.run, "results.txt")) as tmp, open(tmp, "w", encoding="utf-8") as f:
+            f.write(text + "\n")
+
+    def sample_ids(self) -> Optional[List[str]]:
+        if not self.sample:
+            return None
+        import pandas as pd
+
+        return pd.read_csv(self.sample, dtype={"ID": str})["ID"].tolist()
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("-c", "--config", required=True, help="single-model config (e.g. configs/swin_b_seq.yaml)")
+    ap.add_argument("--data", required=True, help="data root (RSNA layout: stage_2_train/, stage_2_test/, csv)")
+    ap.add_argument("--out", required=True, help="run folder")
+    ap.add_argument("--rounds", type=int, default=2, help="FixMatch rounds (default 2: the paper's 2 pseudo models)")
+    ap.add_argument("--fixmatch-config", default=None, help="FixMatch config (default: the one for -c, see "
+                                                            "FIXMATCH_CONFIGS)")
+    ap.add_argument("--gpus", default=None, help="run the training steps under paddle.distributed.launch on "
+                                                 "these devices, e.g. 0,1,2,3")
+    ap.add_argument("--ips", default=None, help="machines for the launcher, e.g. 10.0.0.1,10.0.0.2 (docs)")
+    ap.add_argument("--nproc", type=int, default=None,
+                    help="processes per machine for the launcher (CPU: --nproc 2 runs 2 gloo ranks)")
+    ap.add_argument("--slice-pretrain", choices=["auto", "on", "off"], default="auto",
+                    help="stage-1 slice pre-training (auto: for demo configs only, as make demo)")
+    ap.add_argument("--test-labels", default=None, help="test labels to score with (default: "
+                                                        "<data>/synthetic_test_labels.csv if present)")
+    ap.add_argument("--sample", default=None, help="sample submission for the ID check (default: "
+                                                   "<data>/stage_2_sample_submission.csv if present)")
+    ap.add_argument("--no-plots", action="store_true", help="no per-series PNGs from the inference steps")
+    ap.add_argument("--dry-run", action="store_true", help="print the commands, run nothing")
+    ap.add_argument("--quiet", action="store_true", help="steps' output only to RUN/logs/<step>.log")
+    ap.add_argument("-o", "--override", action="append", default=[], metavar="KEY=VALUE",
+                    help="config override for every step that takes a config (repeatable)")
+    a = ap.parse_args(argv)
+    if a.rounds < 0:
+        ap.error("--rounds must be >= 0")
+    if a.ips and not (a.gpus or a.nproc):
+        ap.error("--ips needs --gpus (or --nproc)")
+    from ppihd.utils.config import ConfigError
+
+    try:
+        pipe = Pipeline(a)
+    except ConfigError as e:
+        print(f"reproduce: error: {e}", file=sys.stderr)
+        return 2
+    if not a.dry_run:
+        os.makedirs(pipe.run, exist_ok=True)
+        import fcntl
+
+        lock = open(os.path.join(pipe.run, ".lock"), "w")
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            print(f"reproduce: error: another tools/reproduce.py is running on {pipe.run}", file=sys.stderr)
+            return 2
+    return pipe.execute()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
