@@ -199,3 +199,35 @@ def test_headers_that_cannot_be_true(ckpt, tmp_path, tag, value, why):
     skipped = _rows(out / "skipped.csv")
     assert [r["path"] for r in skipped] == [bad] and skipped[0]["reason"].startswith(why), skipped
     assert sorted(r["path"] for r in _rows(out / "predictions.csv")) == sorted(set(paths) - {bad})
+
+
+def test_checkpoint_on_a_full_disk_leaves_no_orphan(tmp_path, tmpfs):
+    """A save that runs out of room after its .pdparams: that payload is removed again, the previous checkpoint is
+    still the one the manifest names and loads, and nothing but it (and the filler) is left on the disk."""
+    import errno
+
+    import paddle
+
+    from ppihd.utils.checkpoint import load_checkpoint, save_checkpoint
+
+    paddle.seed(0)
+    net = paddle.nn.Linear(256, 256)
+    opt = paddle.optimizer.Momentum(0.1, parameters=net.parameters())
+    net(paddle.rand([2, 256])).mean().backward()
+    opt.step()
+    probe = tmp_path / "probe"
+    save_checkpoint(str(probe / "latest"), net, opt, iteration=1)
+    sizes = {f: os.path.getsize(probe / f) for f in os.listdir(probe)}
+    params = next(v for f, v in sizes.items() if f.endswith(".pdparams") and "." in f[len("latest."):])
+    disk = tmpfs("2m")
+    save_checkpoint(str(disk / "latest"), net, opt, iteration=1)
+    before = sorted(os.listdir(disk))
+    free = os.statvfs(disk).f_bavail * os.statvfs(disk).f_frsize
+    with open(disk / "filler", "wb") as f:   # leave room for one more .pdparams, not for its .pdopt
+        f.write(b"\0" * (free - params - 64 * 1024))
+    with pytest.raises(OSError) as e:
+        save_checkpoint(str(disk / "latest"), net, opt, iteration=2)
+    assert e.value.errno == errno.ENOSPC
+    assert sorted(os.listdir(disk)) == sorted(before + ["filler"])
+    state = load_checkpoint(str(disk / "latest"), paddle.nn.Linear(256, 256))
+    assert state["iteration"] == 1

@@ -7,7 +7,8 @@
 
 Writes <Global.output_dir>/{config.yaml, train.log, latest.*, best_model.*, history.json, curves.png}.
 Exit status: 0 done, 2 bad command line / config / data / checkpoint, or an output folder that already holds a
-run (resume it with Global.checkpoints, or -o Global.start_over=true), 6 another run holds the output folder.
+run (resume it with Global.checkpoints, or -o Global.start_over=true), 5 the disk filled up or is read-only (the
+last complete checkpoint is kept), 6 another run holds the output folder.
 See docs/training.md.
 
 A config that is not a CPU demo config (configs/demo/ and configs that inherit from it) trained with
@@ -18,7 +19,9 @@ model stayed at the class prior; the paper's schedule is ~16 GPU hours).
 from __future__ import annotations
 
 import argparse
+import errno
 import os
+import shutil
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -115,6 +118,14 @@ def main(argv=None) -> int:
         if rank == 0:
             save_config(cfg, os.path.join(g["output_dir"], "config.yaml"))
         trainer.train()
+    except OSError as e:   # a full or read-only disk: one line, the last complete checkpoint kept
+        if e.errno not in (errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EDQUOT, errno.EFBIG):
+            raise
+        free = shutil.disk_usage(g["output_dir"]).free / 2 ** 20
+        log.error("cannot write %s: %s (%.1f MB free); the last complete checkpoint in %s is kept (resume with "
+                  "-o Global.checkpoints=%s once there is room)", e.filename or g["output_dir"], e.strerror, free,
+                  g["output_dir"], os.path.join(g["output_dir"], "latest"))
+        return 5
     finally:
         if lock is not None:
             lock.release()

@@ -126,27 +126,38 @@ def save_checkpoint(prefix: str, model: Any, optimizer: Any = None, scheduler: A
                     provenance: Optional[Mapping[str, Any]] = None) -> str:
     """Save model / optimizer / scheduler / state under ``prefix`` atomically. Returns the manifest path.
     ``provenance`` (:func:`ppihd.utils.provenance.training_provenance`) goes into the JSON manifest, readable
-    without unpickling anything."""
+    without unpickling anything. A save that fails part-way (a full disk) removes what it had written, so the
+    previous checkpoint stays the one in use and no orphan payload keeps the disk full."""
     d, name = os.path.split(os.path.abspath(prefix))
     os.makedirs(d, exist_ok=True)
     tag = f"{name}.{int(iteration):08d}"
     files = {"model": f"{tag}.pdparams", "state": f"{tag}.pdstate"}
-    _atomic_paddle_save(model.state_dict(), os.path.join(d, files["model"]))
     if optimizer is not None:
         files["optimizer"] = f"{tag}.pdopt"
-        _atomic_paddle_save(portable_optimizer_state(optimizer.state_dict(), model),
-                            os.path.join(d, files["optimizer"]))
-    state = {"iteration": int(iteration), "best_metric": best_metric, "best_iter": best_iter,
-             "scheduler": scheduler.state_dict() if scheduler is not None else None,
-             "rng": rng_states(), "config": dict(config) if config is not None else None,
-             "extra": dict(extra or {})}
-    _atomic_write_bytes(os.path.join(d, files["state"]), pickle.dumps(state, protocol=4))
-    sizes = {k: os.path.getsize(os.path.join(d, v)) for k, v in files.items()}
-    manifest = {"version": MANIFEST_VERSION, "iteration": int(iteration), "best_metric": best_metric,
-                "best_iter": best_iter, "files": files, "sizes": sizes, "time": time.time(),
-                "provenance": dict(provenance) if provenance else None}
-    mpath = os.path.join(d, f"{name}.json")
-    _atomic_write_bytes(mpath, json.dumps(manifest, indent=1).encode())
+    previous = _manifest_files(d, name)
+    try:
+        _atomic_paddle_save(model.state_dict(), os.path.join(d, files["model"]))
+        if optimizer is not None:
+            _atomic_paddle_save(portable_optimizer_state(optimizer.state_dict(), model),
+                                os.path.join(d, files["optimizer"]))
+        state = {"iteration": int(iteration), "best_metric": best_metric, "best_iter": best_iter,
+                 "scheduler": scheduler.state_dict() if scheduler is not None else None,
+                 "rng": rng_states(), "config": dict(config) if config is not None else None,
+                 "extra": dict(extra or {})}
+        _atomic_write_bytes(os.path.join(d, files["state"]), pickle.dumps(state, protocol=4))
+        sizes = {k: os.path.getsize(os.path.join(d, v)) for k, v in files.items()}
+        manifest = {"version": MANIFEST_VERSION, "iteration": int(iteration), "best_metric": best_metric,
+                    "best_iter": best_iter, "files": files, "sizes": sizes, "time": time.time(),
+                    "provenance": dict(provenance) if provenance else None}
+        mpath = os.path.join(d, f"{name}.json")
+        _atomic_write_bytes(mpath, json.dumps(manifest, indent=1).encode())
+    except BaseException:
+        for f in set(files.values()) - previous:   # this save's payloads; the previous manifest's stay
+            try:
+                os.remove(os.path.join(d, f))
+            except OSError:
+                pass
+        raise
     _atomic_link(os.path.join(d, files["model"]), os.path.join(d, f"{name}.pdparams"))
     keep = set(files.values())
     for f in glob.glob(os.path.join(d, f"{name}.[0-9]*.*")):
@@ -156,6 +167,15 @@ def save_checkpoint(prefix: str, model: Any, optimizer: Any = None, scheduler: A
             except OSError:
                 pass
     return mpath
+
+
+def _manifest_files(d: str, name: str) -> set:
+    """The payload files the current manifest of ``<d>/<name>`` names (empty when there is none)."""
+    try:
+        with open(os.path.join(d, f"{name}.json"), encoding="utf-8") as f:
+            return set(json.load(f).get("files", {}).values())
+    except (OSError, ValueError, AttributeError):
+        return set()
 
 
 def read_manifest(prefix: str) -> Dict[str, Any]:
