@@ -289,6 +289,7 @@ def test_tools_train_resume_eval_end_to_end(tmp_path):
     r = run("eval.py", "-o", f"Global.pretrained_model={out}/best_model", "--output", str(tmp_path / "ev"))
     assert "constant-prior baseline" in r.stdout
     m = json.load(open(tmp_path / "ev" / "metrics.json"))
+    assert m["model"].startswith("trained on synthetic phantoms — not for clinical use") and m["provenance"]["synthetic"]
     assert m["head2"]["weighted_log_loss"] > 0 and m["head1"]["weighted_log_loss"] > 0
     assert set(m["head2"]["log_loss"]) == {"epidural", "intraparenchymal", "intraventricular", "subarachnoid",
                                            "subdural", "any"}

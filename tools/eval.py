@@ -81,8 +81,11 @@ def main(argv=None) -> int:
     preds = res.pop("predictions")
     preds["sop_uid"] = slice_sop_uids(preds, data)
     write_predictions_csv(preds, os.path.join(out, "predictions.csv"))
+    from ppihd.utils.provenance import describe, provenance_of_weights
+
+    prov = provenance_of_weights(cfg["Global"]["pretrained_model"])
     res.update(split=args.split, checkpoint=cfg["Global"]["pretrained_model"], config=cfg.get("_source_"),
-               pad_to=cfg["DataLoader"]["Eval"].get("pad_to"))
+               pad_to=cfg["DataLoader"]["Eval"].get("pad_to"), model=describe(prov), provenance=prov)
     with atomic_path(os.path.join(out, "metrics.json")) as tmp, open(tmp, "w", encoding="utf-8") as f:
         json.dump(res, f, indent=1)
     print(format_metrics(res))

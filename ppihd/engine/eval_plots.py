@@ -127,6 +127,8 @@ def write_eval_plots(preds: Mapping[str, Any], out_dir: str, metrics: Optional[M
         json.dump(cur, f, indent=1)
     paths.append(p)
     title = f"{cur['n_slices']} scored slices (head 2)"
+    if metrics and metrics.get("model"):   # what the model was trained on, on every picture
+        title = f"{metrics['model']}\n{title}"
 
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(13, 5.6), dpi=100)
     for c, lab in enumerate(LABELS):
