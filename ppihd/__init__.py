@@ -5,7 +5,7 @@ Hemorrhage Detection" (arXiv 2205.07556).
 """
 __version__ = "0.1.0"
 
-#: The six RSNA labels, always in this order (SPEC §1).
+#: The six RSNA labels, always in this order (docs/numbers.md).
 LABELS = ("epidural", "intraparenchymal", "intraventricular", "subarachnoid", "subdural", "any")
-#: Competition weights per label (SPEC §8): ``any`` counts twice.
+#: Competition weights per label (docs/numbers.md, metric): ``any`` counts twice.
 LABEL_WEIGHTS = (1.0, 1.0, 1.0, 1.0, 1.0, 2.0)

@@ -1,4 +1,4 @@
-"""Train the model the paper's way (SPEC §5) on the preprocessed cache.
+"""Train the model the paper's way (docs/training.md) on the preprocessed cache.
 
     python tools/train.py -c configs/swin_b_seq.yaml [-o Global.iters=1000 ...]
     python tools/train.py -c CONFIG -o Global.checkpoints=output/x/latest        # resume exactly

@@ -1,6 +1,6 @@
 """Inter-slice extractor: fixed sinusoidal position encoding + a post-norm Transformer encoder.
 
-The paper's model (SPEC §3): encoding (d = 1024) added to the slice features, dropout 0.2, then a standard
+The paper's model (docs/model.md): encoding (d = 1024) added to the slice features, dropout 0.2, then a standard
 2-layer Transformer encoder (2 heads, feed-forward 200, dropout 0.2, ReLU, post-norm). The encoding is
 computed on the fly for any length (the reference kept a 60-row buffer). With ``padding_mask`` a key-padding
 mask keeps padded slices from being attended; the reference had no mask (``padding_mask: false``).

@@ -575,7 +575,7 @@ def read_frame_pixels(header: SliceHeader) -> np.ndarray:
 def read_pixels_hu(src: Union[str, Dataset], fix_intercept: bool = True) -> np.ndarray:
     """Pixels of one slice in HU, float32 [h, w]: raw × RescaleSlope + RescaleIntercept.
 
-    With ``fix_intercept`` the RSNA corrupt-intercept fix (SPEC §2.1) is applied where its condition holds
+    With ``fix_intercept`` the RSNA corrupt-intercept fix (docs/data.md) is applied where its condition holds
     (see :func:`ppihd.data.transforms.to_hu`). ``src`` is a path or a dataset read with pixel data.
     """
     path = src if isinstance(src, str) else str(getattr(src, "filename", None) or "<dataset>")

@@ -1,4 +1,4 @@
-"""Find DICOM files, group them into series and order the slices (SPEC §1, §2.5).
+"""Find DICOM files, group them into series and order the slices (docs/data.md).
 
     headers, skipped = scan(["data/rsna/stage_2_test", "my_study/"], num_workers=2)
     series = group_series(headers, order="normal")

@@ -1,4 +1,4 @@
-"""FixMatch strong augmentation A(.) for pseudo-labelled series (paper §Enhanced modeling, SPEC §6).
+"""FixMatch strong augmentation A(.) for pseudo-labelled series (paper §Enhanced modeling; docs/reproduce.md).
 
 The paper lists "random crop, flip and rotation, gaussian blur, distortion, etc." without parameters; ours
 are ``DataLoader.Train.strong_augment`` (schema defaults, see docs/reproduce.md). Applied in this order, each

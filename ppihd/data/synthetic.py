@@ -39,7 +39,7 @@ import numpy as np
 from .. import LABELS
 from ..utils.fileio import atomic_path
 
-#: The five hemorrhage subtypes (SPEC order, without ``any``).
+#: The five hemorrhage subtypes (``ppihd.LABELS`` order, without ``any``).
 SUBTYPES: Tuple[str, ...] = LABELS[:5]
 
 #: Pixel encodings written to DICOM. HU = raw * 1 + intercept, except ``corrupt`` (see :func:`encode_hu`).
@@ -554,7 +554,7 @@ def encode_hu(hu: np.ndarray, encoding: str, corrupt_intercept: str = "1.0") -> 
       (-3024 HU, like RSNA's padding).
     * ``u16``: BitsStored 16, PixelRepresentation 0, intercept -1024: raw = HU + 1024 >= 0.
     * ``corrupt``: RSNA's corrupt-intercept pattern: BitsStored 12, PixelRepresentation 0, intercept > -100.
-      The SPEC §2.1 fix reads raw' = raw + 1000, raw' -= 4096 where raw' >= 4096, HU = raw' - 1000, so we
+      The RSNA intercept fix (docs/data.md) reads raw' = raw + 1000, raw' -= 4096 where raw' >= 4096, HU = raw' - 1000, so we
       write the inverse raw = HU mod 4096 for HU in [-1000, 3095] (HU below -1000, incl. out of field,
       becomes -1000 = air: these files have no distinct padding value).
     """
@@ -830,7 +830,7 @@ def generate_dataset(out_dir: str, n_train: int, n_test: int = 0, seed: int = 0,
     all_rows = [r for rows in results for r in rows]
     train_rows = [r for r in all_rows if r["split"] == "train"]
     test_rows = [r for r in all_rows if r["split"] == "test"]
-    # stage_2_train.csv: images in random order, six rows each in SPEC order, a few duplicated images (RSNA)
+    # stage_2_train.csv: images in random order, six rows each in ``ppihd.LABELS`` order, a few duplicated images (RSNA)
     order = meta.permutation(len(train_rows))
     lines = [[f"{train_rows[i]['sop']}_{lab}", int(train_rows[i][lab])] for i in order for lab in LABELS]
     dups = 0

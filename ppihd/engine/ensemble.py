@@ -1,4 +1,4 @@
-"""Rank-weighted ensemble of submissions and the tau_h / tau_l binarisation (paper eq. 3, SPEC §7).
+"""Rank-weighted ensemble of submissions and the tau_h / tau_l binarisation (paper eq. 3; docs/reproduce.md).
 
 Paper rule (eq. 3): models are split into groups (trained with / without pseudo-labels). Between groups,
 ``w_g = 1 - R_g / sum(R)`` with ``R_g`` the sum of the ranks of the group's members; inside a group the

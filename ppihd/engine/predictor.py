@@ -350,7 +350,7 @@ def load_weights(model: Any, path: str) -> Any:
 # the driver
 # ---------------------------------------------------------------------------------------------------
 def _to_model_input(slices_u8: np.ndarray) -> np.ndarray:
-    """uint8 ``[S, H, W, 3]`` -> float32 ``[S, 3, H, W]`` in [0, 1] (SPEC §2.6: no mean/std)."""
+    """uint8 ``[S, H, W, 3]`` -> float32 ``[S, 3, H, W]`` in [0, 1] (docs/data.md: no mean/std)."""
     return np.ascontiguousarray(np.asarray(slices_u8).transpose(0, 3, 1, 2), dtype=np.float32) / np.float32(255.0)
 
 

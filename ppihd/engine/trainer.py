@@ -1,4 +1,4 @@
-"""Iteration-based training loop (SPEC §5): SGD + warm-up cosine, periodic validation, atomic checkpoints.
+"""Iteration-based training loop (docs/training.md): SGD + warm-up cosine, periodic validation, atomic checkpoints.
 
     trainer = Trainer(cfg, model, loss_fn, optimizer, scheduler, train_set, val_set)
     trainer.resume("output/demo/latest")      # optional: exact resume (Global.checkpoints)

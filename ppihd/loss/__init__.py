@@ -1,4 +1,4 @@
-"""Losses (SPEC §4): masked weighted BCE (SW, DW), deep-supervision sum, FixMatch L_u.
+"""Losses (docs/model.md, loss): masked weighted BCE (SW, DW), deep-supervision sum, FixMatch L_u.
 
     loss_fn = build_loss(cfg["Loss"], deep_supervision=cfg["Arch"]["deep_supervision"])
     terms = loss_fn(outputs, labels, mask, label_mask)   # {"loss", "l2", "l1", ...}

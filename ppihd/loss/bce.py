@@ -1,4 +1,4 @@
-"""Masked, weighted BCE-with-logits (SPEC §4) and the deep-supervision / FixMatch total.
+"""Masked, weighted BCE-with-logits (docs/model.md, loss) and the deep-supervision / FixMatch total.
 
 Per element (series b, slice s, class c) with logit x, label y in [0, 1]::
 

@@ -1,4 +1,4 @@
-"""Competition metric (SPEC §8): weighted multi-label log loss, per-class log loss and ROC-AUC; study-level scoring
+"""Competition metric (docs/numbers.md, metric): weighted multi-label log loss, per-class log loss and ROC-AUC; study-level scoring
 against a labels CSV (AUC, sensitivity / specificity, Youden point, bootstrap intervals)."""
 from .log_loss import (compute_metrics, elementwise_log_loss, metric_from_config, per_class_auc,
                        per_class_log_loss, prior_probabilities, weighted_log_loss)

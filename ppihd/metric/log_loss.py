@@ -1,4 +1,4 @@
-"""The RSNA competition metric (SPEC §8) and per-class diagnostics.
+"""The RSNA competition metric (docs/numbers.md, metric) and per-class diagnostics.
 
 Weighted multi-label log loss: for image i, ``L_i = sum_c w_c * ll_ic / sum_c w_c`` with
 ``ll_ic = -(y log p + (1 - y) log(1 - p))`` and ``w = (1, 1, 1, 1, 1, 2)``; the score is the mean of ``L_i`` over

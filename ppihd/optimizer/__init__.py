@@ -1,4 +1,4 @@
-"""SGD with momentum + the warm-up cosine schedule (SPEC §5).
+"""SGD with momentum + the warm-up cosine schedule (docs/training.md).
 
     sched = build_lr_scheduler(cfg["Optimizer"], total_steps=cfg["Global"]["iters"])
     opt = build_optimizer(cfg["Optimizer"], model.parameters(), sched, grad_clip=cfg["Global"]["grad_clip"])

@@ -1,4 +1,4 @@
-"""Iteration-based learning-rate schedules (SPEC §5).
+"""Iteration-based learning-rate schedules (docs/training.md).
 
 ``CosineWarmup``: linear warm-up from ``warmup_start_lr`` to ``learning_rate`` over ``warmup_steps`` iterations,
 then cosine decay to ``end_lr`` at ``total_steps`` (= ``Global.iters``); constant ``end_lr`` afterwards::
