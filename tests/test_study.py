@@ -332,3 +332,16 @@ def test_input_errors_are_logged_as_errors(tmp_path, caplog):
     assert any(missing in m and "no such file or folder" in m for m in errors), errors
     assert any(str(tmp_path / "in") in m and "no readable DICOM CT image" in m for m in errors), errors
     assert _csv(tmp_path / "o" / "studies.csv") == []
+
+
+def test_bad_study_setting_is_a_clear_error_before_any_output(tmp_path, ppihd_log):
+    ckpt = save_tiny_checkpoint(str(tmp_path / "m.pdparams"))
+    (tmp_path / "in").mkdir()
+    for key, bad, allowed in (("predict_series", "all", "usable | primary"),
+                              ("study_aggregation", "mean", "primary_max | all_max")):
+        out = tmp_path / f"out_{key}"
+        rc = load_tool("tools/infer.py").main(infer_args(ckpt) + ["--input", str(tmp_path / "in"), "--output", str(out),
+                                                                  "-o", f"Infer.{key}={bad}"])
+        assert rc == 2
+        assert any(f"Infer.{key} must be one of {allowed}, got '{bad}'" in r.getMessage() for r in ppihd_log.records)
+        assert not out.exists()

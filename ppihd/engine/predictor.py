@@ -23,7 +23,8 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 import numpy as np
 
 from ppihd import LABELS
-from ppihd.engine.outputs import EXIT_BUSY, EXIT_OUTPUT, OutputWriter, series_rows, unaccounted
+from ppihd.engine.outputs import EXIT_BUSY, EXIT_OUTPUT, EXIT_USAGE, OutputWriter, series_rows, unaccounted
+from ppihd.engine.studies import AGGREGATIONS
 from ppihd.engine import report
 
 _log = logging.getLogger("ppihd")
@@ -399,10 +400,18 @@ def run_inference(inputs: Sequence[str], out_dir: str, backend: Backend, data_cf
     from ppihd.utils.runlock import LockError, RunLock, write_marker
 
     log = logger or _log
-    model = describe(provenance)
-    (log.warning if is_synthetic(provenance) or not provenance else log.info)("MODEL: %s", model)
     out = os.path.abspath(out_dir)
     failed = {"num_series": 0, "num_studies": 0, "num_predicted": 0, "num_skipped": 0, "out_dir": out}
+    try:  # settings that are checked only deep inside the run: before any output exists
+        chunk_bounds(1000, infer_cfg.get("chunk_slices"), int(infer_cfg.get("chunk_overlap", 0) or 0))
+        for key, allowed in (("predict_series", ("usable", "primary")), ("study_aggregation", AGGREGATIONS)):
+            if str(infer_cfg.get(key, allowed[0])) not in allowed:
+                raise ValueError(f"Infer.{key} must be one of {' | '.join(allowed)}, got {infer_cfg.get(key)!r}")
+    except ValueError as e:
+        log.error("%s", e)
+        return dict(failed, exit_code=EXIT_USAGE)
+    model = describe(provenance)
+    (log.warning if is_synthetic(provenance) or not provenance else log.info)("MODEL: %s", model)
     try:
         lock = RunLock(out, tool).acquire()
     except LockError as e:
