@@ -480,7 +480,6 @@ def _predict_studies(inputs: Sequence[str], out_dir: str, backend: Backend, data
     nbatch = max(1, int(infer_cfg.get("batch_series", 1) or 1))
     save_plots = bool(infer_cfg.get("save_plots", True))
     n_keys = int(infer_cfg.get("key_slices", 4))
-    chunk_bounds(1000, chunk, overlap)  # validate the chunk settings before any work
 
     with OutputWriter(out_dir) as writer:
         rejected: list = []
