@@ -231,3 +231,14 @@ def test_checkpoint_on_a_full_disk_leaves_no_orphan(tmp_path, tmpfs):
     assert sorted(os.listdir(disk)) == sorted(before + ["filler"])
     state = load_checkpoint(str(disk / "latest"), paddle.nn.Linear(256, 256))
     assert state["iteration"] == 1
+
+
+def test_export_refuses_a_busy_folder(tmp_path, ckpt):
+    """tools/export_model.py takes its output folder's lock too (as tools/eval.py does): exit 6, nothing written."""
+    out = tmp_path / "inference"
+    with RunLock(str(out), "the other export"):
+        rc = load_tool("tools/export_model.py").main(["-c", os.path.join(ROOT, "configs", "demo", "swin_micro_seq.yaml"),
+                                                      "-o", f"Global.pretrained_model={ckpt}",
+                                                      "-o", f"Data.image_size={IMG}", "-o", f"Arch.backbone.img_size={IMG}",
+                                                      "-o", f"Global.save_inference_dir={out}"])
+    assert rc == 6 and not os.path.exists(out / "inference.yml")

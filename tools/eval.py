@@ -27,7 +27,6 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 def main(argv=None) -> int:
     from ppihd.utils.config import ConfigError, add_config_args, load_cli_config
     from ppihd.utils.env import get_logger
-    from ppihd.utils.fileio import atomic_path
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -53,8 +52,7 @@ def main(argv=None) -> int:
 
     from ppihd.arch import build_model
     from ppihd.data.dataset import SeriesDataset
-    from ppihd.engine.evaluator import (dataset_prior, evaluate, format_metrics, slice_sop_uids,
-                                        write_predictions_csv)
+    from ppihd.engine.evaluator import dataset_prior, evaluate
     from ppihd.utils.checkpoint import load_weights
     from ppihd.utils.env import setup_runtime
 
@@ -77,7 +75,23 @@ def main(argv=None) -> int:
     res = evaluate(model, data, cfg, prior=prior)
     res["split"] = args.split
     out = args.output or os.path.join(cfg["Global"]["output_dir"], "eval")
-    os.makedirs(out, exist_ok=True)
+    from ppihd.utils.runlock import LockError, RunLock
+
+    try:
+        lock = RunLock(out, "tools/eval.py").acquire()   # one evaluation per output folder
+    except LockError as e:
+        log.error("%s", e)
+        return 6
+    try:
+        return _write_results(res, out, cfg, data, args, log)
+    finally:
+        lock.release()
+
+
+def _write_results(res, out, cfg, data, args, log) -> int:
+    from ppihd.engine.evaluator import format_metrics, slice_sop_uids, write_predictions_csv
+    from ppihd.utils.fileio import atomic_path
+
     preds = res.pop("predictions")
     preds["sop_uid"] = slice_sop_uids(preds, data)
     write_predictions_csv(preds, os.path.join(out, "predictions.csv"))

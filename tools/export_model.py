@@ -37,7 +37,13 @@ def main(argv=None) -> int:
         model = build_model(cfg["Arch"])
         load_weights(model, cfg["Global"]["pretrained_model"])
         model.eval()
-        files = export_model(model, cfg)
+        from ppihd.utils.runlock import LockError, RunLock
+
+        with RunLock(cfg["Global"]["save_inference_dir"], "tools/export_model.py"):   # one exporter per folder
+            files = export_model(model, cfg)
+    except LockError as e:
+        log.error("%s", e)
+        return 6
     except (ConfigError, FileNotFoundError, ValueError, RuntimeError) as e:
         log.error("%s", e)
         return 2
