@@ -12,7 +12,8 @@ baseline), DIR/predictions.csv (one row per slice, with its sop_uid) and the plo
 per-class table) with their numbers in DIR/curves.json; DIR defaults to <Global.output_dir>/eval.
 Prints the metric next to the constant-prior baseline (each class's training-set positive rate).
 Exit status: 0 done, 2 bad command line / config / data / checkpoint, or a split without labels (e.g. ``--split
-test`` on RSNA data, whose test labels are not public: score a test submission with tools/score_submission.py).
+test`` on RSNA data, whose test labels are not public: score a test submission with tools/score_submission.py),
+6 another evaluation holds the output folder.
 """
 from __future__ import annotations
 

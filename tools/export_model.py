@@ -6,6 +6,7 @@
 Writes inference.json (Paddle 3) or inference.pdmodel (Paddle 2.6) + inference.pdiparams, inference.yml
 (preprocessing, labels, input/output spec, versions) and, with Export.onnx, inference.onnx.
 Input: float32 images [1, S, 3, H, W] in [0, 1], S dynamic; output: sigmoid probabilities [1, S, 6].
+Exit status: 0 done, 2 bad command line / config / checkpoint, 6 another export holds the folder.
 """
 from __future__ import annotations
 
