@@ -3,6 +3,7 @@ import numpy as np
 import paddle
 import pytest
 
+from ppihd.data.dataset import collate_series
 from ppihd.arch import build_model
 from ppihd.engine.evaluator import evaluate, predict_dataset
 from ppihd.utils.config import load_config
@@ -31,18 +32,6 @@ class Series:
         return self.items[i]
 
 
-def collate(items):
-    b, smax = len(items), max(len(it["images"]) for it in items)
-    out = {"images": np.zeros((b, smax, 3, IMG, IMG), "float32"), "labels": np.zeros((b, smax, 6), "float32"),
-           "label_mask": np.zeros((b, smax, 6), "float32"), "mask": np.zeros((b, smax), bool),
-           "series_id": [it["series_id"] for it in items]}
-    for k, it in enumerate(items):
-        s = len(it["images"])
-        out["images"][k, :s] = it["images"]; out["labels"][k, :s] = it["labels"]
-        out["label_mask"][k, :s] = it["label_mask"]; out["mask"][k, :s] = True
-    return out
-
-
 @pytest.fixture(scope="module")
 def model():
     paddle.seed(0)
@@ -64,26 +53,26 @@ def _by_hand(model, images, pad_to):
 def test_pad_to_equals_zero_padded_unmasked_forward(model):
     ds = Series([3, 5])
     for batch in (1, 2):
-        got = predict_dataset(model, ds, batch_series=batch, collate_fn=collate, progress=False, pad_to=6)
+        got = predict_dataset(model, ds, batch_series=batch, collate_fn=collate_series, progress=False, pad_to=6)
         want = np.concatenate([_by_hand(model, it["images"], 6) for it in ds.items])
         np.testing.assert_allclose(got["prob2"], want, rtol=1e-5, atol=1e-6)
         assert got["prob2"].shape == (8, 6) and got["series_id"] == ["s0"] * 3 + ["s1"] * 5
     # without the switch: each series as it is (no black slices) -- a different prediction
-    plain = predict_dataset(model, ds, batch_series=1, collate_fn=collate, progress=False)
+    plain = predict_dataset(model, ds, batch_series=1, collate_fn=collate_series, progress=False)
     want_plain = np.concatenate([_by_hand(model, it["images"], 0) for it in ds.items])
     np.testing.assert_allclose(plain["prob2"], want_plain, rtol=1e-5, atol=1e-6)
     assert np.abs(plain["prob2"] - want).max() > 1e-4
     # head 1 is per slice: black slices do not change it
     np.testing.assert_allclose(got["prob1"], plain["prob1"], rtol=1e-5, atol=1e-6)
     # a series longer than pad_to is run as it is
-    longer = predict_dataset(model, ds, batch_series=1, collate_fn=collate, progress=False, pad_to=4)
+    longer = predict_dataset(model, ds, batch_series=1, collate_fn=collate_series, progress=False, pad_to=4)
     np.testing.assert_allclose(longer["prob2"][3:], want_plain[3:], rtol=1e-5, atol=1e-6)
 
 
 def test_evaluate_reads_the_config_key(model):
     ds = Series([2, 4], seed=1)
     cfg = _cfg("DataLoader.Eval.pad_to=6")
-    res = evaluate(model, ds, cfg, collate_fn=collate, progress=False)
+    res = evaluate(model, ds, cfg, collate_fn=collate_series, progress=False)
     want = np.concatenate([_by_hand(model, it["images"], 6) for it in ds.items])
     np.testing.assert_allclose(res["predictions"]["prob2"], want, rtol=1e-5, atol=1e-6)
     assert _cfg()["DataLoader"]["Eval"]["pad_to"] is None
