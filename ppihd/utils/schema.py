@@ -244,6 +244,14 @@ DEFAULTS: Dict[str, Any] = {
         "tau_h": 0.998,                            # p > tau_h -> 1 (paper gives no value; reference: 0.998)
         "tau_l": None,                             # p < tau_l -> 0 (None = off; reference: off)
     },
+    "Ablation": {                                  # configs/ablation/*.yaml: which row of the paper's Table 3 a
+                                                   # config is (tools/run_ablation.py, ppihd.engine.ablation)
+        "row": None,                               # the row's Table-3 label, e.g. "+ PN"
+        "adds": None,                              # the component the row switches on over its _base_ row: Inter |
+                                                   # RBE | DS | PN | DW | SW | FM (None = the first row)
+        "description": None,                       # what that component is, in the paper's words
+        "paper_log_loss": None,                    # the paper's private-LB log loss of the row
+    },
     "SlicePretrain": {                             # tools/pretrain_slices.py: backbone + slice head on random slices
                                                    # across series, the CPU demo's stand-in for ImageNet weights
                                                    # (not in the paper; docs/training.md "Demo")
@@ -279,6 +287,7 @@ NULLABLE_TYPES: Dict[str, Any] = {
     "DataLoader.Train.max_slices": int, "DataLoader.Eval.pad_to": int,
     "Arch.backbone.embed_dim": int, "Arch.backbone.depths": ("list", int), "Arch.backbone.num_heads": ("list", int),
     "Arch.backbone.stem_channels": ("list", int), "Arch.pretrained": str, "Arch.head_bias": ("list", float),
+    "Ablation.row": str, "Ablation.adds": str, "Ablation.description": str, "Ablation.paper_log_loss": float,
     "Ensemble.tau_l": float, "SlicePretrain.output_dir": str, "Optimizer.multi_tensor": bool,
 }
 
