@@ -33,7 +33,7 @@ GPU_SLICES_PER_S = 600.0  # Swin-B, 60-slice step in ~0.1 s
 
 
 def make_data(root: str, series: int, size: int) -> None:
-    from ppihd.data.synthetic import generate_dataset
+    from ppihd.synthetic import generate_dataset
 
     generate_dataset(root, series, 0, seed=0, size=size, slices_min=24, slices_max=40, workers=os.cpu_count() or 1,
                      progress=False, overwrite=True)

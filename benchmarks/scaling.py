@@ -72,7 +72,7 @@ def inference_sweep(variant: str, lengths, repeats: int, threads: int, workdir: 
 
 def preprocess_sweep(counts, workdir: str, config: str) -> list:
     from ppihd.data.series import group_series, list_files, load_series, scan
-    from ppihd.data.synthetic import generate_dataset
+    from ppihd.synthetic import generate_dataset
     from ppihd.utils.config import load_config
 
     data_cfg = load_config(config)["Data"]

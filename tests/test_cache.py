@@ -157,7 +157,7 @@ def test_preprocess_cli(tiny, capsys):
 def test_synthetic_rsna_end_to_end(tmp_path):
     """The synthetic generator's manifest is an independent truth: slice order, labels, corrupt intercepts."""
     from ppihd.data.dicom import read_header, read_pixels_hu
-    from ppihd.data.synthetic import generate_dataset
+    from ppihd.synthetic import generate_dataset
     from ppihd.data.transforms import needs_intercept_fix
 
     root = str(tmp_path / "synth")

@@ -84,7 +84,7 @@ def test_curves_equal_sklearn(tmp_path):
 
 def test_tools_eval_writes_plots_and_sop_uids(tmp_path):
     """tools/eval.py on a tiny synthetic cache (4 series) with a random micro model."""
-    from ppihd.data.synthetic import generate_dataset
+    from ppihd.synthetic import generate_dataset
 
     from infer_utils import DEMO_CFG, load_tool, save_tiny_checkpoint
 

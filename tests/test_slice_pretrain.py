@@ -20,7 +20,7 @@ CFG = os.path.join(ROOT, "configs", "demo", "swin_micro_seq.yaml")
 
 @pytest.fixture(scope="module")
 def cache(tmp_path_factory):
-    from ppihd.data.synthetic import generate_dataset
+    from ppihd.synthetic import generate_dataset
 
     data = str(tmp_path_factory.mktemp("sp") / "data")
     generate_dataset(data, n_train=10, n_test=0, size=64, slices_min=3, slices_max=5, progress=False)

@@ -1,4 +1,4 @@
-"""Synthetic RSNA-style data (ppihd.data.synthetic, tools/make_demo_data.py).
+"""Synthetic RSNA-style data (ppihd.synthetic, tools/make_demo_data.py).
 
 Values are checked against what the files must contain by construction, computed here independently:
 the RSNA ID formats, the SPEC §2.1 corrupt-intercept fix written out by hand, slice positions from the
@@ -18,7 +18,9 @@ import pydicom
 import pytest
 
 from ppihd import LABELS
-from ppihd.data import synthetic as syn
+from ppihd.synthetic import generate_dataset, make_series, plan, plan_dataset, task_phantom
+from ppihd.synthetic.dicom_writer import encode_hu, write_slice
+from ppihd.synthetic.lesions import BLOOD_HU, SUBTYPES
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 pytestmark = pytest.mark.filterwarnings("ignore:Invalid value for VR UI")
@@ -37,7 +39,7 @@ def _files(d):
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory):
     out = str(tmp_path_factory.mktemp("synth") / "demo")
-    summary = syn.generate_dataset(out, progress=False, **ARGS)
+    summary = generate_dataset(out, progress=False, **ARGS)
     assert summary["skipped"] is False
     return out
 
@@ -56,21 +58,21 @@ def _manifest(d):
 # --------------------------------------------------------------------------------------- determinism
 def test_same_bytes_for_same_args_and_any_worker_count(dataset, tmp_path):
     other = str(tmp_path / "again")
-    syn.generate_dataset(other, progress=False, workers=2, **ARGS)
+    generate_dataset(other, progress=False, workers=2, **ARGS)
     a, b = _files(dataset), _files(other)
     assert sorted(a) == sorted(b)
     assert all(a[k] == b[k] for k in a)
     third = str(tmp_path / "seed4")
-    syn.generate_dataset(third, progress=False, **dict(ARGS, seed=4))
+    generate_dataset(third, progress=False, **dict(ARGS, seed=4))
     assert set(_files(third)) != set(a)            # another seed, other ids
 
 
 def test_rerun_is_a_noop_and_other_args_need_overwrite(dataset):
     before = os.path.getmtime(os.path.join(dataset, "stage_2_train.csv"))
-    assert syn.generate_dataset(dataset, progress=False, **ARGS)["skipped"] is True
+    assert generate_dataset(dataset, progress=False, **ARGS)["skipped"] is True
     assert os.path.getmtime(os.path.join(dataset, "stage_2_train.csv")) == before
     with pytest.raises(FileExistsError, match="--overwrite"):
-        syn.generate_dataset(dataset, progress=False, **dict(ARGS, seed=9))
+        generate_dataset(dataset, progress=False, **dict(ARGS, seed=9))
 
 
 def test_refuses_foreign_folder(tmp_path):
@@ -78,7 +80,7 @@ def test_refuses_foreign_folder(tmp_path):
     d.mkdir(parents=True)
     (d / "mine.dcm").write_bytes(b"user data")
     with pytest.raises(FileExistsError, match="not written by make_demo_data"):
-        syn.generate_dataset(str(tmp_path / "x"), 1, 0, size=64, slices_min=2, slices_max=2, progress=False)
+        generate_dataset(str(tmp_path / "x"), 1, 0, size=64, slices_min=2, slices_max=2, progress=False)
     assert (d / "mine.dcm").read_bytes() == b"user data"
 
 
@@ -181,7 +183,7 @@ def test_positions_step_5mm_along_tilted_normal(dataset):
 
 def test_patients_option_shares_patient_ids(tmp_path):
     out = str(tmp_path / "p")
-    syn.generate_dataset(out, 6, 1, seed=1, size=48, slices_min=2, slices_max=3, patients=2, progress=False)
+    generate_dataset(out, 6, 1, seed=1, size=48, slices_min=2, slices_max=3, patients=2, progress=False)
     man = _manifest(out)
     train = {r["series"]: r["patient"] for r in man if r["split"] == "train"}
     test = {r["series"]: r["patient"] for r in man if r["split"] == "test"}
@@ -203,10 +205,10 @@ def _spec_fix_hu(ds):
 
 @pytest.mark.parametrize("encoding,low", [("u12", -1024), ("s16", -3024), ("u16", -1024), ("corrupt", -1000)])
 def test_file_hu_equals_phantom_hu(tmp_path, encoding, low):
-    ph = syn.make_series(11, size=64, n_slices=6, subtypes=["subdural"], encoding=encoding)
+    ph = make_series(11, size=64, n_slices=6, subtypes=["subdural"], encoding=encoding)
     sl = ph.render(3)
     p = str(tmp_path / "x.dcm")
-    syn.write_slice(p, ph, sl.hu, 3, dict(sop="ID_0123456789"[:12], patient="ID_a", study="ID_b", series="ID_c"))
+    write_slice(p, ph, sl.hu, 3, dict(sop="ID_0123456789"[:12], patient="ID_a", study="ID_b", series="ID_c"))
     ds = pydicom.dcmread(p)
     hu = _spec_fix_hu(ds)
     want = np.clip(np.rint(sl.hu), low, 3071 if encoding != "corrupt" else 3095)
@@ -219,11 +221,11 @@ def test_file_hu_equals_phantom_hu(tmp_path, encoding, low):
 
 
 def test_dataset_files_match_phantoms_through_the_fix(dataset):
-    tasks, _ = syn.plan_dataset(dataset, **{k: v for k, v in ARGS.items()})
+    tasks, _ = plan_dataset(dataset, **{k: v for k, v in ARGS.items()})
     corrupt = [t for t in tasks if t.encoding == "corrupt"]
     assert corrupt
     for t in corrupt[:1] + [t for t in tasks if t.encoding == "s16"][:1]:
-        ph = syn.task_phantom(t)
+        ph = task_phantom(t)
         for k in (0, t.n_slices - 1):
             ds = pydicom.dcmread(os.path.join(t.out_dir, t.sops[k] + ".dcm"))
             assert int(ds.BitsStored) == (12 if t.encoding == "corrupt" else 16)
@@ -249,12 +251,12 @@ def _runs(flags):
     return runs
 
 
-@pytest.mark.parametrize("subtype", syn.SUBTYPES)
+@pytest.mark.parametrize("subtype", SUBTYPES)
 def test_labels_agree_with_drawn_blood(subtype):
     runs = []
     positives = 0
     for seed in range(3):
-        ph = syn.make_series(100 + seed, size=128, n_slices=24, subtypes=[subtype], noise=0.0)
+        ph = make_series(100 + seed, size=128, n_slices=24, subtypes=[subtype], noise=0.0)
         flags = []
         for k in range(ph.n_slices):
             sl = ph.render(k)
@@ -268,7 +270,7 @@ def test_labels_agree_with_drawn_blood(subtype):
             # blood-range pixels away from dense normal anatomy (partial volume: 3 px margin) are lesion pixels
             dense = a["bone"] | a["skull_base"] | a["calcification"] | a["headrest"] | a["scalp"]
             far = (_dist_to(dense) > 3) & ~a["out_of_field"]
-            bloodlike = (sl.hu >= syn.BLOOD_HU[0] - 0.5) & far
+            bloodlike = (sl.hu >= BLOOD_HU[0] - 0.5) & far
             if not pos:
                 assert not bloodlike.any(), f"blood-range HU on a negative slice k={k}"
                 continue
@@ -279,7 +281,7 @@ def test_labels_agree_with_drawn_blood(subtype):
             core = cv2.erode(m.astype(np.uint8), np.ones((3, 3), np.uint8)).astype(bool)
             if core.any():
                 v = sl.hu[core & far]
-                assert v.size == 0 or (v.min() >= syn.BLOOD_HU[0] - 3 and v.max() <= syn.BLOOD_HU[1] + 1)
+                assert v.size == 0 or (v.min() >= BLOOD_HU[0] - 3 and v.max() <= BLOOD_HU[1] + 1)
             d_bone = _dist_to(a["bone"])[m] * ph.ps                 # mm from the skull
             if subtype in ("epidural", "subdural"):
                 assert d_bone.min() <= ph.ps * 1.5                  # against the inner table
@@ -297,7 +299,7 @@ def test_labels_agree_with_drawn_blood(subtype):
 
 def test_windows_show_the_blood():
     """In the blood window (80/200) the lesion is brighter than the brain around it."""
-    ph = syn.make_series(7, size=128, n_slices=24, subtypes=["intraparenchymal"], noise=0.0)
+    ph = make_series(7, size=128, n_slices=24, subtypes=["intraparenchymal"], noise=0.0)
     renders = [ph.render(k) for k in range(ph.n_slices)]
     sl = max(renders, key=lambda r: r.lesions["intraparenchymal"].sum() if r.lesions else 0)
     win = np.clip((sl.hu - (80 - 100)) / 200.0 * 255, 0, 255)
@@ -349,16 +351,16 @@ def test_reader_groups_and_orders_the_synthetic_series(dataset):
 def test_reader_hu_with_intercept_fix_matches_phantom(dataset):
     from ppihd.data.dicom import read_pixels_hu
 
-    tasks, _ = syn.plan_dataset(dataset, **ARGS)
+    tasks, _ = plan_dataset(dataset, **ARGS)
     t = next(t for t in tasks if t.encoding == "corrupt")
-    ph = syn.task_phantom(t)
+    ph = task_phantom(t)
     k = t.n_slices // 2
     path = os.path.join(t.out_dir, t.sops[k] + ".dcm")
     want = np.clip(np.rint(ph.render(k).hu), -1000, 3095)
     np.testing.assert_array_equal(read_pixels_hu(path, fix_intercept=True), want)
     assert not np.array_equal(read_pixels_hu(path, fix_intercept=False), want)
     t = next(t for t in tasks if t.encoding == "s16")
-    ph = syn.task_phantom(t)
+    ph = task_phantom(t)
     np.testing.assert_array_equal(read_pixels_hu(os.path.join(t.out_dir, t.sops[0] + ".dcm")),
                                   np.clip(np.rint(ph.render(0).hu), -3024, 3071))
 
@@ -382,7 +384,7 @@ def test_patient_grouped_split_keeps_patients_together(tmp_path):
     from ppihd.data.series import group_series, scan
 
     out = str(tmp_path / "pg")
-    syn.generate_dataset(out, 10, 0, seed=2, size=48, slices_min=2, slices_max=2, patients=4, progress=False)
+    generate_dataset(out, 10, 0, seed=2, size=48, slices_min=2, slices_max=2, patients=4, progress=False)
     headers, _ = scan(os.path.join(out, "stage_2_train"), progress=False)
     series = group_series(headers)
     tab = pd.DataFrame({"series_id": [s.series_id for s in series], "patient_id": [s.key[0] for s in series]})
@@ -395,10 +397,10 @@ def test_patient_grouped_split_keeps_patients_together(tmp_path):
 def test_overwrite_replaces_data_and_derived_caches(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)                                    # relative --out, as in the Makefile
     kw = dict(size=48, slices_min=2, slices_max=2, progress=False)
-    syn.generate_dataset("d", 2, 0, seed=0, **kw)
+    generate_dataset("d", 2, 0, seed=0, **kw)
     old = set(os.listdir("d/stage_2_train"))
     os.makedirs("d/cache_32/series")
-    syn.generate_dataset("d", 2, 0, seed=1, overwrite=True, **kw)
+    generate_dataset("d", 2, 0, seed=1, overwrite=True, **kw)
     new = set(os.listdir("d/stage_2_train"))
     assert len(new) == 4 and not old & new and not os.path.exists("d/cache_32")
 
@@ -406,9 +408,9 @@ def test_overwrite_replaces_data_and_derived_caches(tmp_path, monkeypatch):
 def test_set_from_an_older_generator_version_is_redone(tmp_path, monkeypatch):
     kw = dict(size=48, slices_min=2, slices_max=2, progress=False)
     out = str(tmp_path / "v")
-    syn.generate_dataset(out, 2, 0, seed=0, **kw)
+    generate_dataset(out, 2, 0, seed=0, **kw)
     os.makedirs(os.path.join(out, "cache_32"))
-    monkeypatch.setattr(syn, "MANIFEST_VERSION", syn.MANIFEST_VERSION + 1)
-    assert syn.generate_dataset(out, 2, 0, seed=0, **kw)["skipped"] is False
+    monkeypatch.setattr(plan, "MANIFEST_VERSION", plan.MANIFEST_VERSION + 1)
+    assert generate_dataset(out, 2, 0, seed=0, **kw)["skipped"] is False
     assert not os.path.exists(os.path.join(out, "cache_32"))
-    assert syn.generate_dataset(out, 2, 0, seed=0, **kw)["skipped"] is True
+    assert generate_dataset(out, 2, 0, seed=0, **kw)["skipped"] is True

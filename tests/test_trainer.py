@@ -261,7 +261,7 @@ def test_tools_train_resume_eval_end_to_end(tmp_path):
 
     import pandas as pd
 
-    from ppihd.data.synthetic import generate_dataset
+    from ppihd.synthetic import generate_dataset
 
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     data, out = str(tmp_path / "data"), str(tmp_path / "out")

@@ -4,7 +4,7 @@
     python tools/gpu_smoke.py --allow-cpu          # CI: the same path on CPU at tiny scale (micro Swin, 32²)
     make gpu-smoke
 
-Steps: synthetic phantom series (``ppihd.data.synthetic``, in memory) -> fp32 training steps through the Trainer
+Steps: synthetic phantom series (``ppihd.synthetic``, in memory) -> fp32 training steps through the Trainer
 (slices/s, peak memory) -> fp16 / bf16 steps where the device supports them (``ppihd.utils.env.amp_support``,
 otherwise the row says why) -> export (``ppihd.engine.exporter``) -> Paddle Inference predictions diffed against
 the dygraph model. Prints one table. Exit status: 0 every step passed, 1 a step failed, 2 no GPU visible (without
@@ -32,7 +32,7 @@ class PhantomSeries:
         import cv2
         import numpy as np
 
-        from ppihd.data.synthetic import make_series
+        from ppihd.synthetic import make_series
         from ppihd.data.transforms import apply_windows
 
         rng = np.random.default_rng(seed)

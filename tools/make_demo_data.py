@@ -41,7 +41,8 @@ def main(argv=None) -> int:
         p.error("give --out DIR (and/or --montage PNG)")
 
     os.environ.setdefault("OMP_NUM_THREADS", "1")
-    from ppihd.data.synthetic import generate_dataset, save_montage
+    from ppihd.synthetic import generate_dataset
+    from ppihd.synthetic.montage import save_montage
 
     if a.out:
         t0 = time.time()
