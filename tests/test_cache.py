@@ -156,7 +156,8 @@ def test_preprocess_cli(tiny, capsys):
 
 def test_synthetic_rsna_end_to_end(tmp_path):
     """The synthetic generator's manifest is an independent truth: slice order, labels, corrupt intercepts."""
-    from ppihd.data.dicom import read_header, read_pixels_hu
+    from dicom_utils import slice_hu
+    from ppihd.data.dicom import read_header
     from ppihd.synthetic import generate_dataset
     from ppihd.data.transforms import needs_intercept_fix
 
@@ -181,9 +182,9 @@ def test_synthetic_rsna_end_to_end(tmp_path):
         p = os.path.join(root, split_dir[r["split"]], f"{r['sop']}.dcm")
         h = read_header(p)
         assert needs_intercept_fix(h.bits_stored, h.pixel_representation, h.intercept)
-        hu = read_pixels_hu(p)
+        hu = slice_hu(p)
         assert hu.min() == -1000.0 and (hu > 2000).mean() < 0.01
-        assert (read_pixels_hu(p, fix_intercept=False) > 2000).mean() > 0.3   # unfixed: air reads as ~3000 HU
+        assert (slice_hu(p, fix_intercept=False) > 2000).mean() > 0.3   # unfixed: air reads as ~3000 HU
 
 
 _KILLER = r'''

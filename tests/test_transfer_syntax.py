@@ -7,7 +7,7 @@ every predictor 1-7 and SV1, ``dcmcjpls``, ``dcmcrle``, ``dcmconv`` for implicit
 HTJ2K Lossless from codestreams OpenJPH wrote once (tests/data/htj2k: no HTJ2K encoder installs with the tests). The
 file meta of every output is checked to be the intended transfer syntax. For the lossless syntaxes the decoded
 values are compared with the *uncompressed original* (an independent decode: pydicom / numpy on the native file):
-``read_pixels_hu`` HU, ``load_slice`` uint8 images (default ``Data`` config) and ``tools/infer.py`` probabilities
+HU (``ppihd.data.series.read_hu``), uint8 images (default ``Data`` config) and ``tools/infer.py`` probabilities
 in ``predictions.csv`` (by SOP UID) must be identical. Lossy syntaxes (JPEG baseline / extended, JPEG-LS
 near-lossless, JPEG 2000 lossy) cannot equal the original: there the HU are compared with a decoder that ppihd does
 not use (dcmtk's ``dcmdjpeg``; Pillow's OpenJPEG) or with the format's error bound (JPEG-LS NEAR).
@@ -31,10 +31,10 @@ from pydicom.pixels import get_decoder, pixel_array
 
 from ppihd import LABELS
 from ppihd.data import dicom as D
-from ppihd.data.series import load_slice
 from ppihd.utils.schema import DEFAULTS
 
 from conftest import require_tool
+from dicom_utils import load_slice, slice_hu
 from infer_utils import infer_args, load_tool, save_tiny_checkpoint
 
 SLICES = ("12.dcm", "13.dcm", "14.dcm", "15.dcm")
@@ -162,9 +162,9 @@ def test_lossless_hu_identical(work, case_id, enc, ts):
     folder = work["encode"](case_id, enc, ts)
     for n in SLICES:
         o, c = str(work["orig"] / n), str(folder / n)
-        ref = D.read_pixels_hu(o)
+        ref = slice_hu(o)
         np.testing.assert_array_equal(ref, _independent_hu(o).astype(np.float32))   # the reference itself
-        hu = D.read_pixels_hu(c)
+        hu = slice_hu(c)
         assert hu.dtype == ref.dtype and hu.shape == (512, 512)
         np.testing.assert_array_equal(hu, ref, err_msg=f"{case_id} {n}")
         ho, hc = D.read_header(o), D.read_header(c)
@@ -177,10 +177,10 @@ def test_lossless_hu_identical(work, case_id, enc, ts):
 
 
 @pytest.mark.parametrize("case_id,enc,ts", DEFLATED, ids=[c[0] for c in DEFLATED])
-def test_deflated_read_pixels_hu_identical(work, case_id, enc, ts):
+def test_deflated_hu_identical(work, case_id, enc, ts):
     folder = work["encode"](case_id, enc, ts)
     for n in SLICES:
-        np.testing.assert_array_equal(D.read_pixels_hu(str(folder / n)), D.read_pixels_hu(str(work["orig"] / n)))
+        np.testing.assert_array_equal(slice_hu(str(folder / n)), slice_hu(str(work["orig"] / n)))
         h = D.read_header(str(folder / n))   # the scan once read the still-deflated bytes: "missing pixel data"
         assert h.transfer_syntax == ts and h.pixel_offset is None
 
@@ -231,7 +231,7 @@ def test_lossy_jpeg_matches_dcmtk_decode(work, flag, ts):
         # dependency: a clear error naming it
         with pytest.raises(D.DicomError, match=r"12-bit lossy JPEG needs pylibjpeg-libjpeg .*pip install "
                                                r"pylibjpeg-libjpeg"):
-            D.read_pixels_hu(str(folder / SLICES[0]))
+            slice_hu(str(folder / SLICES[0]))
         return
     for n in SLICES:
         c = str(folder / n)
@@ -239,11 +239,11 @@ def test_lossy_jpeg_matches_dcmtk_decode(work, flag, ts):
         subprocess.run([require_tool("dcmdjpeg", package="dcmtk"), c, d], check=True, capture_output=True)
         assert pydicom.dcmread(d, stop_before_pixels=True).file_meta.TransferSyntaxUID == U.ExplicitVRLittleEndian
         slope = float(pydicom.dcmread(c, stop_before_pixels=True).RescaleSlope)
-        hu = D.read_pixels_hu(c)
+        hu = slice_hu(c)
         units = np.abs(hu - _independent_hu(d)) / slope
         assert units.max() <= 2 + 1e-3 and (units > 1 + 1e-3).mean() < 1e-4 and (units > 1e-3).mean() < 0.1
         # and still the same head: lossy, but close to the original HU on average
-        assert np.abs(hu - D.read_pixels_hu(str(work["orig"] / n))).mean() < 2 * slope
+        assert np.abs(hu - slice_hu(str(work["orig"] / n))).mean() < 2 * slope
 
 
 def test_jpegls_near_lossless_within_near(work):
@@ -251,7 +251,7 @@ def test_jpegls_near_lossless_within_near(work):
     enc = _pydicom(U.JPEGLSNearLossless, encoding_plugin="pyjpegls", jls_error=2)
     folder = work["encode"]("pyjpegls-jls-near2", enc, U.JPEGLSNearLossless)
     for n in SLICES:
-        diff = np.abs(D.read_pixels_hu(str(folder / n)) - D.read_pixels_hu(str(work["orig"] / n)))
+        diff = np.abs(slice_hu(str(folder / n)) - slice_hu(str(work["orig"] / n)))
         assert diff.max() <= 2 and diff.max() > 0
 
 
@@ -261,8 +261,8 @@ def test_j2k_lossy_matches_pillow(work):
     for n in SLICES:
         c = str(folder / n)
         pil = pixel_array(c, decoding_plugin="pillow").astype(np.float32)   # slope 1, intercept 0 (fixture)
-        np.testing.assert_array_equal(D.read_pixels_hu(c), pil)
-        assert np.abs(D.read_pixels_hu(c) - D.read_pixels_hu(str(work["orig"] / n))).mean() < 10
+        np.testing.assert_array_equal(slice_hu(c), pil)
+        assert np.abs(slice_hu(c) - slice_hu(str(work["orig"] / n))).mean() < 10
 
 
 # ---------------------------------------------------------------- pydicom's own compressed test files
@@ -282,7 +282,7 @@ def test_pydicom_compressed_ct_files_decode():
     """The two compressed CTs pydicom ships (no twins): plausible HU, and both default-install J2K plug-ins agree."""
     for name in ("J2K_pixelrep_mismatch.dcm", "693_J2KI.dcm"):
         p = get_testdata_file(name)
-        hu = D.read_pixels_hu(p)
+        hu = slice_hu(p)
         assert hu.shape == (512, 512) and hu.min() < -900 and hu.max() > 500
         np.testing.assert_array_equal(pixel_array(p, decoding_plugin="pylibjpeg"),
                                       pixel_array(p, decoding_plugin="pillow"))

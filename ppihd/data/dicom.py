@@ -1,4 +1,4 @@
-"""Read one DICOM file: a fast header (:func:`read_header`) and the pixels in HU (:func:`read_pixels_hu`).
+"""Read one DICOM file: a fast header (:func:`read_header`) and the stored pixels (:func:`read_raw_pixels`).
 
 Everything that makes a file unusable raises :class:`DicomError` ``(path, reason)`` with a short human
 reason ("not DICOM", "not CT (Modality MR)", "truncated pixel data (8130 of 8192 bytes)",
@@ -16,14 +16,12 @@ import os
 import struct
 import warnings
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional, Tuple, Union
+from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 import pydicom
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
-
-from .transforms import to_hu
 
 log = logging.getLogger("ppihd")
 
@@ -570,16 +568,3 @@ def read_frame_pixels(header: SliceHeader) -> np.ndarray:
         raise DicomError(path, f"expected a greyscale frame of {header.rows} x {header.cols}, got pixel array of "
                                f"shape {arr.shape}")
     return arr
-
-
-def read_pixels_hu(src: Union[str, Dataset], fix_intercept: bool = True) -> np.ndarray:
-    """Pixels of one slice in HU, float32 [h, w]: raw × RescaleSlope + RescaleIntercept.
-
-    With ``fix_intercept`` the RSNA corrupt-intercept fix (docs/data.md) is applied where its condition holds
-    (see :func:`ppihd.data.transforms.to_hu`). ``src`` is a path or a dataset read with pixel data.
-    """
-    path = src if isinstance(src, str) else str(getattr(src, "filename", None) or "<dataset>")
-    ds = read_dataset(src) if isinstance(src, str) else src
-    hdr = header_from_dataset(ds, path)
-    raw = read_raw_pixels(ds, path)
-    return to_hu(raw, hdr.slope, hdr.intercept, hdr.bits_stored, hdr.pixel_representation, fix_intercept)

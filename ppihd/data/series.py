@@ -299,11 +299,6 @@ def _frame_prefix(h: SliceHeader) -> str:
     return "" if h.frame is None else f"frame {h.frame + 1}: "
 
 
-def load_slice(header: SliceHeader, data_cfg: Mapping[str, Any]) -> np.ndarray:
-    """Read and preprocess one slice → uint8 [H, W, 3]. Raises :class:`DicomError`."""
-    return preprocess_slice(read_hu(header, data_cfg), data_cfg)
-
-
 def load_slabs(series: Series, slabs: Sequence[Sequence[int]], data_cfg: Mapping[str, Any],
                reject_constant: bool = False) -> Tuple[np.ndarray, Skipped, List[List[int]]]:
     """Preprocessed images of ``series``, one per slab: the mean HU of the slab's slices (indices into

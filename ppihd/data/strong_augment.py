@@ -148,7 +148,3 @@ class StrongAugment:
             out[i] = res.reshape(h, w, -1)
         return out
 
-
-def build_strong_augment(cfg: Mapping[str, Any]) -> StrongAugment:
-    """From a full config: ``StrongAugment(cfg['DataLoader']['Train']['strong_augment'])``."""
-    return StrongAugment(cfg["DataLoader"]["Train"]["strong_augment"])
