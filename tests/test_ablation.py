@@ -5,6 +5,7 @@ import sys
 
 import pandas as pd
 import pytest
+import yaml
 
 from ppihd.utils.config import load_config
 
@@ -24,11 +25,19 @@ TABLE3 = [
 ]
 
 
+# the one key each row adds to its previous row (paper Table 3 legend)
+ADDS = {"02_inter": ("Inter", {"Arch": {"inter_slice": True}}),
+        "03_rbe": ("RBE", {"Data": {"remove_black_edges": True}}),
+        "04_ds": ("DS", {"Arch": {"deep_supervision": True}}),
+        "05_pn": ("PN", {"Arch": {"backbone": {"post_norm": True}}}),
+        "06_dw": ("DW", {"Loss": {"dynamic_weight": True}}),
+        "07_sw": ("SW", {"Loss": {"static_weight": True}}),
+        "08_fm": ("FM", {"Data": {"pseudo_label_csv": "output/ablation/pseudo.csv"}, "Loss": {"unlabeled_weight": 1.0}})}
+
+
 @pytest.mark.parametrize("row", TABLE3, ids=[r[0] for r in TABLE3])
 def test_each_row_config_switches_the_paper_components(row):
-    name, _, inter, rbe, ds, pn, dw, sw, fm = row
-    with open(os.path.join(ABL, f"{name}.yaml")) as f:
-        assert "_base_: ../swin_b_seq.yaml" in f.read()
+    name, paper, inter, rbe, ds, pn, dw, sw, fm = row
     cfg = load_config(os.path.join(ABL, f"{name}.yaml"))
     assert cfg["Arch"]["inter_slice"] is bool(inter)
     assert cfg["Data"]["remove_black_edges"] is bool(rbe)
@@ -37,23 +46,64 @@ def test_each_row_config_switches_the_paper_components(row):
     assert cfg["Loss"]["dynamic_weight"] is bool(dw)
     assert cfg["Loss"]["static_weight"] is bool(sw)
     assert bool(cfg["Data"]["pseudo_label_csv"]) is bool(fm)
+    assert cfg["Ablation"]["paper_log_loss"] == paper and cfg["Global"]["output_dir"] == f"output/ablation/{name}"
     # everything else is the paper's setting
     assert cfg["Arch"]["backbone"]["variant"] == "base" and cfg["Global"]["iters"] == 80000
 
 
-def test_runner_table_matches_paper():
-    sys.path.insert(0, os.path.join(ROOT, "tools"))
-    import run_ablation
+@pytest.mark.parametrize("i", range(1, len(TABLE3)), ids=[r[0] for r in TABLE3[1:]])
+def test_each_row_is_its_previous_row_plus_the_component_it_adds(i):
+    name, prev = TABLE3[i][0], TABLE3[i - 1][0]
+    with open(os.path.join(ABL, f"{name}.yaml")) as f:
+        raw = yaml.safe_load(f)
+    comp, keys = ADDS[name]
+    assert raw.pop("_base_") == f"{prev}.yaml"
+    assert raw.pop("Ablation")["adds"] == comp
+    assert raw.pop("Global") == {"output_dir": f"output/ablation/{name}"}
+    assert raw == keys
 
-    assert [(r[0], r[2]) for r in run_ablation.ROWS] == [(r[0], r[1]) for r in TABLE3]
+
+def test_first_row_turns_every_later_component_off_over_the_paper_config():
+    with open(os.path.join(ABL, "01_intra.yaml")) as f:
+        raw = yaml.safe_load(f)
+    assert raw["_base_"] == "../swin_b_seq.yaml" and raw["Ablation"]["adds"] is None
+    paper = load_config(os.path.join(ROOT, "configs", "swin_b_seq.yaml"))
+    first = load_config(os.path.join(ABL, "01_intra.yaml"))
+    for section, key in (("Arch", "inter_slice"), ("Data", "remove_black_edges"), ("Arch", "deep_supervision"),
+                         ("Loss", "dynamic_weight"), ("Loss", "static_weight")):
+        assert paper[section][key] is True and first[section][key] is False
+    assert paper["Arch"]["backbone"]["post_norm"] is True and first["Arch"]["backbone"]["post_norm"] is False
+
+
+def test_rows_read_from_the_configs_match_the_paper():
+    from ppihd.engine.ablation import load_rows
+
+    rows = load_rows(ABL)
+    assert [(r.name, r.paper) for r in rows] == [(t[0], t[1]) for t in TABLE3]
     comps = ("Inter", "RBE", "DS", "PN", "DW", "SW", "FM")
-    for (name, _, _, on), t in zip(run_ablation.ROWS, TABLE3):
-        assert set(on) == {c for c, flag in zip(comps, t[2:]) if flag}
+    for r, t in zip(rows, TABLE3):
+        assert set(r.components) == {c for c, flag in zip(comps, t[2:]) if flag}
+        assert r.pseudo is bool(t[8])
+    assert [r.label for r in rows][:2] == ["Intra-Ext only", "+ Inter-Ext"]
+    # the switches the runner applies: the whole chain of row files, without the run-specific keys
+    assert rows[4].switches["Arch"] == {"inter_slice": True, "deep_supervision": True, "backbone": {"post_norm": True}}
+    assert rows[7].switches["Loss"] == {"dynamic_weight": True, "static_weight": True, "unlabeled_weight": 1.0}
+    assert "Global" not in rows[7].switches and "pseudo_label_csv" not in rows[7].switches["Data"]
+
+
+def test_a_row_without_its_ablation_section_is_a_clear_error(tmp_path):
+    from ppihd.engine.ablation import load_rows
+    from ppihd.utils.config import ConfigError
+
+    (tmp_path / "01_x.yaml").write_text("Arch:\n  inter_slice: false\n")
+    with pytest.raises(ConfigError) as e:
+        load_rows(str(tmp_path))
+    assert str(tmp_path / "01_x.yaml") in str(e.value) and "Ablation.row" in str(e.value)
 
 
 @pytest.mark.slow
 def test_ablation_runner_end_to_end_ci(tmp_path):
-    from ppihd.data.synthetic import generate_dataset
+    from ppihd.synthetic import generate_dataset
 
     data = str(tmp_path / "data")
     generate_dataset(data, n_train=6, n_test=3, size=64, slices_min=4, slices_max=6, progress=False)
@@ -83,7 +133,7 @@ def test_ablation_runner_end_to_end_ci(tmp_path):
 
 def test_ablation_runner_stage1_is_shared_per_cache_and_norm(tmp_path):
     """--stage1: one slice pre-training per (cache, post_norm), loaded by every row with that setting."""
-    from ppihd.data.synthetic import generate_dataset
+    from ppihd.synthetic import generate_dataset
 
     data = str(tmp_path / "data")
     generate_dataset(data, n_train=6, n_test=3, size=64, slices_min=4, slices_max=6, progress=False)
