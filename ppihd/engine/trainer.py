@@ -35,14 +35,15 @@ from .evaluator import dataset_prior, evaluate, format_metrics
 
 
 #: Settings that may change on resume without changing what the remaining iterations compute (logging, I/O,
-#: threads, the data's location, inference-only sections). ``Global.iters`` is here because continuing a run to more
-#: iterations is the documented use of resume (the schedule is stretched). Anything else that changed is a warning.
+#: threads, the data's location, inference-only sections, an ablation row's label). ``Global.iters`` is here because
+#: continuing a run to more iterations is the documented use of resume (the schedule is stretched). Anything else
+#: that changed is a warning.
 RESUME_FREE = ("Global.iters", "Global.checkpoints", "Global.pretrained_model", "Global.output_dir",
                "Global.log_interval", "Global.eval_interval", "Global.save_interval", "Global.progress_bar",
                "Global.use_visualdl", "Global.num_threads", "Global.device", "Global.eval_max_series",
                "Global.keep_best", "Global.start_over", "Global.save_inference_dir", "Data.num_workers", "Data.root",
                "Data.cache_dir", "Data.index_file", "DataLoader.Train.num_workers", "DataLoader.Eval", "Infer",
-               "Export", "PseudoLabel", "Ensemble", "SlicePretrain")
+               "Export", "PseudoLabel", "Ensemble", "SlicePretrain", "Ablation")
 #: checkpoint prefixes whose presence means an output folder holds a run
 RUN_CHECKPOINTS = ("latest", "best_model")
 
