@@ -295,7 +295,7 @@ def main(argv=None) -> int:
     progress = not a.no_progress and not a.ci
     os.makedirs(a.out, exist_ok=True)
     from ppihd.data.labels import read_labels
-    from ppihd.engine.pseudo_label import select_confident_series, write_pseudo_csv
+    from ppihd.postprocess.pseudo_label import select_confident_series, write_pseudo_csv
     from ppihd.utils.env import setup_threads
 
     test_labels_path = a.test_labels or os.path.join(a.data, "synthetic_test_labels.csv")
