@@ -1,4 +1,4 @@
-"""Post-processing shared by training data, metrics and the engine: the bottom layer beside :mod:`ppihd.utils`.
+"""Post-processing shared by training data, metrics and the engine: the layer just above :mod:`ppihd.utils`.
 
 - :mod:`.arrays`: uint8 cache bytes -> model input (``float32(x) * float32(1/255)``, the training numbers) and the
   sigmoid;
