@@ -72,6 +72,9 @@ def test_read_predictions(tmp_path):
     got = read_predictions(str(tmp_path / "p.csv"))   # two frames of one file are two slices
     assert got["sop_uid"].tolist() == ["1.2.10", "1.2.10", "1.2.11"]    # UIDs stay strings
     assert got["slice_idx"].tolist() == [0, 1, 2] and got["patient_id"].tolist() == ["", "", ""]
+    single = df.iloc[1:].assign(frame=None)   # as tools/infer.py writes single-frame slices: an empty frame cell
+    single.to_csv(tmp_path / "single.csv", index=False)
+    assert read_predictions(str(tmp_path / "single.csv"))["sop_uid"].tolist() == ["1.2.10", "1.2.11"]
     df.drop(columns="frame").to_csv(tmp_path / "dup.csv", index=False)
     with pytest.raises(PostprocessError, match=r"dup.csv: 1 duplicate sop_uid rows, e.g. 1.2.10"):
         read_predictions(str(tmp_path / "dup.csv"))

@@ -85,8 +85,7 @@ def read_predictions(path: str) -> pd.DataFrame:
     if "position" not in df.columns:
         df["position"] = np.nan
     df[["patient_id", "study_uid"]] = df[["patient_id", "study_uid"]].fillna("")
-    key = df["sop_uid"] if "frame" not in df.columns else df["sop_uid"] + "-" + df["frame"].astype(str)
-    dup = df["sop_uid"][key.duplicated()]
+    dup = df["sop_uid"][df.duplicated([c for c in ("sop_uid", "frame") if c in df.columns])]
     if len(dup):
         raise PostprocessError(f"{path}: {len(dup)} duplicate sop_uid rows, e.g. {', '.join(dup.iloc[:3])}")
     probs = df[list(LABELS)].to_numpy(dtype=np.float64)
