@@ -83,7 +83,7 @@ def child_export(config: str, overrides, workdir: str, weights: str, threads: in
     paddle.seed(0)
     model = build_model(cfg["Arch"])
     if weights:
-        from ppihd.engine.predictor import load_weights
+        from ppihd.utils.checkpoint import load_weights
         load_weights(model, weights)
     model.eval()
     paddle.save(model.state_dict(), os.path.join(workdir, "model.pdparams"))
@@ -139,7 +139,7 @@ def paddle_inference_predictor(model_file: str, params_file: str, threads: int, 
     with the precision switches the deployed back-end does not offer (the whole graph in bf16; int8)."""
     from paddle import inference as pinf
 
-    from ppihd.engine.predictor import PaddleInferenceBackend
+    from ppihd.engine.backends import PaddleInferenceBackend
 
     cfg = PaddleInferenceBackend._config(pinf, (model_file, params_file), "cpu", threads, mkldnn, bf16)
     if int8 and mkldnn:
@@ -151,7 +151,7 @@ def _pi_runner(pred):
     """images ``[S, 3, H, W]`` -> probabilities ``[S, 6]`` through one predictor."""
     import numpy as np
 
-    from ppihd.engine.predictor import PaddleInferenceBackend
+    from ppihd.engine.backends import PaddleInferenceBackend
 
     return lambda images: PaddleInferenceBackend._run(pred, np.ascontiguousarray(images[None]))[0]
 
@@ -193,21 +193,21 @@ def child_run(path: str, meta_file: str, workdir: str, slices: int, repeats: int
         emit({**info, "error": "not run: " + probe_ort_bf16()})
         return
     if path.startswith("pi-"):  # as PaddleInferenceBackend does: freed activations stay mapped between runs
-        from ppihd.engine.predictor import keep_freed_memory
+        from ppihd.engine.runtime import keep_freed_memory
 
         info["keep_freed_memory"] = keep_freed_memory()
     if path == "dygraph":
         import paddle
 
         from ppihd.arch import build_model
-        from ppihd.engine.predictor import DygraphBackend
+        from ppihd.engine.backends import DygraphBackend
 
         cfg = _load_cfg(meta["config"], meta.get("overrides"))
         model = build_model(cfg["Arch"])
         model.set_state_dict(paddle.load(os.path.join(workdir, "model.pdparams")))
         predict = DygraphBackend(model).predict_series
     elif path == DEPLOYED:  # the class deploy/python/predict.py uses
-        from ppihd.engine.predictor import PaddleInferenceBackend
+        from ppihd.engine.backends import PaddleInferenceBackend
 
         predict = PaddleInferenceBackend(os.path.dirname(meta["model_file"]), "cpu", threads,
                                          mkldnn=True).predict_series
@@ -215,7 +215,7 @@ def child_run(path: str, meta_file: str, workdir: str, slices: int, repeats: int
         predict = _pi_runner(paddle_inference_predictor(meta["model_file"], meta["params_file"], threads,
                                                         mkldnn=False))
     elif path in ("pi-onednn-bf16", "pi-onednn-bf16-plain"):  # the deployed bf16 path: fp32 stem + bf16 body
-        from ppihd.engine.predictor import PaddleInferenceBackend
+        from ppihd.engine.backends import PaddleInferenceBackend
 
         d = os.path.dirname(meta["model_file"]) if path == "pi-onednn-bf16" else os.path.join(workdir, PLAIN_DIR)
         predict = PaddleInferenceBackend(d, "cpu", threads, precision="bf16").predict_series
@@ -224,7 +224,7 @@ def child_run(path: str, meta_file: str, workdir: str, slices: int, repeats: int
         predict = _pi_runner(paddle_inference_predictor(meta["model_file"], meta["params_file"], threads,
                                                         bf16=bf16, int8=int8))
     elif path in ("ort", "ort-int8"):
-        from ppihd.engine.predictor import OnnxBackend
+        from ppihd.engine.backends import OnnxBackend
 
         key = "onnx_file" if path == "ort" else "onnx_int8_file"
         if not meta.get(key):

@@ -2,7 +2,7 @@
 """Interleaved A/B of deployed-path variants (Paddle Inference + oneDNN fp32) in ONE process.
 
 The machine is shared, so paths timed minutes apart are not comparable (docs/benchmarks.md). Here every
-variant is exported once, loaded as a :class:`ppihd.engine.predictor.PaddleInferenceBackend`, and the variants
+variant is exported once, loaded as a :class:`ppihd.engine.backends.PaddleInferenceBackend`, and the variants
 and the fp32 matmul peak (``paddle.matmul`` n x n, same threads) run in turn for ``--rounds`` rounds; the best
 round of each is reported, with the peak measured in the same rounds.
 
@@ -46,7 +46,7 @@ class StreamPool:
     def __init__(self, model_dir: str, streams: int = 2, threads_per_stream: int = 1, mkldnn: bool = True):
         from concurrent.futures import ThreadPoolExecutor
 
-        from ppihd.engine.predictor import PaddleInferenceBackend
+        from ppihd.engine.backends import PaddleInferenceBackend
 
         first = PaddleInferenceBackend(model_dir, "cpu", threads_per_stream, mkldnn)
         self.backends: list = [first]
@@ -104,7 +104,7 @@ def main(argv=None) -> int:
     from ppihd.arch import build_model
     from ppihd.arch.summary import backbone_macs
     from ppihd.engine.exporter import export_paddle, export_paddle_bf16
-    from ppihd.engine.predictor import PaddleInferenceBackend
+    from ppihd.engine.backends import PaddleInferenceBackend
     from ppihd.utils.config import load_config
 
     paddle.set_device("cpu")

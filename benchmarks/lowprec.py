@@ -46,7 +46,8 @@ def main(argv=None) -> int:
     from ppihd.data.dataset import SeriesDataset
     from ppihd.data.series import group_series, load_series, scan
     from ppihd.engine.exporter import export_onnx, export_paddle, export_paddle_bf16
-    from ppihd.engine.predictor import OnnxBackend, PaddleInferenceBackend, load_weights
+    from ppihd.engine.backends import OnnxBackend, PaddleInferenceBackend
+    from ppihd.utils.checkpoint import load_weights
     from ppihd.metric.log_loss import weighted_log_loss
     from ppihd.utils.config import load_config
 

@@ -4,7 +4,7 @@
     python benchmarks/scaling.py            # micro model S = 1..300, Swin-B S = 1, 8, 32, 64; 8..128 files
     python benchmarks/scaling.py --quick    # micro model S = 1..16, 8..24 files (smoke run)
 
-Inference: the deployed path (Paddle Inference + oneDNN, ``ppihd.engine.predictor.PaddleInferenceBackend``)
+Inference: the deployed path (Paddle Inference + oneDNN, ``ppihd.engine.backends.PaddleInferenceBackend``)
 on one exported model with a dynamic slice count; one series of S random slices per point, best of
 ``--repeats`` after a warm-up. The long sweep (up to 300 slices) uses the ``micro`` backbone at 224² (same
 Swin blocks and the same sequence transformer, d = 256), Swin-B is measured at a few lengths. The analytic
@@ -44,7 +44,7 @@ def inference_sweep(variant: str, lengths, repeats: int, threads: int, workdir: 
     from ppihd.arch import build_model
     from ppihd.arch.summary import backbone_macs, sequence_macs
     from ppihd.engine.exporter import export_paddle
-    from ppihd.engine.predictor import PaddleInferenceBackend
+    from ppihd.engine.backends import PaddleInferenceBackend
     from ppihd.utils.config import load_config
 
     cfg = load_config(config, [f"Arch.backbone.variant={variant}"])

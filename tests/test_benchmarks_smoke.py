@@ -102,7 +102,7 @@ def test_infer_ab_quick(tmp_path):
 def test_infer_ab_quick_bf16_variants(tmp_path):
     """bf16 / bf16-plain: the --precision bf16 programs with and without Export.bf16_kernels, interleaved with
     fp32; bf16 is close to fp32, and the variants reject the multi-stream mode by name."""
-    from ppihd.engine.predictor import cpu_supports_bf16
+    from ppihd.engine.runtime import cpu_supports_bf16
 
     if not cpu_supports_bf16():
         pytest.skip("this CPU has no native bfloat16")

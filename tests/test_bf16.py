@@ -13,7 +13,8 @@ import pytest
 
 from ppihd import LABELS
 from ppihd.engine.exporter import BF16_BODY, BF16_STEM, export_model, export_paddle_bf16, read_inference_yml
-from ppihd.engine.predictor import DygraphBackend, PaddleInferenceBackend, cpu_supports_bf16, find_model_files
+from ppihd.engine.backends import DygraphBackend, PaddleInferenceBackend, find_model_files
+from ppihd.engine.runtime import cpu_supports_bf16
 
 from infer_utils import DEMO_CFG, load_tool
 

@@ -8,8 +8,8 @@ import pandas as pd
 import pytest
 
 from ppihd import LABELS
-from ppihd.engine.ensemble import (EnsembleInputError, binarise, combine, ensemble_files, normalise_weights,
-                                   rank_weights, read_probabilities)
+from ppihd.postprocess.ensemble import (EnsembleInputError, binarise, combine, ensemble_files, normalise_weights,
+                                        rank_weights, read_probabilities)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

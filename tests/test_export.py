@@ -13,7 +13,7 @@ import yaml
 
 from ppihd import LABELS
 from ppihd.engine.exporter import export_model, read_inference_yml
-from ppihd.engine.predictor import DygraphBackend, PaddleInferenceBackend, find_model_files
+from ppihd.engine.backends import DygraphBackend, PaddleInferenceBackend, find_model_files
 
 from infer_utils import infer_args, load_tool, tiny_model
 
@@ -124,7 +124,7 @@ def test_onnx_export_matches_dygraph(exported):
     pytest.importorskip("onnxruntime")
     pytest.importorskip("paddle2onnx")
     from ppihd.engine.exporter import export_onnx
-    from ppihd.engine.predictor import OnnxBackend
+    from ppihd.engine.backends import OnnxBackend
 
     _, model, files, _ = exported
     d = os.path.dirname(files["model_file"])
@@ -191,7 +191,7 @@ def test_window_token_layout_exports_to_the_same_numbers(exported_layouts, mkldn
         pytest.importorskip("onnxruntime")
         pytest.importorskip("paddle2onnx")
         from ppihd.engine.exporter import export_onnx
-        from ppihd.engine.predictor import OnnxBackend
+        from ppihd.engine.backends import OnnxBackend
 
         files = find_model_files(d)
         export_onnx(files[0], files[1], os.path.join(d, "inference.onnx"), 13)
@@ -199,7 +199,7 @@ def test_window_token_layout_exports_to_the_same_numbers(exported_layouts, mkldn
 
 
 def test_keep_freed_memory_is_set_once():
-    from ppihd.engine.predictor import keep_freed_memory
+    from ppihd.engine.runtime import keep_freed_memory
 
     first = keep_freed_memory()
     assert isinstance(first, bool) and keep_freed_memory() is first

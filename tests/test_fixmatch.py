@@ -7,7 +7,7 @@ import pytest
 
 from ppihd import LABELS
 from ppihd.data.pseudo import MixedDataset, PseudoLabelDataset, with_pseudo_labels
-from ppihd.engine.pseudo_label import PseudoLabelError
+from ppihd.postprocess.pseudo_label import PseudoLabelError
 from ppihd.utils.config import load_config
 
 

@@ -9,8 +9,9 @@ import pytest
 
 from ppihd import LABELS
 from ppihd.engine import report
-from ppihd.engine.outputs import EXIT_OK, EXIT_SKIPPED, exit_code, submission_id
-from ppihd.engine.predictor import chunk_bounds, merge_chunks
+from ppihd.engine.outputs import EXIT_OK, EXIT_SKIPPED, exit_code
+from ppihd.engine.backends import chunk_bounds, merge_chunks
+from ppihd.postprocess.tables import submission_id
 
 from infer_utils import infer_args, load_tool, save_tiny_checkpoint
 

@@ -168,17 +168,17 @@ def test_sr_references_key_frames(studies):
 
 
 def test_predictions_readers_keep_frames_apart(studies):
-    from ppihd.engine.ensemble import read_probabilities
-    from ppihd.engine.outputs import read_predictions
-    from ppihd.engine.pseudo_label import PseudoLabelError, read_predictions as read_for_pseudo
+    from ppihd.postprocess.ensemble import read_probabilities
+    from ppihd.postprocess.pseudo_label import PseudoLabelError, read_for_pseudo_labels
+    from ppihd.postprocess.tables import read_predictions
 
     out = studies[0] / "o_mf"
     sub = {r["ID"]: float(r["Label"]) for r in _csv(out / "submission.csv")}
     probs = read_probabilities(str(out / "predictions.csv"))
     assert dict(zip(probs.index, probs.to_numpy())) == pytest.approx(sub)
-    assert sorted(read_predictions(str(out))["frame"].astype(int)) == list(range(1, N + 1))
+    assert sorted(read_predictions(str(out / "predictions.csv"))["frame"].astype(int)) == list(range(1, N + 1))
     with pytest.raises(PseudoLabelError, match="multi-frame"):
-        read_for_pseudo(str(out / "predictions.csv"))
+        read_for_pseudo_labels(str(out / "predictions.csv"))
 
 
 def test_unreadable_frame_skips_the_file(studies):

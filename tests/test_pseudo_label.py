@@ -8,8 +8,8 @@ import pandas as pd
 import pytest
 
 from ppihd import LABELS
-from ppihd.engine.pseudo_label import (PseudoLabelError, average_predictions, confidence, read_pseudo_csv,
-                                       select_confident_series, train_label_rates)
+from ppihd.postprocess.pseudo_label import (PseudoLabelError, average_predictions, confidence, read_pseudo_csv,
+                                            select_confident_series, train_label_rates)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

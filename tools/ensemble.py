@@ -13,8 +13,8 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from ppihd.engine.ensemble import (REFERENCE_TAU_H, REFERENCE_WEIGHTS, EnsembleInputError,  # noqa: E402
-                                   ensemble_files, normalise_weights, rank_weights)
+from ppihd.postprocess.ensemble import (REFERENCE_TAU_H, REFERENCE_WEIGHTS, EnsembleInputError,  # noqa: E402
+                                        ensemble_files, normalise_weights, rank_weights)
 from ppihd.utils.fileio import atomic_path  # noqa: E402
 from ppihd.utils.schema import DEFAULTS  # noqa: E402
 

@@ -31,7 +31,7 @@ def main(argv=None) -> int:
             raise ConfigError("Global.pretrained_model is not set: pass -o Global.pretrained_model=PATH.pdparams")
         from ppihd.arch import build_model
         from ppihd.engine.exporter import export_model
-        from ppihd.engine.predictor import load_weights
+        from ppihd.utils.checkpoint import load_weights
         from ppihd.utils.env import setup_runtime
 
         setup_runtime(cfg)

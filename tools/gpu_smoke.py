@@ -187,7 +187,7 @@ def main(argv=None) -> int:
     if model is not None:
         try:
             from ppihd.engine.exporter import export_model
-            from ppihd.engine.predictor import DygraphBackend, PaddleInferenceBackend
+            from ppihd.engine.backends import DygraphBackend, PaddleInferenceBackend
 
             t = time.time()
             export_model(model, cfg, os.path.join(work, "inference"))

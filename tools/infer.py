@@ -54,7 +54,8 @@ def main(argv=None) -> int:
         if not cfg["Global"]["pretrained_model"]:
             raise ConfigError("Global.pretrained_model is not set: pass -o Global.pretrained_model=PATH.pdparams")
         from ppihd.arch import build_model
-        from ppihd.engine.predictor import DygraphBackend, load_weights
+        from ppihd.engine.backends import DygraphBackend
+        from ppihd.utils.checkpoint import load_weights
         from ppihd.utils.env import setup_runtime
 
         setup_runtime(cfg)

@@ -21,10 +21,11 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from ppihd.engine.ensemble import EnsembleInputError, normalise_weights, rank_weights  # noqa: E402
-from ppihd.engine.pseudo_label import (PseudoLabelError, average_predictions, label_distribution_table,  # noqa: E402
-                                       read_predictions, select_confident_series, train_label_rates,
-                                       write_pseudo_csv)
+from ppihd.postprocess.ensemble import EnsembleInputError, normalise_weights, rank_weights  # noqa: E402
+from ppihd.postprocess.pseudo_label import (PseudoLabelError, average_predictions,  # noqa: E402
+                                            label_distribution_table, read_for_pseudo_labels,
+                                            select_confident_series, train_label_rates, write_pseudo_csv)
+from ppihd.postprocess.tables import PostprocessError  # noqa: E402
 from ppihd.utils.schema import DEFAULTS  # noqa: E402
 
 
@@ -56,13 +57,13 @@ def main(argv=None) -> int:
             raise PseudoLabelError(str(e)) from None
         if w is not None and len(w) != len(a.pred):
             raise PseudoLabelError(f"{len(a.pred)} --pred files but {len(w)} ranks/weights")
-        frames = [read_predictions(p) for p in a.pred]
+        frames = [read_for_pseudo_labels(p) for p in a.pred]
         pred = average_predictions(frames, a.pred, w) if len(frames) > 1 else frames[0]
         sel = select_confident_series(pred, a.tau_s, a.tau_p)
         rates = None
         if a.train_labels:
             n_img, rates = train_label_rates(a.train_labels)
-    except PseudoLabelError as e:
+    except PostprocessError as e:
         print(f"pseudo_label: error: {e}", file=sys.stderr)
         return 2
     write_pseudo_csv(sel.pseudo, a.out)

@@ -60,7 +60,8 @@ def main(argv=None) -> int:
 
     threads = setup_threads(args.threads)
     from ppihd.engine.exporter import read_inference_yml
-    from ppihd.engine.predictor import OnnxBackend, PaddleInferenceBackend, run_inference
+    from ppihd.engine.backends import OnnxBackend, PaddleInferenceBackend
+    from ppihd.engine.predictor import run_inference
     from ppihd.utils.config import deep_merge
     from ppihd.utils.schema import DEFAULTS
 

@@ -23,6 +23,7 @@ import numpy as np
 import pandas as pd
 
 from .. import LABELS
+from ..postprocess.arrays import INV255, to_model_input, to_unit
 from .cache import resolve_cache_dir, resolve_index_file, series_file, verify_series
 
 try:  # the datasets are paddle.io.Dataset when paddle is there (it always is at run time)
@@ -32,7 +33,6 @@ except Exception:  # pragma: no cover
 
 Transform = Callable[[np.ndarray, np.random.Generator], np.ndarray]
 SPLITS = ("train", "val", "test")
-INV255 = np.float32(1.0 / 255.0)
 
 
 def images_to_tensor(images: Any):
@@ -169,8 +169,7 @@ class SeriesDataset(_Base):
         if self.uint8_images:
             images = slices.transpose(0, 3, 1, 2)
         else:
-            images = slices.astype(np.float32).transpose(0, 3, 1, 2)
-            images *= INV255
+            images = to_model_input(slices)
         return {"images": np.ascontiguousarray(images), "labels": it["labels"][sel].copy(),
                 "label_mask": it["label_mask"][sel].copy(), "series_id": it["series_id"],
                 "slice_idx": rows.copy()}
@@ -198,7 +197,7 @@ def collate_series(items: Sequence[Mapping[str, Any]]) -> Dict[str, Any]:
     mask = np.zeros((b, s_max), dtype=bool)
     slice_idx = np.full((b, s_max), -1, dtype=np.int64)
     for i, (it, im, n) in enumerate(zip(items, ims, lens)):
-        images[i, :n] = im * INV255 if (im.dtype == np.uint8 and not uint8) else im
+        images[i, :n] = to_unit(im) if (im.dtype == np.uint8 and not uint8) else im
         labels[i, :n] = it["labels"]
         label_mask[i, :n] = it.get("label_mask", np.ones((n, n_cls), np.float32))
         mask[i, :n] = True

@@ -2,7 +2,7 @@
 
 ``PseudoLabelDataset(cfg)`` reads the test split of the cache index (``split == "test"``, ``status == "ok"``)
 and the pseudo-label file ``Data.pseudo_label_csv`` (written by ``tools/pseudo_label.py``, format in
-:mod:`ppihd.engine.pseudo_label`), keeps the series that have pseudo-labels and serves them like
+:mod:`ppihd.postprocess.pseudo_label`), keeps the series that have pseudo-labels and serves them like
 ``SeriesDataset`` items, with the strong augmentation A(.) and ``is_pseudo: True``::
 
     {"images": float32 [S, 3, H, W] in [0, 1], "labels": float32 [S, 6] (0/1 pseudo-labels),
@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 
 from .. import LABELS
-from ..engine.pseudo_label import PseudoLabelError, read_pseudo_csv
+from ..postprocess.pseudo_label import PseudoLabelError, read_pseudo_csv
 from .cache import resolve_index_file
 from .dataset import SeriesDataset, _Base, read_index
 from .strong_augment import StrongAugment
@@ -41,7 +41,7 @@ class PseudoLabelDataset(SeriesDataset):
     """
 
     def __init__(self, cfg: Mapping[str, Any], transform: Any = None, index: Optional[pd.DataFrame] = None) -> None:
-        path = cfg["Data"].get("pseudo_label_csv")
+        path = cfg["Data"]["pseudo_label_csv"]
         if not path:
             raise PseudoLabelError("Data.pseudo_label_csv is not set (make one with tools/pseudo_label.py)")
         index_file = resolve_index_file(cfg)
@@ -124,7 +124,7 @@ class MixedDataset(_Base):
 
 def with_pseudo_labels(cfg: Mapping[str, Any], labelled: Any) -> Any:
     """``labelled`` unchanged if ``Data.pseudo_label_csv`` is unset, else ``MixedDataset(labelled, pseudo)``."""
-    if not cfg["Data"].get("pseudo_label_csv"):
+    if not cfg["Data"]["pseudo_label_csv"]:
         return labelled
     pseudo = PseudoLabelDataset(cfg)
     log.info("FixMatch: %d labelled + %d pseudo-labelled series (%d slices) from %s", len(labelled), len(pseudo),

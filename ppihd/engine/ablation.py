@@ -9,7 +9,7 @@ Per row: build/resume the row's cache (rows without RBE use ``<cache>_norbe``), 
 subprocess, predict the cached test split with the row's ``best_model`` (:func:`ppihd.engine.evaluator.predict_dataset`)
 and score it and the constant prior with :func:`ppihd.engine.evaluator.score_predictions`; the validation numbers
 come from the training run's ``history.json``. A row whose config sets ``Data.pseudo_label_csv`` (FM) is trained on
-pseudo-labels of the previous row's test predictions (:mod:`ppihd.engine.pseudo_label`). CLI: tools/run_ablation.py.
+pseudo-labels of the previous row's test predictions (:mod:`ppihd.postprocess.pseudo_label`). CLI: tools/run_ablation.py.
 """
 from __future__ import annotations
 
@@ -172,7 +172,7 @@ def stage1_backbone(cfg: Mapping[str, Any], out: str, done: Dict[tuple, str], to
 
 def predict_test(cfg: Mapping[str, Any], weights: str, progress: bool) -> pd.DataFrame:
     """Head-2 probabilities of every cached test slice (:func:`~ppihd.engine.evaluator.predict_dataset`) as a
-    ``predictions.csv`` table (tools/infer.py's columns, what :mod:`ppihd.engine.pseudo_label` reads)."""
+    ``predictions.csv`` table (tools/infer.py's columns, what :mod:`ppihd.postprocess.pseudo_label` reads)."""
     from ..arch import build_model
     from ..data.cache import resolve_index_file
     from ..data.dataset import SeriesDataset, read_index
@@ -255,7 +255,7 @@ def run_ablation(rows: Sequence[Row], base_config: str, data: str, out: str, use
     from ..data.dataset import SeriesDataset
     from ..utils.env import setup_threads
     from .evaluator import dataset_prior
-    from .pseudo_label import select_confident_series, write_pseudo_csv
+    from ..postprocess.pseudo_label import select_confident_series, write_pseudo_csv
 
     os.makedirs(out, exist_ok=True)
     all_comps = [r.adds for r in rows if r.adds]

@@ -20,6 +20,7 @@ import numpy as np
 
 from .. import LABELS
 from ..data.dataset import images_to_tensor
+from ..postprocess.arrays import sigmoid
 from ..metric import compute_metrics, prior_probabilities, weighted_log_loss
 from ..utils.fileio import atomic_path
 
@@ -45,10 +46,6 @@ def forward_heads(model: Any, images: Any, mask: Any) -> tuple:
     if isinstance(out, Mapping):
         return out["logits"], out.get("aux_logits")
     return out, None
-
-
-def _sigmoid(x: np.ndarray) -> np.ndarray:
-    return 1.0 / (1.0 + np.exp(-x))
 
 
 def pad_series_batch(images: np.ndarray, pad_to: int) -> np.ndarray:
@@ -105,9 +102,9 @@ def predict_dataset(model: Any, dataset: Any, batch_series: int = 1, max_series:
                     labels.append(np.asarray(batch["labels"])[b, real])
                     lm = batch.get("label_mask")
                     lmask.append(np.asarray(lm)[b, real] if lm is not None else np.ones((len(real), 6)))
-                    p2.append(_sigmoid(l2[b, real].astype(np.float64)))
+                    p2.append(sigmoid(l2[b, real]))
                     if l1 is not None:
-                        p1.append(_sigmoid(l1[b, real].astype(np.float64)))
+                        p1.append(sigmoid(l1[b, real]))
     finally:
         if was_training:
             m.train()

@@ -21,6 +21,7 @@ from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 import numpy as np
 
 from ppihd import LABELS
+from ppihd.postprocess.tables import submission_id
 
 #: Columns of ``predictions.csv`` (the six probabilities are in ``ppihd.LABELS`` order). ``frame``: the
 #: 1-based frame number (DICOM ReferencedFrameNumber) of a slice that is a frame of a multi-frame file, else empty.
@@ -39,19 +40,6 @@ EXIT_OUTPUT = 5        # the outputs could not be written (disk full, read-only 
 EXIT_BUSY = 6          # another run holds the output folder (its lock names the process)
 
 PARTIAL = ".partial"   # suffix of the journal files of a run in progress
-
-
-def submission_id(sop_uid: str, frame: Optional[int] = None) -> str:
-    """Kaggle image ID for a SOPInstanceUID (and the 1-based ``frame`` number of a multi-frame file's slice).
-
-    RSNA files already carry ``ID_<hex>`` as their SOPInstanceUID, which is kept as is (never ``ID_ID_``).
-    Any other UID gets the ``ID_`` prefix: ``1.2.3`` -> ``ID_1.2.3``; a frame adds ``-<frame>``:
-    ``ID_1.2.3-7``. DICOM UIDs contain only digits and dots, so ``ID_<uid>[-<frame>]_<subtype>`` still splits
-    unambiguously at its last ``_``.
-    """
-    sop = str(sop_uid).strip()
-    sid = sop if sop.startswith("ID_") else f"ID_{sop}"
-    return sid if frame in (None, "") else f"{sid}-{int(frame)}"
 
 
 def exit_code(n_predicted: int, n_skipped: int) -> int:
@@ -197,14 +185,6 @@ class OutputWriter:
 
     def exit_code(self) -> int:
         return exit_code(self.n_predicted, self.n_skipped)
-
-
-def read_predictions(out_dir: str):
-    """Load ``predictions.csv`` from an output folder as a pandas DataFrame (UIDs kept as strings)."""
-    import pandas as pd
-
-    str_cols = {c: str for c in ("patient_id", "study_uid", "series_uid", "series_id", "sop_uid", "path", "frame")}
-    return pd.read_csv(os.path.join(out_dir, "predictions.csv"), dtype=str_cols, keep_default_na=False)
 
 
 def unaccounted(inputs: Sequence[str], writer: OutputWriter) -> List[str]:

@@ -28,6 +28,7 @@ from ..data.augment import TrainAugment, build_train_augment
 from ..data.dataset import SeriesDataset
 from ..metric.log_loss import per_class_auc, prior_probabilities, weighted_log_loss
 from ..optimizer import build_lr_scheduler, build_optimizer
+from ..postprocess.arrays import to_model_input
 from ..utils.env import get_logger, show_progress
 from ..utils.fileio import atomic_path
 
@@ -64,8 +65,7 @@ class SliceSampler:
 
 
 def _to_input(u8: np.ndarray) -> paddle.Tensor:
-    x = u8.astype(np.float32).transpose(0, 3, 1, 2) * np.float32(1.0 / 255.0)
-    return paddle.to_tensor(np.ascontiguousarray(x))
+    return paddle.to_tensor(to_model_input(u8))
 
 
 class SlicePretrainer:

@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 
 from .. import LABEL_WEIGHTS, LABELS
+from ..postprocess.tables import id_label_table
 from .log_loss import per_class_log_loss, weighted_log_loss
 
 
@@ -31,11 +32,9 @@ def _read_long(path: str, what: str) -> pd.DataFrame:
     if not os.path.isfile(path):
         raise SubmissionError(f"{what} {path}: file not found")
     df = pd.read_csv(path, dtype={"ID": str, "sop_uid": str})
-    if {"ID", "Label"} <= set(df.columns):
-        return df[["ID", "Label"]].copy()
-    if {"sop_uid", *LABELS} <= set(df.columns):  # wide: one row per image
-        ids = [f"{s}_{lab}" if str(s).startswith("ID_") else f"ID_{s}_{lab}" for s in df["sop_uid"] for lab in LABELS]
-        return pd.DataFrame({"ID": ids, "Label": df[list(LABELS)].to_numpy(dtype=np.float64).reshape(-1)})
+    table = id_label_table(df)   # wide (one row per image) -> ID,Label
+    if table is not None:
+        return table
     raise SubmissionError(f"{what} {path}: expected columns ID,Label (or sop_uid + {', '.join(LABELS)}), found "
                           f"{', '.join(map(str, df.columns))}")
 

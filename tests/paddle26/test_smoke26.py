@@ -37,7 +37,7 @@ def test_model_forward_train_and_eval():
 
 def test_export_and_predict(tmp_path):
     from ppihd.engine.exporter import export_model
-    from ppihd.engine.predictor import DygraphBackend, PaddleInferenceBackend
+    from ppihd.engine.backends import DygraphBackend, PaddleInferenceBackend
 
     cfg, model = tiny_model(64, seed=1)
     files = export_model(model, cfg, str(tmp_path))
@@ -56,7 +56,7 @@ def test_bf16_programs_export_and_compose_in_fp32(tmp_path):
     from paddle import inference as pinf
 
     from ppihd.engine.exporter import BF16_BODY, BF16_STEM, export_paddle_bf16
-    from ppihd.engine.predictor import DygraphBackend, PaddleInferenceBackend, find_model_files
+    from ppihd.engine.backends import DygraphBackend, PaddleInferenceBackend, find_model_files
 
     _, model = tiny_model(64, seed=2)
     export_paddle_bf16(model, str(tmp_path), 64)

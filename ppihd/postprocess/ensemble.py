@@ -16,19 +16,20 @@ where ALL models exceed it.
 from __future__ import annotations
 
 import os
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import pandas as pd
 
 from ppihd import LABELS
+from ppihd.postprocess.tables import PostprocessError, id_label_table
 
 #: The reference code's fixed weights (best model, second, plain model) and its upper threshold.
 REFERENCE_WEIGHTS = (0.85, 0.05, 0.10)
 REFERENCE_TAU_H = 0.998
 
 
-class EnsembleInputError(ValueError):
+class EnsembleInputError(PostprocessError):
     """Ensemble inputs that cannot be combined (IDs differ, bad values, bad arguments)."""
 
 
@@ -122,17 +123,6 @@ def combine(probs: np.ndarray, weights: Sequence[float], tau_h: Optional[float] 
 # ----------------------------------------------------------------------------------------------- I/O
 
 
-def submission_id(sop_uid: str, label: str, frame: Any = None) -> str:
-    """Kaggle row ID: ``ID_<sop>_<label>``; RSNA SOP UIDs already start with ``ID_``. A frame of a multi-frame
-    file (1-based ``frame``, predictions.csv's ``frame`` column) is ``ID_<sop>-<frame>_<label>``, as in
-    ``submission.csv`` (:func:`ppihd.engine.outputs.submission_id`)."""
-    sop = str(sop_uid)
-    sid = sop if sop.startswith("ID_") else f"ID_{sop}"
-    if frame is not None and str(frame).strip() not in ("", "nan"):
-        sid = f"{sid}-{int(float(frame))}"
-    return f"{sid}_{label}"
-
-
 def read_probabilities(path: str) -> pd.Series:
     """Read a submission (``ID,Label``) or a ``predictions.csv`` (``sop_uid`` + six label columns).
 
@@ -141,18 +131,13 @@ def read_probabilities(path: str) -> pd.Series:
     if not os.path.isfile(path):
         raise EnsembleInputError(f"{path}: file not found")
     df = pd.read_csv(path, dtype={"ID": str, "sop_uid": str})
-    cols = set(df.columns)
-    if {"ID", "Label"} <= cols:
-        s = pd.Series(df["Label"].to_numpy(dtype=np.float64), index=df["ID"].astype(str).to_numpy())
-    elif {"sop_uid", *LABELS} <= cols:
-        frames = df["frame"] if "frame" in cols else [None] * len(df)
-        ids = [submission_id(sop, lab, fr) for sop, fr in zip(df["sop_uid"], frames) for lab in LABELS]
-        vals = df[list(LABELS)].to_numpy(dtype=np.float64).reshape(-1)
-        s = pd.Series(vals, index=ids)
-    else:
+    table = id_label_table(df)
+    if table is None:
         raise EnsembleInputError(
             f"{path}: expected columns ID,Label (submission) or sop_uid + {', '.join(LABELS)} "
             f"(predictions.csv); found {', '.join(map(str, df.columns))}")
+    s = pd.Series(pd.to_numeric(table["Label"], errors="coerce").to_numpy(dtype=np.float64),
+                  index=table["ID"].to_numpy())
     dup = s.index[s.index.duplicated()]
     if len(dup):
         raise EnsembleInputError(f"{path}: {len(dup)} duplicate IDs, e.g. {', '.join(map(str, dup[:3]))}")

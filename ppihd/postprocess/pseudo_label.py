@@ -23,6 +23,7 @@ import numpy as np
 import pandas as pd
 
 from ppihd import LABELS
+from ppihd.postprocess.tables import PostprocessError, read_predictions, read_slice_csv
 from ppihd.utils.fileio import atomic_path
 
 SERIES_KEY = ("patient_id", "study_uid", "series_uid")
@@ -30,7 +31,7 @@ META_COLUMNS = ("patient_id", "study_uid", "series_uid", "sop_uid", "slice_idx",
 PSEUDO_COLUMNS = META_COLUMNS + tuple(LABELS) + ("confidence",)
 
 
-class PseudoLabelError(ValueError):
+class PseudoLabelError(PostprocessError):
     """Prediction files that cannot be used for pseudo-labelling (missing columns, mismatched slices)."""
 
 
@@ -46,51 +47,20 @@ class Selection:
     dropped_examples: List[Tuple[str, float]] = field(default_factory=list)  # (series_uid, min confidence)
 
 
-def _read_slice_csv(path: str, not_found: str, missing_hint: str) -> pd.DataFrame:
-    """Read a per-slice CSV with UIDs as strings; raise :class:`PseudoLabelError` if the file or the
-    ``series_uid``/``sop_uid``/label columns are missing (``missing_hint`` ends that message)."""
-    if not os.path.isfile(path):
-        raise PseudoLabelError(not_found)
-    df = pd.read_csv(path, dtype={c: str for c in ("patient_id", "study_uid", "series_uid", "sop_uid")})
-    missing = [c for c in ("series_uid", "sop_uid") + tuple(LABELS) if c not in df.columns]
-    if missing:
-        raise PseudoLabelError(f"{path}: missing columns {', '.join(missing)}{missing_hint}")
-    return df
-
-
-def read_predictions(path: str) -> pd.DataFrame:
-    """Read a ``predictions.csv`` and check its columns. UIDs are kept as strings."""
-    df = _read_slice_csv(
-        path, f"{path}: file not found",
-        "; pseudo-labelling needs the per-slice predictions.csv written by tools/infer.py "
-        "(a submission ID,Label file has no series information)")
-    for c in ("patient_id", "study_uid"):
-        if c not in df.columns:
-            df[c] = ""
-    if "slice_idx" not in df.columns:
-        df["slice_idx"] = df.groupby("series_uid").cumcount()
-    if "position" not in df.columns:
-        df["position"] = np.nan
-    df[["patient_id", "study_uid"]] = df[["patient_id", "study_uid"]].fillna("")
-    dup = df["sop_uid"][df["sop_uid"].duplicated()]
-    if len(dup) and "frame" in df.columns and df["frame"].notna().any():
+def read_for_pseudo_labels(path: str) -> pd.DataFrame:
+    """A ``predictions.csv`` (:func:`ppihd.postprocess.tables.read_predictions`) of single-frame slices: a
+    pseudo-label is matched to its cached slice by ``sop_uid``, so frames of multi-frame files are refused."""
+    df = read_predictions(path)
+    if "frame" in df.columns and df["frame"].notna().any():
         raise PseudoLabelError(f"{path}: slices that are frames of multi-frame files (column frame); "
                                "pseudo-labelling takes single-frame slices only (one sop_uid per slice)")
-    if len(dup):
-        raise PseudoLabelError(f"{path}: {len(dup)} duplicate sop_uid rows, e.g. {', '.join(dup.iloc[:3])}")
-    probs = df[list(LABELS)].to_numpy(dtype=np.float64)
-    bad = ~np.isfinite(probs) | (probs < 0) | (probs > 1)
-    if bad.any():
-        rows = np.where(bad.any(axis=1))[0][:3]
-        raise PseudoLabelError(f"{path}: {int(bad.any(axis=1).sum())} rows with probabilities missing or outside "
-                               f"[0, 1], e.g. sop_uid {', '.join(df['sop_uid'].iloc[rows])}")
     return df
 
 
 def average_predictions(frames: Sequence[pd.DataFrame], paths: Optional[Sequence[str]] = None,
                         weights: Optional[Sequence[float]] = None) -> pd.DataFrame:
     """Mean of the six probabilities over several prediction tables of the SAME slices (matched by sop_uid);
-    with ``weights`` (one per table, e.g. eq. 3's from :func:`ppihd.engine.ensemble.rank_weights`; divided by
+    with ``weights`` (one per table, e.g. eq. 3's from :func:`ppihd.postprocess.ensemble.rank_weights`; divided by
     their sum) the weighted mean, i.e. the ensemble's prediction.
 
     The first table's row order and metadata are kept. Raises :class:`PseudoLabelError` naming the file
@@ -197,7 +167,7 @@ def write_pseudo_csv(pseudo: pd.DataFrame, path: str) -> str:
 
 def read_pseudo_csv(path: str) -> pd.DataFrame:
     """Read a ``pseudo.csv`` written by :func:`write_pseudo_csv`; checks columns and 0/1 labels."""
-    df = _read_slice_csv(
+    df = read_slice_csv(
         path, f"Data.pseudo_label_csv: {path} not found (make it with tools/pseudo_label.py)",
         f" (expected {', '.join(PSEUDO_COLUMNS)})")
     vals = df[list(LABELS)].to_numpy()
