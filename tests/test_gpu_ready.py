@@ -2,6 +2,7 @@
 budget and checkpointed state, host syncs per training step. The device queries are simulated (monkeypatch)."""
 import logging
 import os
+import re
 
 import numpy as np
 import paddle
@@ -31,7 +32,8 @@ def fake_gpus(monkeypatch):
 
 def test_resolve_device_rules(fake_gpus, monkeypatch):
     fake_gpus(0, cuda=False)
-    with pytest.raises(env.DeviceError, match="CPU-only"):
+    with pytest.raises(env.DeviceError, match=r"^Global\.device=gpu but this paddle build \(.*\) is CPU-only \(no CUDA\): "
+                                             r"install paddlepaddle-gpu"):
         env.resolve_device("gpu")
     assert env.resolve_device("auto") == "cpu" and env.resolve_device("CPU") == "cpu"
     fake_gpus(0)
@@ -47,7 +49,8 @@ def test_resolve_device_rules(fake_gpus, monkeypatch):
     monkeypatch.setenv("FLAGS_selected_gpus", "1")  # set per rank by paddle.distributed.launch
     assert env.resolve_device("gpu") == "gpu:1"
     for bad in ("cuda", "gpu:x", "npu:0"):
-        with pytest.raises(env.DeviceError, match="expected cpu | gpu"):
+        with pytest.raises(env.DeviceError, match=rf"^Global\.device={re.escape(repr(bad))}: expected cpu \| gpu \| gpu:N "
+                                                  r"\| auto$"):
             env.resolve_device(bad)
 
 
@@ -122,7 +125,8 @@ def test_amp_refused_on_an_old_gpu_before_training(tmp_path, fake_gpu):
     from test_trainer import ToyDataset, build, make_cfg
 
     fake_gpu("Tesla P40", (6, 1))
-    with pytest.raises(ValueError, match="Tesla P40"):
+    with pytest.raises(ValueError, match=r"^Global\.amp=fp16 is not supported by Tesla P40 on .* \(compute capability 6\.1"
+                                        r".*fp16 needs compute capability >= 7\.0 .*use -o Global\.amp=null \(fp32\)$"):
         build(make_cfg(str(tmp_path), **{"Global.amp": "fp16"}), ToyDataset(4, 0), None)
 
 

@@ -2,6 +2,7 @@
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 
@@ -105,7 +106,8 @@ def test_no_labelled_slices_is_a_clear_error(tmp_path):
         cache_dir = str(tmp_path)
         split = "train"
 
-    with pytest.raises(ValueError, match="no labelled slices"):
+    with pytest.raises(ValueError, match=rf"^{re.escape(str(tmp_path))}: no labelled slices in split 'train'; run "
+                                        r"tools/preprocess\.py on a labelled data set first$"):
         SliceSampler(Empty())
 
 
