@@ -98,7 +98,9 @@ def test_rotation_180_is_double_flip():
 def test_build_from_paper_config_and_errors():
     cfg = load_config(None, ["Data.image_size=32"])
     aug = build_train_augment(cfg)
-    assert aug.size == 32 and aug.scale == (0.8, 1.2) and aug.interp is not None
+    import cv2
+
+    assert aug.size == 32 and aug.scale == (0.8, 1.2) and aug.interp == cv2.INTER_CUBIC   # the paper's bicubic
     with pytest.raises(ValueError, match=r"^DataLoader\.Train\.augment\.crop_oversize must be 'pad' or 'clamp', "
                                         r"got 'mirror'$"):
         TrainAugment(crop_oversize="mirror")

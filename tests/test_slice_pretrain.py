@@ -85,7 +85,9 @@ def test_tool_writes_a_backbone_that_train_loads_as_pretrained(cache, tmp_path):
     assert "constant-prior baseline" in r.stdout
     m = json.load(open(os.path.join(out, "slice_pretrain", "metrics.json")))
     assert [h["iter"] for h in m["history"]] == [2, 4]
-    assert m["val_slices"] > 0 and m["train_slices"] > 0
+    idx = read_index(os.path.join(cache, "cache_32", "index.csv"))
+    ok = idx[idx["status"] == "ok"]   # the synthetic set labels every slice
+    assert (m["train_slices"], m["val_slices"]) == ((ok["split"] == "train").sum(), (ok["split"] == "val").sum())
     assert m["best"]["val_wll"] == min(h["val_wll"] for h in m["history"])
     assert os.path.getsize(os.path.join(out, "slice_pretrain", "curves.png")) > 1000
     # the backbone file is a full backbone state: loading it into a fresh model misses nothing and changes it
