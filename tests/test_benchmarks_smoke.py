@@ -82,7 +82,8 @@ def test_loader_quick(tmp_path):
     res = json.loads((tmp_path / "loader.json").read_text())
     idx = pd.read_csv(tmp_path / "cache_96" / "index.csv")
     train = idx[(idx["split"] == "train") & (idx["status"] == "ok")]
-    assert len(res["rows"]) == 4  # threads; uint8 on / off; workers 0, 1 (--quick)
+    assert sorted((r["kind"], r["uint8"], r["workers"]) for r in res["rows"]) == sorted(
+        (k, u, w) for k in ("threads", "processes") for u in (True, False) for w in (0, 1))  # --quick
     for r in res["rows"]:
         # one epoch: the first (untimed) batch plus the timed rest is every slice of every training series
         assert (r["slices"] + r["first_batch_slices"], r["series"]) == (len(train), train["series_id"].nunique()), r
