@@ -98,10 +98,14 @@ def test_rotation_180_is_double_flip():
 def test_build_from_paper_config_and_errors():
     cfg = load_config(None, ["Data.image_size=32"])
     aug = build_train_augment(cfg)
-    assert aug.size == 32 and aug.scale == (0.8, 1.2) and aug.interp is not None
-    with pytest.raises(ValueError, match="crop_oversize"):
+    import cv2
+
+    assert aug.size == 32 and aug.scale == (0.8, 1.2) and aug.interp == cv2.INTER_CUBIC   # the paper's bicubic
+    with pytest.raises(ValueError, match=r"^DataLoader\.Train\.augment\.crop_oversize must be 'pad' or 'clamp', "
+                                        r"got 'mirror'$"):
         TrainAugment(crop_oversize="mirror")
-    with pytest.raises(ValueError, match="interpolation"):
+    with pytest.raises(ValueError, match=r"^DataLoader\.Train\.augment\.interpolation must be one of \[.*'bicubic'.*\], "
+                                        r"got 'lanczos9'$"):
         TrainAugment(interpolation="lanczos9")
 
 
@@ -171,5 +175,6 @@ def test_reference_sampler_differs_from_clamp():
     full_ref = np.mean([_reference_get_params(rnd, 224, 224)[2:] == (224, 224) for _ in range(10000)])
     full_clamp = np.mean([clamp.draw(rng, 224, 224)["box"][2:] == (224, 224) for _ in range(10000)])
     assert 0.10 < full_ref < 0.135 and full_clamp > full_ref + 0.03
-    with pytest.raises(ValueError, match="crop_sampler"):
+    with pytest.raises(ValueError, match=r"^DataLoader\.Train\.augment\.crop_sampler must be 'ppihd' or 'reference', "
+                                        r"got 'torch'$"):
         TrainAugment(crop_sampler="torch")

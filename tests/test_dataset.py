@@ -44,7 +44,7 @@ def test_test_split_has_no_labels(cached):
     it = ds[0]
     assert (it["label_mask"] == 0).all() and (it["labels"] == 0).all()
     assert len(SeriesDataset(cfg, "all")) == 4 and len(SeriesDataset(cfg, ["train", "val"])) == 3
-    with pytest.raises(ValueError, match="unknown split"):
+    with pytest.raises(ValueError, match=r"^unknown split\(s\) \['holdout'\]; expected one of .*'train'.* or 'all'$"):
         SeriesDataset(cfg, "holdout")
 
 

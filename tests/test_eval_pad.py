@@ -1,4 +1,6 @@
 """DataLoader.Eval.pad_to: the reference evaluation (black slices up to N, no mask) on a micro IHDNet."""
+import os
+
 import numpy as np
 import paddle
 import pytest
@@ -9,11 +11,12 @@ from ppihd.engine.evaluator import evaluate, predict_dataset
 from ppihd.utils.config import load_config
 
 IMG = 32
+CFG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "swin_b_seq.yaml")
 
 
 def _cfg(*ov):
-    return load_config("configs/swin_b_seq.yaml", ["Arch.backbone.variant=micro", "Arch.backbone.drop_path_rate=0.0",
-                                                    "Global.progress_bar=false", *ov])
+    return load_config(CFG, ["Arch.backbone.variant=micro", "Arch.backbone.drop_path_rate=0.0",
+                             "Global.progress_bar=false", *ov])
 
 
 class Series:

@@ -102,13 +102,14 @@ def test_tools_eval_writes_plots_and_sop_uids(tmp_path):
         _is_png(ev / name)
     assert (ev / "metrics.json").is_file() and (ev / "curves.json").is_file()
     df = pd.read_csv(ev / "predictions.csv", dtype={"series_id": str, "sop_uid": str})
-    assert list(df.columns[:3]) == ["series_id", "slice_idx", "sop_uid"] and len(df) > 0
+    assert list(df.columns[:3]) == ["series_id", "slice_idx", "sop_uid"]
     # the cache index (tools/preprocess.py) says which file each (series, cache row) came from
     from ppihd.data.cache import resolve_index_file
     from ppihd.utils.config import load_config
     cfg = load_config(DEMO_CFG, [f"Data.root={data}", "Data.image_size=32"])
     idx = pd.read_csv(resolve_index_file(cfg), dtype=str)
     want = {(r.series_id, int(r.slice_idx)): r.sop_uid for r in idx.itertuples()}
+    assert len(df) == ((idx["split"] == "val") & (idx["status"] == "ok")).sum()   # every val slice, once
     assert [want[(s, int(i))] for s, i in zip(df["series_id"], df["slice_idx"])] == df["sop_uid"].tolist()
     assert df["sop_uid"].nunique() == len(df)
     # the curves drawn are those of these rows (labelled slices), by sklearn

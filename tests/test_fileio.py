@@ -20,7 +20,7 @@ def test_atomic_path_replaces_on_success(tmp_path):
 def test_atomic_path_keeps_old_file_and_removes_tmp_on_error(tmp_path):
     target = tmp_path / "b.png"
     target.write_text("old")
-    with pytest.raises(RuntimeError):
+    with pytest.raises(RuntimeError, match="^writer died$"):   # the writer's own error, unchanged
         with atomic_path(str(target), ".png") as tmp:
             assert tmp.endswith(".png")
             with open(tmp, "w") as f:

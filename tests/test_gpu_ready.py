@@ -2,6 +2,7 @@
 budget and checkpointed state, host syncs per training step. The device queries are simulated (monkeypatch)."""
 import logging
 import os
+import re
 
 import numpy as np
 import paddle
@@ -31,7 +32,8 @@ def fake_gpus(monkeypatch):
 
 def test_resolve_device_rules(fake_gpus, monkeypatch):
     fake_gpus(0, cuda=False)
-    with pytest.raises(env.DeviceError, match="CPU-only"):
+    with pytest.raises(env.DeviceError, match=r"^Global\.device=gpu but this paddle build \(.*\) is CPU-only \(no CUDA\): "
+                                             r"install paddlepaddle-gpu"):
         env.resolve_device("gpu")
     assert env.resolve_device("auto") == "cpu" and env.resolve_device("CPU") == "cpu"
     fake_gpus(0)
@@ -47,7 +49,8 @@ def test_resolve_device_rules(fake_gpus, monkeypatch):
     monkeypatch.setenv("FLAGS_selected_gpus", "1")  # set per rank by paddle.distributed.launch
     assert env.resolve_device("gpu") == "gpu:1"
     for bad in ("cuda", "gpu:x", "npu:0"):
-        with pytest.raises(env.DeviceError, match="expected cpu | gpu"):
+        with pytest.raises(env.DeviceError, match=rf"^Global\.device={re.escape(repr(bad))}: expected cpu \| gpu \| gpu:N "
+                                                  r"\| auto$"):
             env.resolve_device(bad)
 
 
@@ -122,7 +125,8 @@ def test_amp_refused_on_an_old_gpu_before_training(tmp_path, fake_gpu):
     from test_trainer import ToyDataset, build, make_cfg
 
     fake_gpu("Tesla P40", (6, 1))
-    with pytest.raises(ValueError, match="Tesla P40"):
+    with pytest.raises(ValueError, match=r"^Global\.amp=fp16 is not supported by Tesla P40 on .* \(compute capability 6\.1"
+                                        r".*fp16 needs compute capability >= 7\.0 .*use -o Global\.amp=null \(fp32\)$"):
         build(make_cfg(str(tmp_path), **{"Global.amp": "fp16"}), ToyDataset(4, 0), None)
 
 
@@ -132,7 +136,7 @@ class FakeScaler:
     Paddle's (``scale`` as a numpy array)."""
 
     def __init__(self, scale=1024.0):
-        self._scale, self.good, self.skipped = float(scale), 0, 0
+        self.loss_scale, self.good, self.skipped = float(scale), 0, 0
         self._found_inf = paddle.to_tensor(False)
 
     def scale(self, loss):
@@ -148,17 +152,17 @@ class FakeScaler:
 
     def update(self):
         if bool(self._found_inf.numpy()):
-            self._scale, self.good = self._scale / 2, 0
+            self.loss_scale, self.good = self.loss_scale / 2, 0
         else:
             self.good += 1
             if self.good == 3:
-                self._scale, self.good = self._scale * 2, 0
+                self.loss_scale, self.good = self.loss_scale * 2, 0
 
     def state_dict(self):
-        return {"scale": np.array([self._scale], np.float32), "incr_count": self.good}
+        return {"scale": np.array([self.loss_scale], np.float32), "incr_count": self.good}
 
     def load_state_dict(self, st):
-        self._scale, self.good = float(st["scale"][0]), int(st["incr_count"])
+        self.loss_scale, self.good = float(st["scale"][0]), int(st["incr_count"])
 
 
 def _nan_on(loss_fn, calls):
@@ -214,15 +218,15 @@ def test_scaler_state_is_checkpointed_and_resume_is_exact(tmp_path):
     a = _fp16_trainer(str(tmp_path / "a"), 10, bad_calls=(3,), max_bad=5)
     a.train()
     # by hand: 1024, good 0,1,2 -> 2048 at 3 good; call 3 bad -> 1024, then 6 good -> 4096
-    assert a.scaler._scale == 4096.0 and a.scaler.good == 0
+    assert a.scaler.loss_scale == 4096.0 and a.scaler.good == 0
     b = _fp16_trainer(str(tmp_path / "b"), 10, bad_calls=(3,), max_bad=5)
     b.train(until=5)
-    assert (b.scaler._scale, b.scaler.good) == (1024.0, 1)  # 2048 after 3 good, halved at call 3, 1 good since
+    assert (b.scaler.loss_scale, b.scaler.good) == (1024.0, 1)  # 2048 after 3 good, halved at call 3, 1 good since
     c = _fp16_trainer(str(tmp_path / "b"), 10, bad_calls=(), max_bad=5, scale=1.0)  # a fresh scaler
     c.resume(str(tmp_path / "b" / "latest"))
-    assert (c.scaler._scale, c.scaler.good) == (1024.0, 1)
+    assert (c.scaler.loss_scale, c.scaler.good) == (1024.0, 1)
     c.train()
-    assert (c.scaler._scale, c.scaler.good) == (a.scaler._scale, a.scaler.good)
+    assert (c.scaler.loss_scale, c.scaler.good) == (a.scaler.loss_scale, a.scaler.good)
     pa, pc = params(a.net), params(c.net)
     for k in pa:
         np.testing.assert_allclose(pc[k], pa[k], rtol=1e-5, atol=1e-6, err_msg=k)
@@ -251,8 +255,12 @@ def _micro_trainer(tmp, **over):
 def test_host_syncs_per_training_step(tmp_path, monkeypatch):
     """Device -> host reads per optimizer step: 0 (before issue 19: 3 ``.item()`` per micro-batch + the model's
     ``nonzero``); host -> device copies: the batch's 4 arrays (images, mask, labels, label_mask) per micro-batch
-    (before: + 2 class-weight tensors). One read per log line. Real micro IHDNet, SW + DW + deep supervision."""
-    tr = _micro_trainer(str(tmp_path), **{"Loss.dynamic_weight": True, "Global.grad_accum": 2})
+    (before: + 2 class-weight tensors). One read per log line. Real micro IHDNet, SW + DW + deep supervision.
+
+    Counted through ``Trainer.train``: the calls inside each ``train_step`` and those between two steps (the
+    window accounting, and at iteration 2 the log line)."""
+    tr = _micro_trainer(str(tmp_path), **{"Loss.dynamic_weight": True, "Global.grad_accum": 2,
+                                          "Global.log_interval": 2})
     counts = {}
     for owner, name, kind in SYNC_POINTS:
         real = getattr(owner, name)
@@ -261,20 +269,23 @@ def test_host_syncs_per_training_step(tmp_path, monkeypatch):
             counts[_key] = counts.get(_key, 0) + 1
             return _real(*a, **k)
         monkeypatch.setattr(owner, name, spy)
-    stream = tr.batches.iterate(0)
+    inside, between = {}, {}
+    real_step = tr.train_step
 
-    def step(it):
-        terms = tr.train_step(it, stream)
-        assert terms.pop("slices") > 0
-        tr._account(it, terms)
-    step(0)  # first step builds the cached constants (class weights, masks)
-    for it in (1, 2):
+    def step(it, stream):
+        if it > 0:
+            between[it] = dict(counts)  # since the end of step it - 1
         counts.clear()
-        step(it)
-        assert counts == {"h2d:to_tensor": 2 * 4}, counts
-    counts.clear()
-    means = tr._read_window(3)
-    assert counts == {"read:numpy": 1} and set(means) == {"loss", "l1", "l2"}
+        terms = real_step(it, stream)
+        inside[it] = dict(counts)
+        counts.clear()
+        return terms
+    monkeypatch.setattr(tr, "train_step", step)
+    hist = tr.train(until=3)
+    # step 0 builds the cached constants (class weights, masks); later steps copy only the batches
+    assert inside[1] == inside[2] == {"h2d:to_tensor": 2 * 4}, inside
+    assert between == {1: {}, 2: {"read:numpy": 1}}, between  # after iteration 2 (log_interval 2): one read
+    assert [r["iter"] for r in hist["train"]] == [2] and {"loss", "l1", "l2"} <= set(hist["train"][0])
 
 
 def test_no_model_mask_when_nothing_is_padded(tmp_path):

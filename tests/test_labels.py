@@ -1,4 +1,6 @@
 """RSNA label CSV parsing and the series-consistent train/val split."""
+import re
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -55,7 +57,8 @@ def test_wrong_csv_names_file_and_problem(tmp_path, lines, header, match):
 
 
 def test_missing_file(tmp_path):
-    with pytest.raises(LabelError, match="label file not found"):
+    with pytest.raises(LabelError, match=rf"^label file not found: {re.escape(str(tmp_path / 'nope.csv'))} "
+                                        r"\(set Data\.root / Data\.label_csv\)$"):
         read_labels(str(tmp_path / "nope.csv"))
 
 
@@ -113,9 +116,10 @@ def test_split_reference_equals_sklearn_on_sorted_uids():
 
 def test_split_reference_rejects_bad_combinations():
     tab = pd.DataFrame({"series_id": ["a", "b", "c"], "series_uid": ["1", "2", "3"], "patient_id": ["p", "q", "r"]})
-    with pytest.raises(ValueError, match="group_by_patient"):
+    with pytest.raises(ValueError, match=r"^Data\.split: reference is a series-level split; it cannot be combined "
+                                        r"with Data\.group_by_patient: true$"):
         split_series(tab, 0.34, group_by_patient=True, method="reference")
-    with pytest.raises(ValueError, match="Data.split"):
+    with pytest.raises(ValueError, match=r"^Data\.split must be one of .*'reference'.*, got 'sklearn'$"):
         split_series(tab, 0.34, method="sklearn")
-    with pytest.raises(ValueError, match="series_uid"):
+    with pytest.raises(ValueError, match=r"^split_series\(method='reference'\) needs a 'series_uid' column$"):
         split_series(tab[["series_id"]], 0.34, method="reference")

@@ -2,6 +2,7 @@
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 
@@ -84,7 +85,9 @@ def test_tool_writes_a_backbone_that_train_loads_as_pretrained(cache, tmp_path):
     assert "constant-prior baseline" in r.stdout
     m = json.load(open(os.path.join(out, "slice_pretrain", "metrics.json")))
     assert [h["iter"] for h in m["history"]] == [2, 4]
-    assert m["val_slices"] > 0 and m["train_slices"] > 0
+    idx = read_index(os.path.join(cache, "cache_32", "index.csv"))
+    ok = idx[idx["status"] == "ok"]   # the synthetic set labels every slice
+    assert (m["train_slices"], m["val_slices"]) == ((ok["split"] == "train").sum(), (ok["split"] == "val").sum())
     assert m["best"]["val_wll"] == min(h["val_wll"] for h in m["history"])
     assert os.path.getsize(os.path.join(out, "slice_pretrain", "curves.png")) > 1000
     # the backbone file is a full backbone state: loading it into a fresh model misses nothing and changes it
@@ -105,7 +108,8 @@ def test_no_labelled_slices_is_a_clear_error(tmp_path):
         cache_dir = str(tmp_path)
         split = "train"
 
-    with pytest.raises(ValueError, match="no labelled slices"):
+    with pytest.raises(ValueError, match=rf"^{re.escape(str(tmp_path))}: no labelled slices in split 'train'; run "
+                                        r"tools/preprocess\.py on a labelled data set first$"):
         SliceSampler(Empty())
 
 

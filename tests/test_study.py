@@ -150,7 +150,7 @@ def test_primary_choice_and_modes():
     assert [m.key[2] for m in study.ranked] == ["thin", "post"]
     (study,) = plan_studies(group_series(post), [], INFER)
     assert "with contrast" in study.primary_reason
-    with pytest.raises(ValueError, match="predict_series"):
+    with pytest.raises(ValueError, match=r"^Infer\.predict_series must be 'usable' or 'primary', got 'all'$"):
         plan_studies(group_series(hs), [], dict(INFER, predict_series="all"))
 
 

@@ -32,7 +32,7 @@ from .. import LABELS
 from .labels import read_labels, split_series
 from .series import Series, Skipped, _pool, group_series, load_series, scan
 from ..utils.runlock import LockError, RunLock
-from ..utils.fileio import atomic_path, tmp_name as _tmp_name  # noqa: F401  (_tmp_name: tests mimic a killed write)
+from ..utils.fileio import atomic_path
 
 log = logging.getLogger("ppihd")
 
