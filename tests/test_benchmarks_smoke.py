@@ -27,7 +27,7 @@ def _run(script, *args, timeout=600):
 def test_infer_quick(tmp_path):
     """Every requested path ran (a path that reports an error fails the test: onnxruntime is a dev requirement;
     the bf16 paths may only be refused for the one reason a CPU without bfloat16 gives)."""
-    from ppihd.engine.predictor import cpu_supports_bf16
+    from ppihd.engine.runtime import cpu_supports_bf16
 
     paths = ("dygraph", "pi-onednn", "pi-native", "ort", "pi-onednn-bf16", "pi-onednn-bf16-plain")
     out = _run("infer.py", "--workdir", str(tmp_path), "--paths", ",".join(paths))
