@@ -57,6 +57,10 @@ DEFAULTS: Dict[str, Any] = {
         "empty_opening": "keep",                   # the opening leaves nothing: keep (the uncropped slice) | zero
                                                    # (an all-zero slice, as the reference's remove_black_edge)
         "image_size": 224,                         # cache / model input side
+        "cache_size": None,                        # None = the cache holds each crop resized to image_size (ppihd);
+                                                   # N = each slice's native black-edge crop in an N x N canvas, so
+                                                   # RandomResizedCrop cuts the real crop and resizes once to
+                                                   # image_size, as the reference (docs/data.md §5, deviations.md)
         "slice_order": "normal",                   # normal (tilt-aware) | reference (lexicographic x,y,z)
         "max_slices": None,                        # None = no limit; reference: 60
         "val_fraction": 0.1,                       # paper: 10 % of series
