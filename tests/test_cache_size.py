@@ -207,3 +207,11 @@ def test_native_cache_downscales_crops_larger_than_the_canvas(tmp_path):
     assert crop.shape == (64, 64, 3)
     # corner patch 8 x 8 of HU 8 -> byte 25, averaged 2:1 by INTER_AREA: rows/cols 0..3 keep it
     assert int(crop[1, 1, 0]) == corner_value(1) == 25
+
+
+def test_null_cache_size_leaves_the_settings_key_out():
+    from ppihd.data.cache import cache_settings
+
+    data = load_config(None, [])["Data"]
+    assert data["cache_size"] is None and "cache_size" not in cache_settings(data)   # older caches stay valid
+    assert cache_settings({**data, "cache_size": 512})["cache_size"] == 512
