@@ -166,7 +166,6 @@ class TrainAugment:
         out = self.apply(stacked, p)
         return out.reshape(self.size, self.size, s, c).transpose(2, 0, 1, 3).copy()
 
-
     def crops(self, crops: Sequence[np.ndarray], rng: Optional[np.random.Generator] = None) -> np.ndarray:
         """Native crops uint8 ``[h_i, w_i, C]`` (sizes may differ) → uint8 ``[S, size, size, C]``: parameters
         drawn for each crop's own ``h_i x w_i`` (module docstring), box cut from the crop and resized once."""

@@ -280,6 +280,7 @@ NULLABLE_TYPES: Dict[str, Any] = {
     "Global.pretrained_model": str, "Global.checkpoints": str, "Global.amp": str, "Global.grad_clip": float,
     "Global.eval_max_series": int,
     "Data.pseudo_label_csv": str, "Data.cache_dir": str, "Data.index_file": str, "Data.max_slices": int,
+    "Data.cache_size": int,
     "DataLoader.Train.max_slices": int, "DataLoader.Eval.pad_to": int,
     "Arch.backbone.embed_dim": int, "Arch.backbone.depths": ("list", int), "Arch.backbone.num_heads": ("list", int),
     "Arch.backbone.stem_channels": ("list", int), "Arch.pretrained": str, "Arch.head_bias": ("list", float),
