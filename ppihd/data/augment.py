@@ -23,6 +23,12 @@ slice side in 82 % of its boxes; 10^5 draws each).
 Then horizontal flip (p = ``hflip``), vertical flip (p = ``vflip``) and, if ``rotate`` > 0, a rotation by
 an angle uniform in ``[-rotate, rotate]`` degrees about the centre (bilinear, zero fill).
 ``per_slice=True`` (reference) draws every parameter per slice; ``False`` draws once per series.
+
+:meth:`TrainAugment.crops` is the same on a list of native-resolution black-edge crops of their own sizes
+(a ``Data.cache_size`` cache): the box is drawn inside each real ``h x w`` crop, with its aspect ratio, and
+resized straight to ``out x out`` (one resampling), as the reference's RandomResizedCrop. There,
+``per_slice=False`` replays one set of random numbers on every slice (same scale, ratio, flips and angle;
+the box follows each crop's size).
 """
 from __future__ import annotations
 
@@ -159,6 +165,17 @@ class TrainAugment:
         stacked = slices.transpose(1, 2, 0, 3).reshape(h, w, s * c)
         out = self.apply(stacked, p)
         return out.reshape(self.size, self.size, s, c).transpose(2, 0, 1, 3).copy()
+
+    def crops(self, crops: Sequence[np.ndarray], rng: Optional[np.random.Generator] = None) -> np.ndarray:
+        """Native crops uint8 ``[h_i, w_i, C]`` (sizes may differ) → uint8 ``[S, size, size, C]``: parameters
+        drawn for each crop's own ``h_i x w_i`` (module docstring), box cut from the crop and resized once."""
+        rng = rng if rng is not None else np.random.default_rng()
+        if len(crops) == 0:
+            return np.zeros((0, self.size, self.size, 3), dtype=np.uint8)
+        if self.per_slice:
+            return np.stack([self.apply(c, self.draw(rng, *c.shape[:2])) for c in crops])
+        seed = int(rng.integers(0, 2 ** 63))
+        return np.stack([self.apply(c, self.draw(np.random.default_rng(seed), *c.shape[:2])) for c in crops])
 
 
 def build_train_augment(cfg: Mapping[str, Any]) -> TrainAugment:

@@ -6,11 +6,15 @@ Layout of ``<cache_dir>`` (default ``<Data.root>/cache_<Data.image_size>``)::
     config.yaml            the resolved config of the last run
     series/<series_id>.npy uint8 [S, H, W, 3] per series, memory-mappable (np.load(..., mmap_mode="r"))
     series/<series_id>.json per-series record: slice SOP UIDs in order, each slice's status, the array's CRC-32
+                           (with Data.cache_size: also crop_hw, each slice's crop height and width)
     index.csv              one row per slice (INDEX_COLUMNS)
     errors.csv             path, reason for every file or slice left out
     summary.json           counts of the last run
 
-Each slice costs ``H × W × 3`` bytes (224² → 150,528 B). Crash safety: every file is written to a temporary
+Each slice costs ``H × W × 3`` bytes (224² → 150,528 B). With ``Data.cache_size`` = N the arrays are
+``[S, N, N, 3]`` instead: each slice's native-resolution black-edge crop, not resampled, in the top-left corner
+of a zero canvas (a crop larger than N is downscaled once, aspect kept, and counted), its (h, w) in the record's
+``crop_hw`` (covered by the CRC-32); N = 512 → 786,432 B per slice. Crash safety: every file is written to a temporary
 name and ``os.replace``d, the ``.json`` record last; a series counts as finished only when its record exists
 and its ``.npy`` opens with the recorded shape. So a re-run skips finished series, a ``kill -9`` loses at
 most the series in flight, and a stray temporary or truncated ``.npy`` is redone, never read.
@@ -30,7 +34,7 @@ import pandas as pd
 
 from .. import LABELS
 from .labels import read_labels, split_series
-from .series import Series, Skipped, _pool, group_series, load_series, scan
+from .series import Series, Skipped, _pool, group_series, load_series, load_series_native, scan
 from ..utils.runlock import LockError, RunLock
 from ..utils.fileio import atomic_path
 
@@ -73,12 +77,31 @@ def _record_file(cache_dir: str, series_id: str) -> str:
     return os.path.join(cache_dir, "series", f"{series_id}.json")
 
 
+def cache_size(data_cfg: Mapping[str, Any]) -> Optional[int]:
+    """``Data.cache_size``: None (the cache holds ``Data.image_size`` slices) or N > 0 (native crops in N × N
+    canvases). Anything else raises ValueError naming the key."""
+    n = data_cfg["cache_size"]
+    if n is None:
+        return None
+    if isinstance(n, bool) or not isinstance(n, int) or n <= 0:
+        raise ValueError(f"Data.cache_size must be null or a positive int (the canvas side, e.g. 512), got {n!r}")
+    return n
+
+
+def cache_side(data_cfg: Mapping[str, Any]) -> int:
+    """Side of the cached arrays: ``Data.cache_size`` when set, else ``Data.image_size``."""
+    n = cache_size(data_cfg)
+    return int(data_cfg["image_size"]) if n is None else n
+
+
 def cache_settings(data_cfg: Mapping[str, Any]) -> Dict[str, Any]:
     """The settings that key a cache (JSON-normalised)."""
     s = {k: data_cfg.get(k) for k in SETTINGS_KEYS}
     s["windows"] = [[float(c), float(w)] for c, w in s["windows"]]
     if data_cfg.get("empty_opening", "keep") != "keep":  # keyed only when not the default: older caches stay valid
         s["empty_opening"] = data_cfg["empty_opening"]
+    if cache_size(data_cfg) is not None:               # keyed only when set: null-mode caches stay valid
+        s["cache_size"] = cache_size(data_cfg)
     s["cache_version"] = CACHE_VERSION
     return json.loads(json.dumps(s))
 
@@ -140,26 +163,37 @@ def check_settings(cache_dir: str, settings: Mapping[str, Any], rebuild: bool = 
     atomic_write_text(path, json.dumps(dict(settings), indent=2))
 
 
-def array_checksum(arr: np.ndarray) -> str:
-    """CRC-32 of an array's bytes (C order), 8 hex digits: recorded per series, checked when it is read."""
-    return f"{zlib.crc32(np.ascontiguousarray(arr).data) & 0xFFFFFFFF:08x}"
+def array_checksum(arr: np.ndarray, crop_hw: Optional[Any] = None) -> str:
+    """CRC-32 of an array's bytes (C order), 8 hex digits: recorded per series, checked when it is read. With
+    ``crop_hw`` (a ``Data.cache_size`` cache) the CRC continues over its int32 bytes."""
+    crc = zlib.crc32(np.ascontiguousarray(arr).data)
+    if crop_hw is not None:
+        crc = zlib.crc32(np.ascontiguousarray(crop_hw, dtype=np.int32).data, crc)
+    return f"{crc & 0xFFFFFFFF:08x}"
+
+
+def read_record(cache_dir: str, series_id: str) -> Optional[Dict[str, Any]]:
+    """The series' ``.json`` record, or None when there is none; :class:`CacheError` when it is unreadable."""
+    rec = _record_file(cache_dir, series_id)
+    if not os.path.exists(rec):
+        return None
+    try:
+        with open(rec, encoding="utf-8") as f:
+            return json.load(f)
+    except (OSError, ValueError) as e:
+        raise CacheError(f"{rec}: record unreadable ({e}); re-run tools/preprocess.py, which redoes it") from None
 
 
 def verify_series(cache_dir: str, series_id: str, arr: np.ndarray) -> None:
     """Raise :class:`CacheError` when ``arr`` (the series' cached array) does not match the checksum its record
     holds: a ``.npy`` changed on disk (bit rot, a partial copy, an edit). Records of caches built before
     checksums existed carry none and are not checked, nor are arrays without a record (written by other tools)."""
-    rec = _record_file(cache_dir, series_id)
-    if not os.path.exists(rec):
+    rec = read_record(cache_dir, series_id)
+    if rec is None:
         return
-    try:
-        with open(rec, encoding="utf-8") as f:
-            want = json.load(f).get("crc32")
-    except (OSError, ValueError) as e:
-        raise CacheError(f"{_record_file(cache_dir, series_id)}: record unreadable ({e}); re-run "
-                         "tools/preprocess.py, which redoes it") from None
-    if want is not None and array_checksum(arr) != want:
-        raise CacheError(f"{series_file(cache_dir, series_id)} is corrupt (checksum {array_checksum(arr)}, recorded "
+    want, got = rec.get("crc32"), array_checksum(arr, rec.get("crop_hw"))
+    if want is not None and got != want:
+        raise CacheError(f"{series_file(cache_dir, series_id)} is corrupt (checksum {got}, recorded "
                          f"{want}); re-run tools/preprocess.py, which redoes corrupt series")
 
 
@@ -168,8 +202,11 @@ def _slice_uids(series: Series) -> List[str]:
     return [s.sop_uid for s in series.slices]
 
 
-def finished_record(cache_dir: str, series: Series, image_size: int) -> Optional[Dict[str, Any]]:
-    """The record of a finished series whose ``.npy`` is intact and matches, else None (to be redone)."""
+def finished_record(cache_dir: str, series: Series, image_size: int, native: bool = False
+                    ) -> Optional[Dict[str, Any]]:
+    """The record of a finished series whose ``.npy`` is intact and matches, else None (to be redone).
+    ``image_size`` is the side of the cached arrays; ``native``: a ``Data.cache_size`` cache, whose records
+    must hold one ``crop_hw`` pair per cached slice."""
     rec_path = _record_file(cache_dir, series.series_id)
     npy = series_file(cache_dir, series.series_id)
     if not (os.path.isfile(rec_path) and os.path.isfile(npy)):
@@ -183,7 +220,9 @@ def finished_record(cache_dir: str, series: Series, image_size: int) -> Optional
         arr = np.load(npy, mmap_mode="r")
         if arr.dtype != np.uint8 or tuple(arr.shape[:3]) != (n_ok, image_size, image_size):
             return None
-        if rec.get("crc32") is not None and array_checksum(arr) != rec["crc32"]:
+        if native and np.asarray(rec.get("crop_hw"), dtype=np.int32).shape != (n_ok, 2):
+            return None
+        if rec.get("crc32") is not None and array_checksum(arr, rec.get("crop_hw")) != rec["crc32"]:
             log.warning("%s is corrupt (checksum mismatch): preprocessed again", npy)
             return None
         return rec
@@ -193,13 +232,19 @@ def finished_record(cache_dir: str, series: Series, image_size: int) -> Optional
 
 def process_series(series: Series, data_cfg: Mapping[str, Any], cache_dir: str) -> Dict[str, Any]:
     """Preprocess one series into ``series/<series_id>.npy`` (+ its ``.json`` record, written last)."""
-    arr, skipped = load_series(series, data_cfg)
+    hw = None
+    if cache_size(data_cfg) is None:
+        arr, skipped = load_series(series, data_cfg)
+    else:
+        arr, hw, downscaled, skipped = load_series_native(series, data_cfg)
     reasons = dict(skipped)
     status = ["ok" if s.path not in reasons else reasons[s.path] for s in series.slices]
     if arr.shape[0] != sum(st == "ok" for st in status):  # pragma: no cover - defensive
         raise RuntimeError(f"{series.series_id}: slice count mismatch")
     rec = {"series_id": series.series_id, "sop_uids": _slice_uids(series), "status": status,
-           "shape": list(arr.shape), "crc32": array_checksum(arr), "warnings": list(series.warnings)}
+           "shape": list(arr.shape), "crc32": array_checksum(arr, hw), "warnings": list(series.warnings)}
+    if hw is not None:
+        rec["crop_hw"], rec["downscaled"] = hw.tolist(), downscaled
     if arr.shape[0] > 0:
         atomic_save_npy(series_file(cache_dir, series.series_id), arr)
         atomic_write_text(_record_file(cache_dir, series.series_id), json.dumps(rec))
@@ -302,11 +347,12 @@ def _build_cache(cfg: Mapping[str, Any], cache_dir: str, workers: int, progress:
     all_series = [s for s in all_series if not (s.series_id in seen or seen.add(s.series_id))]
 
     # preprocess the series not finished yet
-    size = int(data["image_size"])
+    size = cache_side(data)
+    native = cache_size(data) is not None
     records: Dict[str, Dict[str, Any]] = {}
     todo: List[Series] = []
     for s in all_series:
-        rec = finished_record(cache_dir, s, size)
+        rec = finished_record(cache_dir, s, size, native)
         if rec is None:
             todo.append(s)
         else:
@@ -365,5 +411,11 @@ def _build_cache(cfg: Mapping[str, Any], cache_dir: str, workers: int, progress:
         "label_report": None if label_report is None else label_report.summary(),
         "seconds": round(time.time() - t0, 2),
     }
+    if native:   # crops larger than the canvas, each downscaled once (aspect kept)
+        summary["slices_downscaled"] = int(sum(records[s.series_id].get("downscaled", 0) for s in all_series))
+    if summary.get("slices_downscaled"):
+        log.warning("%d black-edge crop(s) larger than Data.cache_size = %d were downscaled once (aspect kept) to "
+                    "fit the canvas: those slices are resampled twice in training", summary["slices_downscaled"],
+                    size)
     atomic_write_text(os.path.join(cache_dir, "summary.json"), json.dumps(summary, indent=2))
     return summary

@@ -13,6 +13,13 @@ With ``uint8_images`` (set on the training set by the trainer and :func:`build_d
 ``DataLoader.Train.uint8`` is on, the default) ``images`` stay uint8 [S, 3, H, W] (0..255): loader threads skip
 the float pass, worker processes send 4x fewer bytes, and :func:`images_to_tensor` divides by 255 in the model's
 process (on its device) -- the same float32 numbers.
+
+A ``Data.cache_size`` cache (arrays ``[S, N, N, 3]``: each slice's native black-edge crop in a canvas, its
+(h, w) in the series record) is read the reference's way: a transform with a ``crops(list of uint8 [h, w, 3],
+rng) -> uint8 [S, H, W, 3]`` method (``TrainAugment``: RandomResizedCrop inside the real crop, one bicubic
+resize to ``Data.image_size``) gets the native crops; without a transform each crop is resized to
+``Data.image_size`` (bilinear, the reference's val/test ``Resize``), and any other transform (e.g. FixMatch's
+``StrongAugment``) gets those resized slices.
 """
 from __future__ import annotations
 
@@ -24,7 +31,9 @@ import pandas as pd
 
 from .. import LABELS
 from ..postprocess.arrays import INV255, to_model_input, to_unit
-from .cache import resolve_cache_dir, resolve_index_file, series_file, verify_series
+from .cache import (CacheError, cache_side, cache_size, read_record, resolve_cache_dir, resolve_index_file,
+                    series_file, verify_series)
+from .transforms import resize
 
 try:  # the datasets are paddle.io.Dataset when paddle is there (it always is at run time)
     from paddle.io import Dataset as _Base  # type: ignore
@@ -100,6 +109,9 @@ class SeriesDataset(_Base):
         self.seed = int(cfg.get("Global", {}).get("seed", 42))
         self.max_slices = data.get("max_slices")
         self.image_size = int(data["image_size"])
+        self.cache_size = cache_size(data)      # None, or N: native crops in N x N canvases (module docstring)
+        self.side = cache_side(data)
+        self._crop_hw: Dict[str, np.ndarray] = {}
         self.epoch = 0
         self.uint8_images = False  # see the module docstring
         self.items: List[Dict[str, Any]] = []
@@ -150,11 +162,43 @@ class SeriesDataset(_Base):
         if it["series_id"] not in self._verified:   # once per series and process: a full read, ~1 GB/s
             verify_series(self.cache_dir, it["series_id"], arr)
             self._verified.add(it["series_id"])
-        if (arr.ndim != 4 or arr.shape[1:3] != (self.image_size, self.image_size)
+        if (arr.ndim != 4 or arr.shape[1:3] != (self.side, self.side)
                 or it["slice_idx"].max(initial=-1) >= arr.shape[0]):
             raise ValueError(f"{path}: cache array of shape {arr.shape} does not match the index "
-                             f"({len(it['slice_idx'])} slices of {self.image_size}²); re-run tools/preprocess.py")
+                             f"({len(it['slice_idx'])} slices of {self.side}²); re-run tools/preprocess.py")
         return arr
+
+    def crop_hw(self, index: int) -> np.ndarray:
+        """int32 ``[rows, 2]``: (h, w) of each cached crop of item ``index`` (``Data.cache_size`` caches)."""
+        sid = self.items[index]["series_id"]
+        if sid not in self._crop_hw:
+            rec = read_record(self.cache_dir, sid) or {}
+            hw = np.asarray(rec.get("crop_hw", []), dtype=np.int32).reshape(-1, 2)
+            if len(hw) <= self.items[index]["slice_idx"].max(initial=-1) or (hw < 1).any() or (hw > self.side).any():
+                raise CacheError(f"{series_file(self.cache_dir, sid)}: its record holds no valid crop_hw for every "
+                                 f"slice (a Data.cache_size = {self.side} cache needs them); re-run "
+                                 "tools/preprocess.py --rebuild")
+            self._crop_hw[sid] = hw
+        return self._crop_hw[sid]
+
+    def native_crops(self, index: int, rows: np.ndarray, arr: Optional[np.ndarray] = None) -> List[np.ndarray]:
+        """The native-resolution crops uint8 [h, w, 3] of rows ``rows`` of item ``index`` (``Data.cache_size``)."""
+        arr = self.cache_array(index) if arr is None else arr
+        hw = self.crop_hw(index)
+        return [np.asarray(arr[r, :hw[r, 0], :hw[r, 1]]) for r in rows]
+
+    def slice_images(self, index: int, rows: np.ndarray, arr: Optional[np.ndarray] = None) -> np.ndarray:
+        """uint8 ``[len(rows), H, W, 3]`` at ``Data.image_size``, no augmentation: the cached rows, or for a
+        ``Data.cache_size`` cache each native crop resized to H x W (bilinear: the reference's val/test
+        ``Resize``)."""
+        arr = self.cache_array(index) if arr is None else arr
+        if self.cache_size is None:
+            return np.array(arr[rows])
+        crops = self.native_crops(index, rows, arr)
+        out = np.empty((len(rows), self.image_size, self.image_size, arr.shape[3]), dtype=np.uint8)
+        for k, c in enumerate(crops):
+            out[k] = resize(c, self.image_size)
+        return out
 
     def get(self, index: int, rng: np.random.Generator) -> Dict[str, Any]:
         """Item ``index`` with randomness (window, transform) drawn from ``rng``."""
@@ -162,10 +206,19 @@ class SeriesDataset(_Base):
         arr = self.cache_array(index)
         sel = self._window(len(it["slice_idx"]), rng)
         rows = it["slice_idx"][sel]
-        contiguous = len(rows) > 0 and rows[-1] - rows[0] == len(rows) - 1
-        slices = np.array(arr[rows[0]:rows[-1] + 1] if contiguous else arr[rows])
-        if self.transform is not None:
-            slices = self.transform(slices, rng)
+        if self.cache_size is not None:
+            native = getattr(self.transform, "crops", None)
+            if native is not None:
+                slices = native(self.native_crops(index, rows, arr), rng)
+            else:
+                slices = self.slice_images(index, rows, arr)
+                if self.transform is not None:
+                    slices = self.transform(slices, rng)
+        else:
+            contiguous = len(rows) > 0 and rows[-1] - rows[0] == len(rows) - 1
+            slices = np.array(arr[rows[0]:rows[-1] + 1] if contiguous else arr[rows])
+            if self.transform is not None:
+                slices = self.transform(slices, rng)
         if self.uint8_images:
             images = slices.transpose(0, 3, 1, 2)
         else:

@@ -22,7 +22,7 @@ import numpy as np
 
 from .dicom import (DicomError, SliceHeader, header_from_dataset, read_dataset, read_frame_pixels, read_headers,
                     read_native_pixels, read_raw_pixels)
-from .transforms import preprocess_slice, to_hu
+from .transforms import crop_slice, native_canvas, preprocess_slice, to_hu
 
 Skipped = List[Tuple[str, str]]
 
@@ -312,10 +312,22 @@ def load_slabs(series: Series, slabs: Sequence[Sequence[int]], data_cfg: Mapping
     HU are all one value (no anatomy: a blank or corrupt image) is skipped with that reason (inference does
     this; the training cache keeps every labelled slice as the reference does).
     """
-    import cv2
-
     size = int(data_cfg.get("image_size", 224))
     out = np.empty((len(slabs), size, size, len(data_cfg.get("windows", [0, 0, 0]))), dtype=np.uint8)
+
+    def store(k: int, hu: np.ndarray) -> None:
+        out[k] = preprocess_slice(hu, data_cfg)
+
+    skipped, members = _prepare_slabs(series, slabs, data_cfg, reject_constant, store)
+    return out[:len(members)], skipped, members
+
+
+def _prepare_slabs(series: Series, slabs: Sequence[Sequence[int]], data_cfg: Mapping[str, Any],
+                   reject_constant: bool, store) -> Tuple[Skipped, List[List[int]]]:
+    """Read each slab's mean HU (docstring of :func:`load_slabs`) and pass it to ``store(k, hu)``, k = the
+    number of slabs kept before it. Returns ``(skipped, members)``."""
+    import cv2
+
     skipped: Skipped = []
     members: List[List[int]] = []
     for slab in slabs:
@@ -344,13 +356,13 @@ def load_slabs(series: Series, slabs: Sequence[Sequence[int]], data_cfg: Mapping
             continue
         hu = total if len(kept) == 1 and len(slab) == 1 else (total / len(kept)).astype(np.float32)
         try:
-            out[len(members)] = preprocess_slice(hu, data_cfg)
+            store(len(members), hu)
         except Exception as e:
             skipped.extend((series.slices[i].path, f"cannot preprocess ({type(e).__name__}: {str(e)[:120]})")
                            for i in kept)
             continue
         members.append(kept)
-    return out[:len(members)], skipped, members
+    return skipped, members
 
 
 def load_series(series: Series, data_cfg: Mapping[str, Any]) -> Tuple[np.ndarray, Skipped]:
@@ -361,3 +373,21 @@ def load_series(series: Series, data_cfg: Mapping[str, Any]) -> Tuple[np.ndarray
     """
     arr, skipped, _ = load_slabs(series, [[i] for i in range(len(series.slices))], data_cfg)
     return arr, skipped
+
+
+def load_series_native(series: Series, data_cfg: Mapping[str, Any]) -> Tuple[np.ndarray, np.ndarray, int, Skipped]:
+    """All slices of ``series`` as native-resolution black-edge crops (``Data.cache_size`` = N): uint8
+    [S, N, N, 3] canvases (:func:`~ppihd.data.transforms.native_canvas`: crop in the top-left corner, zeros
+    elsewhere), int32 [S, 2] the (h, w) of each crop in its canvas, the number of crops larger than N that were
+    downscaled once to fit, and ``skipped`` as in :func:`load_series`."""
+    n = int(data_cfg["cache_size"])
+    out = np.empty((len(series.slices), n, n, len(data_cfg["windows"])), dtype=np.uint8)
+    hw = np.empty((len(series.slices), 2), dtype=np.int32)
+    downscaled = [0]
+
+    def store(k: int, hu: np.ndarray) -> None:
+        out[k], hw[k], small = native_canvas(crop_slice(hu, data_cfg), n)
+        downscaled[0] += int(small)
+
+    skipped, members = _prepare_slabs(series, [[i] for i in range(len(series.slices))], data_cfg, False, store)
+    return out[:len(members)], hw[:len(members)], downscaled[0], skipped

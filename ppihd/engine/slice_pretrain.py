@@ -61,7 +61,8 @@ class SliceSampler:
 
     def images(self, idx: np.ndarray) -> np.ndarray:
         """uint8 ``[len(idx), H, W, 3]`` of the slices ``idx`` (indices into this sampler)."""
-        return np.stack([np.asarray(self._array(self.refs[k][0])[self.refs[k][1]]) for k in idx])
+        return np.concatenate([self.ds.slice_images(self.refs[k][0], [self.refs[k][1]], self._array(self.refs[k][0]))
+                               for k in idx])
 
 
 def _to_input(u8: np.ndarray) -> paddle.Tensor:

@@ -57,6 +57,10 @@ DEFAULTS: Dict[str, Any] = {
         "empty_opening": "keep",                   # the opening leaves nothing: keep (the uncropped slice) | zero
                                                    # (an all-zero slice, as the reference's remove_black_edge)
         "image_size": 224,                         # cache / model input side
+        "cache_size": None,                        # None = the cache holds each crop resized to image_size (ppihd);
+                                                   # N = each slice's native black-edge crop in an N x N canvas, so
+                                                   # RandomResizedCrop cuts the real crop and resizes once to
+                                                   # image_size, as the reference (docs/data.md §5, deviations.md)
         "slice_order": "normal",                   # normal (tilt-aware) | reference (lexicographic x,y,z)
         "max_slices": None,                        # None = no limit; reference: 60
         "val_fraction": 0.1,                       # paper: 10 % of series
@@ -284,6 +288,7 @@ NULLABLE_TYPES: Dict[str, Any] = {
     "Global.pretrained_model": str, "Global.checkpoints": str, "Global.amp": str, "Global.grad_clip": float,
     "Global.eval_max_series": int,
     "Data.pseudo_label_csv": str, "Data.cache_dir": str, "Data.index_file": str, "Data.max_slices": int,
+    "Data.cache_size": int,
     "DataLoader.Train.max_slices": int, "DataLoader.Eval.pad_to": int,
     "Arch.backbone.embed_dim": int, "Arch.backbone.depths": ("list", int), "Arch.backbone.num_heads": ("list", int),
     "Arch.backbone.stem_channels": ("list", int), "Arch.pretrained": str, "Arch.head_bias": ("list", float),
