@@ -225,15 +225,6 @@ def save_config(cfg: Mapping[str, Any], path: str) -> str:
     return path
 
 
-def get_by_path(cfg: Mapping[str, Any], dotted: str, default: Any = None) -> Any:
-    cur: Any = cfg
-    for p in dotted.split("."):
-        if not isinstance(cur, Mapping) or p not in cur:
-            return default
-        cur = cur[p]
-    return cur
-
-
 def add_config_args(parser) -> None:
     """Add the standard ``-c CONFIG`` and repeatable ``-o KEY=VALUE`` arguments to an argparse parser."""
     parser.add_argument("-c", "--config", required=True, help="YAML config (may use _base_ inheritance)")

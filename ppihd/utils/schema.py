@@ -176,9 +176,10 @@ DEFAULTS: Dict[str, Any] = {
         "dynamic_weight_eps": 1e-7,                # reference: p_c = 2 n-_c / (n+_c + n-_c + 1e-7)
     },
     "Optimizer": {
-        "name": "Momentum",
-        "momentum": 0.9,
-        "nesterov": False,                         # reference: True
+        "name": "Momentum",                        # Momentum (SGD, paper) | AdamW (CPU demo; not in paper)
+        "momentum": 0.9,                           # SGD momentum (Momentum only)
+        "nesterov": False,                         # reference: True (Momentum only)
+        "beta1": 0.9,                              # AdamW beta1 (AdamW only; beta2 is 0.999)
         "multi_tensor": None,                      # Momentum: Paddle's merged update of all parameters (use_multi_tensor,
                                                    # same numbers); None = on for GPU runs, off on CPU
         "weight_decay": 1e-4,                      # coupled L2
@@ -256,8 +257,11 @@ DEFAULTS: Dict[str, Any] = {
         "stem_head_weight": 0.0,                   # > 0: + this x the loss of a slice head on the max-pooled last
                                                    # conv-stem map (stem: conv only)
         "Optimizer": {
-            "name": "AdamW",
-            "momentum": 0.9,                       # AdamW beta1
+            "name": "AdamW",                       # the same keys as Optimizer (any registered optimizer)
+            "momentum": 0.9,
+            "nesterov": False,
+            "beta1": 0.9,
+            "multi_tensor": None,
             "weight_decay": 0.05,
             "lr": {
                 "name": "CosineWarmup",
@@ -280,6 +284,7 @@ NULLABLE_TYPES: Dict[str, Any] = {
     "Arch.backbone.embed_dim": int, "Arch.backbone.depths": ("list", int), "Arch.backbone.num_heads": ("list", int),
     "Arch.backbone.stem_channels": ("list", int), "Arch.pretrained": str, "Arch.head_bias": ("list", float),
     "Ensemble.tau_l": float, "SlicePretrain.output_dir": str, "Optimizer.multi_tensor": bool,
+    "SlicePretrain.Optimizer.multi_tensor": bool,
 }
 
 #: Sections (dotted paths) that accept arbitrary sub-keys.
