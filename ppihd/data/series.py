@@ -291,7 +291,7 @@ def read_hu(header: SliceHeader, data_cfg: Mapping[str, Any]) -> np.ndarray:
         h = header_from_dataset(ds, header.path)
         raw = read_raw_pixels(ds, header.path)
     return to_hu(raw, h.slope, h.intercept, h.bits_stored, h.pixel_representation,
-                 bool(data_cfg.get("fix_intercept", True)))
+                 bool(data_cfg["fix_intercept"]))
 
 
 def _frame_prefix(h: SliceHeader) -> str:
@@ -319,8 +319,8 @@ def load_slabs(series: Series, slabs: Sequence[Sequence[int]], data_cfg: Mapping
     """
     import cv2
 
-    size = int(data_cfg.get("image_size", 224))
-    out = np.empty((len(slabs), size, size, len(data_cfg.get("windows", [0, 0, 0]))), dtype=np.uint8)
+    size = int(data_cfg["image_size"])
+    out = np.empty((len(slabs), size, size, len(data_cfg["windows"])), dtype=np.uint8)
     skipped: Skipped = []
     members: List[List[int]] = []
     for slab in slabs:

@@ -58,7 +58,9 @@ DEFAULTS: Dict[str, Any] = {
                                                    # (an all-zero slice, as the reference's remove_black_edge)
         "image_size": 224,                         # cache / model input side
         "slice_order": "normal",                   # normal (tilt-aware) | reference (lexicographic x,y,z)
-        "max_slices": None,                        # None = no limit; reference: 60
+        "max_slices": None,                        # at most this many contiguous slices of a series, in every
+                                                   # split (train: random start; val/test: centred); None = all
+                                                   # (paper: "up to 60"; reference: a hard limit of 60)
         "val_fraction": 0.1,                       # paper: 10 % of series
         "split_seed": 42,                          # reference: 42
         "group_by_patient": False,                 # reference: series-level split
@@ -75,8 +77,6 @@ DEFAULTS: Dict[str, Any] = {
                                                    # threads/workers skip the float pass, 4x fewer bytes), where
                                                    # they become float32 / 255 on the device: the same numbers
             "batch_series": 1,                     # paper: one series per GPU per step
-            "max_slices": None,                    # train on a random contiguous window of at most this many
-                                                   # slices per series (None = Data.max_slices); eval sees all
             "shuffle": True,
             "augment": {
                 "random_resized_crop": True,
@@ -280,7 +280,7 @@ NULLABLE_TYPES: Dict[str, Any] = {
     "Global.pretrained_model": str, "Global.checkpoints": str, "Global.amp": str, "Global.grad_clip": float,
     "Global.eval_max_series": int,
     "Data.pseudo_label_csv": str, "Data.cache_dir": str, "Data.index_file": str, "Data.max_slices": int,
-    "DataLoader.Train.max_slices": int, "DataLoader.Eval.pad_to": int,
+    "DataLoader.Eval.pad_to": int,
     "Arch.backbone.embed_dim": int, "Arch.backbone.depths": ("list", int), "Arch.backbone.num_heads": ("list", int),
     "Arch.backbone.stem_channels": ("list", int), "Arch.pretrained": str, "Arch.head_bias": ("list", float),
     "Ensemble.tau_l": float, "SlicePretrain.output_dir": str, "Optimizer.multi_tensor": bool,
