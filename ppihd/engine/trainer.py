@@ -98,7 +98,7 @@ class SeriesBatches:
     ``num_workers`` threads (0 = in line).
     """
 
-    def __init__(self, dataset: Any, batch_series: int = 1, seed: int = 42, rank: int = 0, world_size: int = 1,
+    def __init__(self, dataset: Any, batch_series: int, seed: int, rank: int = 0, world_size: int = 1,
                  shuffle: bool = True, num_workers: int = 0, collate_fn: Optional[Callable] = None) -> None:
         import paddle
 
