@@ -8,10 +8,10 @@ from typing import Any, Dict
 from ppihd.utils.config import load_config
 
 
-def schema_section(name: str, **values: Any) -> Dict[str, Any]:
-    """The resolved section ``name`` (dotted, e.g. ``"Data"``, ``"DataLoader.Train"``) of the schema defaults with
+def schema_section(section: str, /, **values: Any) -> Dict[str, Any]:
+    """The resolved section ``section`` (dotted, e.g. ``"Data"``, ``"DataLoader.Train"``) of the schema defaults with
     ``values`` replaced, e.g. ``schema_section("Data", image_size=64)``."""
-    node: Any = load_config(None, [f"{name}.{k}={json.dumps(v)}" for k, v in values.items()])
-    for part in name.split("."):
+    node: Any = load_config(None, [f"{section}.{k}={json.dumps(v)}" for k, v in values.items()])
+    for part in section.split("."):
         node = node[part]
     return node
