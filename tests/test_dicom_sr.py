@@ -21,6 +21,7 @@ import ppihd
 from ppihd import LABELS
 
 from conftest import require_tool
+from config_utils import schema_section
 from infer_utils import infer_args, load_tool, save_tiny_checkpoint
 from study_utils import PATIENT, build_studies
 
@@ -134,7 +135,7 @@ def test_provenance_item_and_no_answer(run, tmp_path, caplog):
     shutil.rmtree(copy / "sr")
     prov = "model trained on synthetic phantoms — not for clinical use; <config sha 1234>"
     with caplog.at_level("INFO", logger="ppihd"):
-        paths = write_study_srs(str(copy), {"threshold": 0.5}, "9.9", provenance=prov)
+        paths = write_study_srs(str(copy), schema_section("Infer", threshold=0.5), "9.9", provenance=prov)
     assert len(paths) == 3
     msgs = [r.getMessage() for r in caplog.records]
     assert any("CASE-D: no DICOM SR" in m and "no usable axial CT series" in m for m in msgs), msgs

@@ -63,9 +63,9 @@ def test_scheduler_state_roundtrip():
 def _one_param_opt(nesterov, weight_decay, clip=None, lr=0.1):
     p = paddle.create_parameter([2], "float32", default_initializer=paddle.nn.initializer.Assign(
         np.array([1.0, -2.0], dtype="float32")))
-    opt_cfg = {"name": "Momentum", "momentum": 0.9, "nesterov": nesterov, "weight_decay": weight_decay,
-               "lr": {"name": "CosineWarmup", "learning_rate": lr, "warmup_steps": 0, "warmup_start_lr": 0.0,
-                      "end_lr": lr}}
+    opt_cfg = load_config(None, ["Optimizer.name=Momentum", "Optimizer.momentum=0.9", f"Optimizer.nesterov={nesterov}",
+                                 f"Optimizer.weight_decay={float(weight_decay)}", f"Optimizer.lr.learning_rate={lr}",
+                                 "Optimizer.lr.warmup_steps=0", f"Optimizer.lr.end_lr={lr}"])["Optimizer"]
     sched = build_lr_scheduler(opt_cfg, 100)  # constant lr (end_lr = lr)
     return p, build_optimizer(opt_cfg, [p], sched, grad_clip=clip)
 
@@ -109,10 +109,21 @@ def test_adamw_option_first_step_by_hand():
     # not the paper's optimizer (demo option): first Adam step moves each weight by lr * sign(g), decoupled decay
     p = paddle.create_parameter([2], "float32", default_initializer=paddle.nn.initializer.Assign(
         np.array([1.0, -2.0], dtype="float32")))
-    opt_cfg = {"name": "AdamW", "momentum": 0.9, "nesterov": False, "weight_decay": 0.1,
-               "lr": {"name": "CosineWarmup", "learning_rate": 0.01, "warmup_steps": 0, "warmup_start_lr": 0.0,
-                      "end_lr": 0.01}}
+    opt_cfg = load_config(None, ["Optimizer.name=AdamW", "Optimizer.beta1=0.9", "Optimizer.weight_decay=0.1",
+                                 "Optimizer.lr.learning_rate=0.01", "Optimizer.lr.warmup_steps=0",
+                                 "Optimizer.lr.end_lr=0.01"])["Optimizer"]
     opt = build_optimizer(opt_cfg, [p], build_lr_scheduler(opt_cfg, 10))
     _step(p, opt, [0.5, -3.0])
     x = np.array([1.0, -2.0]) * (1 - 0.01 * 0.1) - 0.01 * np.sign([0.5, -3.0])
     np.testing.assert_allclose(p.numpy(), x, rtol=1e-4)
+
+
+def test_adamw_reads_beta1_and_momentum_reads_momentum():
+    # Optimizer.beta1 is AdamW's; Optimizer.momentum is SGD's: each optimizer reads its own key
+    p = paddle.create_parameter([2], "float32")
+    adamw = build_optimizer(load_config(None, ["Optimizer.name=AdamW", "Optimizer.beta1=0.7",
+                                               "Optimizer.momentum=0.3"])["Optimizer"], [p], 0.1)
+    assert float(adamw._beta1) == pytest.approx(0.7)
+    sgd = build_optimizer(load_config(None, ["Optimizer.name=Momentum", "Optimizer.beta1=0.7",
+                                             "Optimizer.momentum=0.3"])["Optimizer"], [p], 0.1)
+    assert float(sgd._momentum) == pytest.approx(0.3)

@@ -20,10 +20,13 @@ from ppihd import LABELS
 from ppihd.data.dicom import DicomError, headers_from_dataset, read_headers
 from ppihd.data.series import read_hu
 
+from config_utils import schema_section
 from infer_utils import infer_args, load_tool, save_tiny_checkpoint
 from study_utils import PATIENT, copy_series, fixture_files
 
 N = 8
+
+DATA = schema_section("Data")
 
 
 def _csv(path):
@@ -76,7 +79,7 @@ def test_headers_one_per_frame(studies):
         assert h.position == s.position and h.orientation == s.orientation
         assert (h.slope, h.intercept, h.slice_thickness, h.pixel_spacing, h.kernel) == \
             (s.slope, s.intercept, s.slice_thickness, s.pixel_spacing, s.kernel)
-        assert np.array_equal(read_hu(h, {}), read_hu(s, {}))
+        assert np.array_equal(read_hu(h, DATA), read_hu(s, DATA))
 
 
 def test_per_frame_groups_before_shared(studies):
@@ -106,7 +109,7 @@ def test_compressed_multiframe_same_hu(studies, tmp_path):
     a, b = read_headers(mf), read_headers(rle)
     assert b[0].transfer_syntax == RLELossless and b[0].pixel_offset is None
     for ha, hb in zip(a, b):
-        assert np.array_equal(read_hu(ha, {}), read_hu(hb, {})), hb.frame
+        assert np.array_equal(read_hu(ha, DATA), read_hu(hb, DATA)), hb.frame
 
 
 def test_infer_multiframe_equals_single_frame(studies):

@@ -13,6 +13,7 @@ import pytest
 from PIL import Image
 
 from conftest import require_tool
+from config_utils import schema_section
 from infer_utils import infer_args, load_tool, save_tiny_checkpoint
 from study_utils import EVIL, build_studies
 
@@ -121,7 +122,7 @@ def test_thumbnails_and_fallback_without_series_pngs(run, tmp_path):
     for name in os.listdir(copy / "series"):
         if name.endswith(".png"):
             os.remove(copy / "series" / name)
-    page = open(write_report_html(str(copy), {"threshold": 0.5}, provenance="synthetic <b>phantoms</b>"),
+    page = open(write_report_html(str(copy), schema_section("Infer", threshold=0.5), provenance="synthetic <b>phantoms</b>"),
                 encoding="utf-8").read()
     assert "synthetic &lt;b&gt;phantoms&lt;/b&gt;" in page and EVIL not in page
     thumbs = sorted(os.listdir(copy / "thumbs"))

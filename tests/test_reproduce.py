@@ -90,7 +90,9 @@ def test_whole_recipe_runs(tiny, uninterrupted):
     r3 = subprocess.run(_cmd(data, out, "--dry-run") + ["-o", "Ensemble.tau_h=0.9"], capture_output=True,
                         text=True, timeout=300, env=_env())
     assert r3.returncode == 0, r3.stderr[-2000:]
-    assert "== preprocess: skipped" in r3.stdout and "== ensemble\n" in r3.stdout and "--tau-h 0.9 " in r3.stdout
+    assert "== preprocess: skipped" in r3.stdout and "== pseudo_r1: skipped" in r3.stdout   # they do not read Ensemble
+    ens = r3.stdout.split("== ensemble\n", 1)[1].splitlines()[0]                             # the step's command
+    assert "tools/ensemble.py -c " in ens and "-o Ensemble.tau_h=0.9 --inputs" in ens
 
 
 @pytest.mark.slow

@@ -8,11 +8,12 @@ import numpy as np
 import pytest
 from pydicom.data import get_testdata_file
 
+from config_utils import schema_section
 from ppihd.data.dicom import SliceHeader, read_header
 from ppihd.data.series import group_series, load_series, make_series_id, order_slices, scan, slice_normal
 
-DATA = {"windows": [[40, 80], [80, 200], [40, 380]], "fix_intercept": True, "remove_black_edges": True,
-        "opening_kernel": 5, "opening_iterations": 3, "crop_inclusive": True, "image_size": 64}
+DATA = schema_section("Data", windows=[[40, 80], [80, 200], [40, 380]], fix_intercept=True, remove_black_edges=True,
+                      opening_kernel=5, opening_iterations=3, crop_inclusive=True, image_size=64)
 
 
 def _h(name, pos=None, ori=(1, 0, 0, 0, 1, 0), inst=None, key=("p", "st", "se"), rows=512, cols=512):

@@ -2,10 +2,11 @@
 import numpy as np
 import pytest
 
+from config_utils import schema_section
 from ppihd.data import transforms as T
 
-CFG = {"windows": [[40, 80], [80, 200], [40, 380]], "remove_black_edges": True, "opening_kernel": 5,
-       "opening_iterations": 3, "crop_inclusive": True, "image_size": 16, "fix_intercept": True}
+CFG = schema_section("Data", windows=[[40, 80], [80, 200], [40, 380]], remove_black_edges=True, opening_kernel=5,
+                     opening_iterations=3, crop_inclusive=True, image_size=16, fix_intercept=True)
 
 
 # ------------------------------------------------------------------------------------------------- HU
@@ -128,17 +129,17 @@ def test_empty_opening_keep_or_zero():
     hu[30:32, 40:42] = 100.0
     win = T.apply_windows(hu)
     assert T.black_edge_box(win[..., 0]) is None
-    keep = T.preprocess_slice(hu, {"image_size": 64, "empty_opening": "keep"})
+    keep = T.preprocess_slice(hu, schema_section("Data", image_size=64, empty_opening="keep"))
     np.testing.assert_array_equal(keep, win)                       # same size: the uncropped slice, unchanged
     assert keep[30, 40, 0] == 255
-    zero = T.preprocess_slice(hu, {"image_size": 32, "empty_opening": "zero"})
+    zero = T.preprocess_slice(hu, schema_section("Data", image_size=32, empty_opening="zero"))
     assert zero.shape == (32, 32, 3) and zero.dtype == np.uint8 and not zero.any()
     np.testing.assert_array_equal(T.remove_black_edges(win, empty="keep"), win)
     z = T.remove_black_edges(win, empty="zero")
     assert z.shape == win.shape and not z.any()                    # the reference: np.zeros_like(img)
     # a slice with a box is unaffected by the switch
     hu[10:50, 10:50] = 40.0
-    np.testing.assert_array_equal(T.preprocess_slice(hu, {"image_size": 32, "empty_opening": "zero"}),
-                                  T.preprocess_slice(hu, {"image_size": 32}))
+    np.testing.assert_array_equal(T.preprocess_slice(hu, schema_section("Data", image_size=32, empty_opening="zero")),
+                                  T.preprocess_slice(hu, schema_section("Data", image_size=32)))
     with pytest.raises(ValueError, match=r"^Data\.empty_opening must be one of .*'zero'.*, got 'drop'$"):
-        T.preprocess_slice(hu, {"empty_opening": "drop"})
+        T.preprocess_slice(hu, schema_section("Data", empty_opening="drop"))

@@ -17,7 +17,6 @@ test`` on RSNA data, whose test labels are not public: score a test submission w
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
@@ -25,40 +24,34 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
-def main(argv=None) -> int:
-    from ppihd.utils.config import ConfigError, add_config_args, load_cli_config
-    from ppihd.utils.env import get_logger
-
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_config_args(p)
+def _flags(p) -> None:
     p.add_argument("--output", default=None, help="output folder (default <Global.output_dir>/eval)")
     p.add_argument("--split", default="val", help="split to score (default val)")
     p.add_argument("--pad-to", type=int, default=None, metavar="N",
                    help="pad every series with black slices to N and run it without a mask, as the reference "
                         "(N = 60); default: DataLoader.Eval.pad_to (null = no padding)")
-    log = get_logger()
-    args, cfg = load_cli_config(p, argv, log)  # also sets the threads, before paddle is imported
-    if cfg is None:
-        return 2
-    if args.pad_to is not None:
-        if args.pad_to < 1:
-            log.error("--pad-to must be a positive slice count, got %d", args.pad_to)
-            return 2
-        cfg["DataLoader"]["Eval"]["pad_to"] = int(args.pad_to)
-    if not cfg["Global"]["pretrained_model"]:
-        log.error("Global.pretrained_model is not set: pass -o Global.pretrained_model=PATH "
-                  "(e.g. output/demo/best_model)")
+
+
+def main(argv=None) -> int:
+    from ppihd.utils.cli import run_tool
+
+    return run_tool(_eval, argv, description=__doc__.split("\n\n")[0], flags=_flags,
+                    flag_keys={"pad_to": "DataLoader.Eval.pad_to"}, runtime=True, needs_weights=True)
+
+
+def _eval(args, cfg, log) -> int:
+    pad_to = cfg["DataLoader"]["Eval"]["pad_to"]
+    if pad_to is not None and pad_to < 1:
+        log.error("--pad-to (DataLoader.Eval.pad_to) must be a positive slice count, got %d", pad_to)
         return 2
 
     from ppihd.arch import build_model
     from ppihd.data.dataset import SeriesDataset
     from ppihd.engine.evaluator import dataset_prior, evaluate
     from ppihd.utils.checkpoint import load_weights
-    from ppihd.utils.env import setup_runtime
+    from ppihd.utils.config import ConfigError
 
     try:
-        setup_runtime(cfg)
         model = build_model(cfg["Arch"])
         load_weights(model, cfg["Global"]["pretrained_model"])
         data = SeriesDataset(cfg, args.split)
@@ -76,13 +69,9 @@ def main(argv=None) -> int:
     res = evaluate(model, data, cfg, prior=prior)
     res["split"] = args.split
     out = args.output or os.path.join(cfg["Global"]["output_dir"], "eval")
-    from ppihd.utils.runlock import LockError, RunLock
+    from ppihd.utils.runlock import RunLock
 
-    try:
-        lock = RunLock(out, "tools/eval.py").acquire()   # one evaluation per output folder
-    except LockError as e:
-        log.error("%s", e)
-        return 6
+    lock = RunLock(out, "tools/eval.py").acquire()   # one evaluation per output folder (taken: exit 6, run_tool)
     try:
         return _write_results(res, out, cfg, data, args, log)
     finally:
@@ -100,7 +89,7 @@ def _write_results(res, out, cfg, data, args, log) -> int:
 
     prov = provenance_of_weights(cfg["Global"]["pretrained_model"])
     res.update(split=args.split, checkpoint=cfg["Global"]["pretrained_model"], config=cfg.get("_source_"),
-               pad_to=cfg["DataLoader"]["Eval"].get("pad_to"), model=describe(prov), provenance=prov)
+               pad_to=cfg["DataLoader"]["Eval"]["pad_to"], model=describe(prov), provenance=prov)
     with atomic_path(os.path.join(out, "metrics.json")) as tmp, open(tmp, "w", encoding="utf-8") as f:
         json.dump(res, f, indent=1)
     print(format_metrics(res))

@@ -10,7 +10,6 @@ Exit status: 0 done, 2 bad command line / config / checkpoint, 6 another export 
 """
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 
@@ -18,34 +17,27 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def main(argv=None) -> int:
-    from ppihd.utils.config import ConfigError, add_config_args, load_config
-    from ppihd.utils.env import get_logger
+    from ppihd.utils.cli import run_tool
 
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    add_config_args(p)
-    args = p.parse_args(argv)
-    log = get_logger()
+    return run_tool(_export, argv, description=__doc__.split("\n\n")[0], runtime=True, needs_weights=True)
+
+
+def _export(args, cfg, log) -> int:
+    from ppihd.utils.runlock import LockError, RunLock
+
     try:
-        cfg = load_config(args.config, args.override)
-        if not cfg["Global"]["pretrained_model"]:
-            raise ConfigError("Global.pretrained_model is not set: pass -o Global.pretrained_model=PATH.pdparams")
         from ppihd.arch import build_model
         from ppihd.engine.exporter import export_model
         from ppihd.utils.checkpoint import load_weights
-        from ppihd.utils.env import setup_runtime
 
-        setup_runtime(cfg)
         model = build_model(cfg["Arch"])
         load_weights(model, cfg["Global"]["pretrained_model"])
         model.eval()
-        from ppihd.utils.runlock import LockError, RunLock
-
         with RunLock(cfg["Global"]["save_inference_dir"], "tools/export_model.py"):   # one exporter per folder
             files = export_model(model, cfg)
-    except LockError as e:
-        log.error("%s", e)
-        return 6
-    except (ConfigError, FileNotFoundError, ValueError, RuntimeError) as e:
+    except LockError:
+        raise   # exit 6 (run_tool); a LockError is a RuntimeError, which the next clause maps to 2
+    except (FileNotFoundError, ValueError, RuntimeError) as e:
         log.error("%s", e)
         return 2
     for k, v in files.items():

@@ -11,57 +11,38 @@ not be written (disk full, read-only), 6 another run holds the output folder,
 """
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
-def parse_args(argv=None) -> argparse.Namespace:
-    from ppihd.utils.config import add_config_args
-
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_config_args(p)
+def _flags(p) -> None:
     p.add_argument("--input", "-i", nargs="+", required=True, help="DICOM files and/or folders (any nesting)")
     p.add_argument("--output", required=True, help="output folder")
     p.add_argument("--batch-series", type=int, default=None, help="series per forward pass (Infer.batch_series)")
     p.add_argument("--threads", type=int, default=None, help="CPU threads (Global.num_threads)")
     p.add_argument("--device", default=None, help="cpu | gpu | gpu:N | auto (GPU when one is visible, else CPU; Global.device)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    return p.parse_args(argv)
 
 
 def main(argv=None) -> int:
-    args = parse_args(argv)
-    from ppihd.utils.env import get_logger, setup_threads
+    from ppihd.utils.cli import run_tool
 
-    if args.threads:
-        setup_threads(args.threads)  # before paddle is imported
-    from ppihd.utils.config import ConfigError, load_config
+    return run_tool(_infer, argv, description=__doc__.split("\n\n")[0], flags=_flags, runtime=True,
+                    needs_weights=True, flag_keys={"batch_series": "Infer.batch_series", "threads": "Global.num_threads",
+                                                   "device": "Global.device"})
 
-    log = get_logger()
-    overrides = list(args.override)
-    if args.batch_series is not None:
-        overrides.append(f"Infer.batch_series={args.batch_series}")
-    if args.threads is not None:
-        overrides.append(f"Global.num_threads={args.threads}")
-    if args.device is not None:
-        overrides.append(f"Global.device={args.device}")
+
+def _infer(args, cfg, log) -> int:
     try:
-        cfg = load_config(args.config, overrides)
-        if not cfg["Global"]["pretrained_model"]:
-            raise ConfigError("Global.pretrained_model is not set: pass -o Global.pretrained_model=PATH.pdparams")
         from ppihd.arch import build_model
         from ppihd.engine.backends import DygraphBackend
         from ppihd.utils.checkpoint import load_weights
-        from ppihd.utils.env import setup_runtime
 
-        setup_runtime(cfg)
         model = build_model(cfg["Arch"])
         load_weights(model, cfg["Global"]["pretrained_model"])
-    except (ConfigError, FileNotFoundError, ValueError, RuntimeError) as e:
+    except (FileNotFoundError, ValueError, RuntimeError) as e:
         log.error("%s", e)
         return 2
     from ppihd.engine.predictor import run_inference

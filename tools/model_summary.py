@@ -8,7 +8,6 @@ conv + Linear part with forward hooks on one image.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
@@ -16,19 +15,19 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
-def main(argv=None) -> int:
-    from ppihd.utils.config import add_config_args, load_config
-    from ppihd.utils.env import setup_threads
-
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    add_config_args(ap)
+def _flags(ap) -> None:
     ap.add_argument("--series-length", type=int, default=60, help="slices per series for the sequence MACs")
     ap.add_argument("--verify", action="store_true", help="measure conv + Linear MACs with hooks (slow for base)")
     ap.add_argument("--json", default=None, help="also write the numbers to this JSON file")
-    args = ap.parse_args(argv)
-    cfg = load_config(args.config, args.override)
-    setup_threads(cfg["Global"].get("num_threads"))
 
+
+def main(argv=None) -> int:
+    from ppihd.utils.cli import run_tool
+
+    return run_tool(_summary, argv, description=__doc__.splitlines()[0], flags=_flags)
+
+
+def _summary(args, cfg, log) -> int:
     import paddle
 
     from ppihd.arch import build_model

@@ -8,7 +8,6 @@ B soft tissue), titled with its InstanceNumber and position along the slice norm
 """
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 
@@ -17,7 +16,19 @@ sys.path.insert(0, ROOT)
 FIXTURE = os.path.join(os.path.dirname(ROOT), "shared", "fixtures", "ge_head_ct_tilt")
 
 
+def _flags(ap) -> None:
+    ap.add_argument("--input", default=FIXTURE, help="DICOM folder (one series expected; the largest is shown)")
+    ap.add_argument("--out", default=os.path.join(ROOT, "docs", "figures", "fixture_montage.png"))
+    ap.add_argument("--cols", type=int, default=7)
+
+
 def main(argv=None) -> int:
+    from ppihd.utils.cli import run_tool
+
+    return run_tool(_montage, argv, description=__doc__, config="optional", flags=_flags)
+
+
+def _montage(args, cfg, log) -> int:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -25,16 +36,7 @@ def main(argv=None) -> int:
     import numpy as np
 
     from ppihd.data.series import group_series, load_series, scan
-    from ppihd.utils.config import load_config
 
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--input", default=FIXTURE, help="DICOM folder (one series expected; the largest is shown)")
-    ap.add_argument("--out", default=os.path.join(ROOT, "docs", "figures", "fixture_montage.png"))
-    ap.add_argument("-c", "--config", default=None, help="config for the Data section (default: schema defaults)")
-    ap.add_argument("-o", "--override", action="append", default=[], metavar="KEY=VALUE")
-    ap.add_argument("--cols", type=int, default=7)
-    args = ap.parse_args(argv)
-    cfg = load_config(args.config, args.override)
     headers, skipped = scan(args.input, num_workers=1, progress=False)
     series = group_series(headers, order=cfg["Data"]["slice_order"])
     if not series:

@@ -7,37 +7,33 @@ described in ``ppihd/data/cache.py`` (default ``<Data.root>/cache_<image_size>``
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from ppihd.utils.env import get_logger, setup_threads, show_progress  # noqa: E402
+from ppihd.utils.cli import run_tool  # noqa: E402
+from ppihd.utils.env import show_progress  # noqa: E402
 
 
-def main(argv=None) -> int:
-    from ppihd.utils.config import ConfigError, add_config_args, load_config
-
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_config_args(parser)
+def _flags(parser) -> None:
     parser.add_argument("--rebuild", action="store_true",
                         help="delete and redo a cache built with other preprocessing settings")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
-    args = parser.parse_args(argv)
-    setup_threads(1)  # one thread per worker process; parallelism comes from Data.num_workers
-    logger = get_logger()
-    try:
-        cfg = load_config(args.config, args.override)
-    except ConfigError as e:
-        logger.error(str(e))
-        return 2
+
+
+def main(argv=None) -> int:
+    # one thread per worker process; parallelism comes from Data.num_workers
+    return run_tool(_preprocess, argv, description=__doc__, flags=_flags, threads=1)
+
+
+def _preprocess(args, cfg, logger) -> int:
     from ppihd.data.cache import CacheError, build_cache
     from ppihd.data.labels import LabelError
 
     try:
-        summary = build_cache(cfg, progress=show_progress(not args.no_progress and cfg["Global"].get("progress_bar", True)),
+        summary = build_cache(cfg, progress=show_progress(not args.no_progress and cfg["Global"]["progress_bar"]),
                               rebuild=args.rebuild)
     except (CacheError, LabelError) as e:
         logger.error(str(e))

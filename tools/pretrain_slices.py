@@ -12,7 +12,6 @@ Exit status: 0 done, 2 bad command line / config / data. See docs/training.md "D
 """
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 
@@ -20,22 +19,16 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def main(argv=None) -> int:
-    from ppihd.utils.config import add_config_args, load_cli_config, save_config
-    from ppihd.utils.env import get_logger
+    from ppihd.utils.cli import run_tool
 
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_config_args(p)
-    log = get_logger()
-    _, cfg = load_cli_config(p, argv, log)  # also sets the threads, before paddle is imported
-    if cfg is None:
-        return 2
+    return run_tool(_pretrain, argv, description=__doc__.split("\n\n")[0], runtime=True)
 
+
+def _pretrain(args, cfg, log) -> int:
     from ppihd.engine.slice_pretrain import SlicePretrainer
-    from ppihd.utils.env import setup_runtime
+    from ppihd.utils.config import save_config
 
     try:
-        setup_runtime(cfg)
         pre = SlicePretrainer(cfg)
     except (FileNotFoundError, ValueError, KeyError) as e:
         log.error("%s", e)

@@ -58,6 +58,10 @@ NOT_READ = {
     "train": ("Infer", "Export", "PseudoLabel", "Ensemble", "SlicePretrain"),
     "eval": ("Infer", "Export", "PseudoLabel", "Ensemble", "SlicePretrain"),
     "infer": ("Loss", "Optimizer", "Export", "PseudoLabel", "Ensemble", "SlicePretrain"),
+    "pseudo_label": ("Data", "DataLoader", "Arch", "Loss", "Optimizer", "Metric", "Infer", "Export", "Ensemble",
+                     "SlicePretrain"),
+    "ensemble": ("Data", "DataLoader", "Arch", "Loss", "Optimizer", "Metric", "Infer", "Export", "PseudoLabel",
+                 "SlicePretrain"),
 }
 TEST_LABEL_FILES = ("synthetic_test_labels.csv", "stage_2_test_labels.csv")
 
@@ -120,7 +124,7 @@ class Pipeline:
         self.pretrain = self.demo if a.slice_pretrain == "auto" else a.slice_pretrain == "on"
         d = self.cfg["Data"]
         self.test_dir = os.path.join(self.data, d["test_dir"])
-        self.train_labels = os.path.join(self.data, d["label_csv"]) if d.get("label_csv") else None
+        self.train_labels = os.path.join(self.data, d["label_csv"]) if d["label_csv"] else None
         self.test_labels = a.test_labels
         if self.test_labels is None:
             found = [os.path.join(self.data, f) for f in TEST_LABEL_FILES if os.path.isfile(os.path.join(self.data, f))]
@@ -323,14 +327,14 @@ class Pipeline:
 
     def _pseudo_build(self, models: List[Dict[str, str]], pseudo: str) -> Callable[[], Dict[str, Any]]:
         def build() -> Dict[str, Any]:
-            pl = self.fm_cfg["PseudoLabel"]
             preds = [os.path.join(m["dir"], "test", "predictions.csv") for m in models]
-            argv = _tool("pseudo_label.py") + ["--pred", *preds] + self._weights_args(models) + [
-                "--tau-s", str(pl["tau_s"]), "--tau-p", str(pl["tau_p"]), "--out", pseudo]
+            argv = (_tool("pseudo_label.py") + self.cfg_args(self.fixmatch) + ["--pred", *preds]
+                    + self._weights_args(models) + ["--out", pseudo])   # thresholds: the config's PseudoLabel
             if self.train_labels:
                 argv += ["--train-labels", self.train_labels]
             metrics = [os.path.join(m["dir"], "eval", "metrics.json") for m in models] if len(models) > 1 else []
-            return {"argv": argv, "inputs": preds + metrics, "outputs": [pseudo]}
+            return {"argv": argv, "settings": self.settings("pseudo_label", self.fixmatch),
+                    "inputs": preds + metrics, "outputs": [pseudo]}
         return build
 
     def _pseudo_metric(self, pseudo: str) -> Callable[[], str]:
@@ -345,12 +349,10 @@ class Pipeline:
         def build() -> Dict[str, Any]:
             subs = [os.path.join(m["dir"], "test", "submission.csv") for m in models]
             w = self._weights_args(models) or ["--weights", "1"]
-            e = self.cfg["Ensemble"]
-            argv = _tool("ensemble.py") + ["--inputs", *subs] + w + ["--mode", str(e["mode"])]
-            argv += ["--tau-h", str(e["tau_h"])] if e.get("tau_h") is not None else []
-            argv += ["--tau-l", str(e["tau_l"])] if e.get("tau_l") is not None else []
+            argv = _tool("ensemble.py") + self.cfg_args(self.config) + ["--inputs", *subs] + w   # the config's Ensemble
             metrics = [os.path.join(m["dir"], "eval", "metrics.json") for m in models]
-            return {"argv": argv + ["--out", sub], "inputs": subs + metrics, "outputs": [sub]}
+            return {"argv": argv + ["--out", sub], "settings": self.settings("ensemble", self.config),
+                    "inputs": subs + metrics, "outputs": [sub]}
         return build
 
     # -- running -----------------------------------------------------------------------------------------------
@@ -538,10 +540,7 @@ class Pipeline:
         return pd.read_csv(self.sample, dtype={"ID": str})["ID"].tolist()
 
 
-def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1],
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("-c", "--config", required=True, help="single-model config (e.g. configs/swin_b_seq.yaml)")
+def _flags(ap) -> None:
     ap.add_argument("--data", required=True, help="data root (RSNA layout: stage_2_train/, stage_2_test/, csv)")
     ap.add_argument("--out", required=True, help="run folder")
     ap.add_argument("--rounds", type=int, default=2, help="FixMatch rounds (default 2: the paper's 2 pseudo models)")
@@ -561,20 +560,23 @@ def main(argv=None) -> int:
     ap.add_argument("--no-plots", action="store_true", help="no per-series PNGs from the inference steps")
     ap.add_argument("--dry-run", action="store_true", help="print the commands, run nothing")
     ap.add_argument("--quiet", action="store_true", help="steps' output only to RUN/logs/<step>.log")
-    ap.add_argument("-o", "--override", action="append", default=[], metavar="KEY=VALUE",
-                    help="config override for every step that takes a config (repeatable)")
-    a = ap.parse_args(argv)
-    if a.rounds < 0:
-        ap.error("--rounds must be >= 0")
-    if a.ips and not (a.gpus or a.nproc):
-        ap.error("--ips needs --gpus (or --nproc)")
-    from ppihd.utils.config import ConfigError
 
-    try:
-        pipe = Pipeline(a)
-    except ConfigError as e:
-        print(f"reproduce: error: {e}", file=sys.stderr)
+
+def main(argv=None) -> int:
+    from ppihd.utils.cli import run_tool
+
+    # -c: the single-model config; -o: an override for every step that takes a config
+    return run_tool(_reproduce, argv, description=__doc__, flags=_flags)
+
+
+def _reproduce(a, cfg, log) -> int:
+    if a.rounds < 0:
+        log.error("--rounds must be >= 0")
         return 2
+    if a.ips and not (a.gpus or a.nproc):
+        log.error("--ips needs --gpus (or --nproc)")
+        return 2
+    pipe = Pipeline(a)   # a ConfigError: exit 2 (run_tool)
     if not a.dry_run:
         os.makedirs(pipe.run, exist_ok=True)
         import fcntl

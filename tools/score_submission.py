@@ -11,12 +11,12 @@
 duplicate rows are dropped. Every submission ID must have a label; labelled images absent from the submission are
 ignored (their count is printed). --sample: the submission must hold exactly the sample submission's IDs, once each.
 --prior: also score the constant-prior model (each class's positive rate in that training label file) on the same
-IDs. Metric: mean over images of sum_c w_c ll_c / sum_c w_c, w = (1, 1, 1, 1, 1, 2), p clipped to [eps, 1 - eps].
+IDs. Metric: mean over images of sum_c w_c ll_c / sum_c w_c, w = (1, 1, 1, 1, 1, 2), p clipped to [eps, 1 - eps]
+(eps = Metric.eps of -c CONFIG, default the schema's; --eps sets it).
 Exit status: 0 scored; 2 bad command line, unreadable file, or IDs that do not match (the IDs are named).
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
@@ -26,20 +26,28 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from ppihd.metric.submission import (SubmissionError, check_against_sample, constant_submission,  # noqa: E402
                                      format_table, names_for, prior_rates, read_ids, read_labels, read_submission,
                                      score)
+from ppihd.utils.cli import run_tool  # noqa: E402
 from ppihd.utils.fileio import atomic_path  # noqa: E402
 
 
-def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def _flags(ap) -> None:
     ap.add_argument("--submission", nargs="+", required=True, help="submission.csv file(s) to score")
     ap.add_argument("--names", nargs="+", default=None, help="a row name per --submission (default: the paths)")
     ap.add_argument("--labels", required=True, help="ID,Label truth (Kaggle long format)")
     ap.add_argument("--sample", default=None, help="stage_2_sample_submission.csv: the IDs a submission must hold")
     ap.add_argument("--prior", default=None, metavar="TRAIN_LABELS",
                     help="also score the constant prior (class rates of this ID,Label training file)")
-    ap.add_argument("--eps", type=float, default=1e-7, help="probability clip (Metric.eps, default 1e-7)")
+    ap.add_argument("--eps", type=float, default=None, help="probability clip (Metric.eps)")
     ap.add_argument("--json", default=None, help="also write the scores to this JSON file")
-    a = ap.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    return run_tool(_score, argv, description=__doc__, config="optional", flags=_flags,
+                    flag_keys={"eps": "Metric.eps"})
+
+
+def _score(a, cfg, log) -> int:
+    eps = float(cfg["Metric"]["eps"])
     rows = []
     try:
         names = names_for(a.submission, a.names)
@@ -48,16 +56,16 @@ def main(argv=None) -> int:
             if a.sample:
                 check_against_sample(read_ids(path), a.sample, path)
             sub = read_submission(path)
-            rows.append({"name": name, "path": path, **score(sub, labels, a.eps)})
+            rows.append({"name": name, "path": path, **score(sub, labels, eps)})
         if a.prior:
             rates = prior_rates(a.prior)
             prior = constant_submission(read_submission(a.submission[0]).index, rates)
-            rows.append({"name": "constant prior", "path": a.prior, "rates": rates, **score(prior, labels, a.eps)})
+            rows.append({"name": "constant prior", "path": a.prior, "rates": rates, **score(prior, labels, eps)})
     except SubmissionError as e:
         print(f"score_submission: error: {e}", file=sys.stderr)
         return 2
     n_lab_images = len({i.rsplit("_", 1)[0] for i in labels.index})
-    print(f"weighted log loss (w = 1,1,1,1,1,2; eps {a.eps:g}) on {rows[0]['n_images']} images "
+    print(f"weighted log loss (w = 1,1,1,1,1,2; eps {eps:g}) on {rows[0]['n_images']} images "
           f"({n_lab_images} images in {a.labels})")
     print(format_table(rows))
     if a.json:

@@ -18,7 +18,6 @@ model stayed at the class prior; the paper's schedule is ~16 GPU hours).
 """
 from __future__ import annotations
 
-import argparse
 import errno
 import os
 import shutil
@@ -32,7 +31,7 @@ def from_scratch_warning(cfg) -> str:
     from ppihd.utils.config import is_demo_config
 
     g = cfg["Global"]
-    if cfg["Arch"].get("pretrained") or g.get("pretrained_model") or g.get("checkpoints"):
+    if cfg["Arch"]["pretrained"] or g["pretrained_model"] or g["checkpoints"]:
         return ""
     if is_demo_config(cfg.get("_source_")):
         return ""
@@ -44,16 +43,14 @@ def from_scratch_warning(cfg) -> str:
 
 
 def main(argv=None) -> int:
-    from ppihd.utils.config import ConfigError, add_config_args, deep_merge, load_cli_config, save_config
-    from ppihd.utils.env import get_logger
+    from ppihd.utils.cli import run_tool
 
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_config_args(p)
-    log = get_logger()
-    _, cfg = load_cli_config(p, argv, log)  # also sets the threads, before paddle is imported
-    if cfg is None:
-        return 2
+    return run_tool(_train, argv, description=__doc__.split("\n\n")[0], runtime=True)
+
+
+def _train(args, cfg, log) -> int:
+    from ppihd.utils.config import ConfigError, save_config
+    from ppihd.utils.env import get_logger
 
     g = cfg["Global"]
     scratch = from_scratch_warning(cfg)
@@ -66,24 +63,19 @@ def main(argv=None) -> int:
     from ppihd.data.augment import build_train_augment
     from ppihd.data.dataset import SeriesDataset
     from ppihd.engine.trainer import Trainer, claim_output_dir
-    from ppihd.utils.runlock import LockError
     from ppihd.loss import build_loss
     from ppihd.optimizer import build_lr_scheduler, build_optimizer
-    from ppihd.utils.env import setup_runtime
+    from ppihd.utils.runlock import LockError
 
     lock = None
     try:
-        setup_runtime(cfg)
         world = paddle.distributed.get_world_size()
         if world > 1:
             paddle.distributed.init_parallel_env()
         rank = paddle.distributed.get_rank()
         lock = claim_output_dir(cfg) if rank == 0 else None   # one run per output folder, no silent overwrite
-        train_cfg = cfg
-        if cfg["DataLoader"]["Train"].get("max_slices"):  # shorter training windows; validation sees all slices
-            train_cfg = deep_merge(cfg, {"Data": {"max_slices": int(cfg["DataLoader"]["Train"]["max_slices"])}})
-        train_set = SeriesDataset(train_cfg, "train", transform=build_train_augment(cfg))
-        if cfg["Data"].get("pseudo_label_csv"):  # FixMatch: labelled + strong-augmented pseudo-labelled series
+        train_set = SeriesDataset(cfg, "train", transform=build_train_augment(cfg))
+        if cfg["Data"]["pseudo_label_csv"]:  # FixMatch: labelled + strong-augmented pseudo-labelled series
             from ppihd.data.pseudo import MixedDataset, PseudoLabelDataset
             train_set = MixedDataset(train_set, PseudoLabelDataset(cfg))
         val_set = SeriesDataset(cfg, "val")
@@ -102,13 +94,12 @@ def main(argv=None) -> int:
                     h.handle(rec)
         trainer = Trainer(cfg, model, loss_fn, opt, sched, train_set, val_set, rank=rank, world_size=world,
                           logger=train_log)
-        if g.get("checkpoints"):
+        if g["checkpoints"]:
             trainer.resume(g["checkpoints"])
-        elif g.get("pretrained_model"):
+        elif g["pretrained_model"]:
             trainer.load_pretrained(g["pretrained_model"])
-    except LockError as e:
-        log.error("%s", e)
-        return 6
+    except LockError:
+        raise   # exit 6 (run_tool); a LockError is a RuntimeError, which the next clause maps to 2
     except (ConfigError, FileNotFoundError, ValueError, KeyError, RuntimeError) as e:
         log.error("%s", e)
         if lock is not None:

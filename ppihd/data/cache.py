@@ -61,12 +61,12 @@ def bytes_per_slice(image_size: int = 224, channels: int = 3) -> int:
 def resolve_cache_dir(cfg: Mapping[str, Any]) -> str:
     """``Data.cache_dir`` or ``<Data.root>/cache_<Data.image_size>``."""
     d = cfg["Data"]
-    return d.get("cache_dir") or os.path.join(d["root"], f"cache_{int(d['image_size'])}")
+    return d["cache_dir"] or os.path.join(d["root"], f"cache_{int(d['image_size'])}")
 
 
 def resolve_index_file(cfg: Mapping[str, Any]) -> str:
     """``Data.index_file`` or ``<cache_dir>/index.csv``."""
-    return cfg["Data"].get("index_file") or os.path.join(resolve_cache_dir(cfg), "index.csv")
+    return cfg["Data"]["index_file"] or os.path.join(resolve_cache_dir(cfg), "index.csv")
 
 
 def series_file(cache_dir: str, series_id: str) -> str:
@@ -96,9 +96,9 @@ def cache_side(data_cfg: Mapping[str, Any]) -> int:
 
 def cache_settings(data_cfg: Mapping[str, Any]) -> Dict[str, Any]:
     """The settings that key a cache (JSON-normalised)."""
-    s = {k: data_cfg.get(k) for k in SETTINGS_KEYS}
+    s = {k: data_cfg[k] for k in SETTINGS_KEYS}
     s["windows"] = [[float(c), float(w)] for c, w in s["windows"]]
-    if data_cfg.get("empty_opening", "keep") != "keep":  # keyed only when not the default: older caches stay valid
+    if data_cfg["empty_opening"] != "keep":  # keyed only when not the default: older caches stay valid
         s["empty_opening"] = data_cfg["empty_opening"]
     if cache_size(data_cfg) is not None:               # keyed only when set: null-mode caches stay valid
         s["cache_size"] = cache_size(data_cfg)
@@ -283,7 +283,7 @@ def build_cache(cfg: Mapping[str, Any], num_workers: Optional[int] = None, progr
     """
     t0 = time.time()
     data = cfg["Data"]
-    workers = int(num_workers if num_workers is not None else data.get("num_workers", 1) or 1)
+    workers = int(num_workers if num_workers is not None else data["num_workers"])
     root = data["root"]
     train_dir, test_dir = os.path.join(root, data["train_dir"]), os.path.join(root, data["test_dir"])
     if not os.path.isdir(train_dir) and not os.path.isdir(test_dir):
@@ -323,7 +323,7 @@ def _build_cache(cfg: Mapping[str, Any], cache_dir: str, workers: int, progress:
             continue
         headers, skipped = scan(folder, workers, progress=progress, desc=f"scan {name}")
         errors.extend(skipped)
-        parts.append((name, group_series(headers, order=data.get("slice_order", "normal"))))
+        parts.append((name, group_series(headers, order=data["slice_order"])))
         log.info("%s: %d usable files in %d series, %d files skipped", name, len(headers), len(parts[-1][1]),
                  len(skipped))
 
@@ -339,9 +339,8 @@ def _build_cache(cfg: Mapping[str, Any], cache_dir: str, workers: int, progress:
         else:
             tab = pd.DataFrame({"series_id": [s.series_id for s in ser], "patient_id": [s.key[0] for s in ser],
                                 "series_uid": [s.key[2] for s in ser]})
-            split_of.update(split_series(tab, float(data.get("val_fraction", 0.1)), int(data.get("split_seed", 42)),
-                                         bool(data.get("group_by_patient", False)),
-                                         method=str(data.get("split", "ppihd"))).to_dict())
+            split_of.update(split_series(tab, float(data["val_fraction"]), int(data["split_seed"]),
+                                         bool(data["group_by_patient"]), method=str(data["split"])).to_dict())
     all_series = [s for name, ser in parts for s in ser if not (name == "test" and split_of[s.series_id] != "test")]
     seen = set()
     all_series = [s for s in all_series if not (s.series_id in seen or seen.add(s.series_id))]
@@ -377,7 +376,7 @@ def _build_cache(cfg: Mapping[str, Any], cache_dir: str, workers: int, progress:
         rows.extend(_index_rows(s, rec, split_of[s.series_id]))
         errors.extend((h.path, st) for h, st in zip(s.slices, rec["status"]) if st != "ok")
     index = pd.DataFrame(rows, columns=[c for c in INDEX_COLUMNS if c not in LABELS])
-    label_csv = os.path.join(root, data["label_csv"]) if data.get("label_csv") else None
+    label_csv = os.path.join(root, data["label_csv"]) if data["label_csv"] else None
     label_report = None
     if label_csv and os.path.isfile(label_csv):
         labels, label_report = read_labels(label_csv)

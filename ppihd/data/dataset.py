@@ -106,8 +106,8 @@ class SeriesDataset(_Base):
         self.split = split
         self.train = splits == ["train"]
         self.transform = transform
-        self.seed = int(cfg.get("Global", {}).get("seed", 42))
-        self.max_slices = data.get("max_slices")
+        self.seed = int(cfg["Global"]["seed"])
+        self.max_slices = data["max_slices"]
         self.image_size = int(data["image_size"])
         self.cache_size = cache_size(data)      # None, or N: native crops in N x N canvases (module docstring)
         self.side = cache_side(data)
@@ -295,7 +295,7 @@ def worker_init_fn(worker_id: int) -> None:
     """Seed numpy/random in a loader worker from the worker id and the parent's seed (deterministic)."""
     import random
 
-    base = int(os.environ.get("PPIHD_SEED", "42"))
+    base = int(os.environ["PPIHD_SEED"])   # set by build_dataloader from Global.seed
     seq = np.random.SeedSequence([base, worker_id])
     np.random.seed(int(seq.generate_state(1)[0]))
     random.seed(int(seq.generate_state(2)[1]))
@@ -310,9 +310,9 @@ def build_dataloader(cfg: Mapping[str, Any], dataset: Any, train: bool = True,
     import paddle
 
     sect = cfg["DataLoader"]["Train" if train else "Eval"]
-    bs = int(sect.get("batch_series", 1))
-    shuffle = bool(sect.get("shuffle", True)) if train else False
-    seed = int(cfg.get("Global", {}).get("seed", 42))
+    bs = int(sect["batch_series"])
+    shuffle = bool(sect["shuffle"]) if train else False
+    seed = int(cfg["Global"]["seed"])
     os.environ["PPIHD_SEED"] = str(seed)
     try:
         world = paddle.distributed.get_world_size()
@@ -322,8 +322,8 @@ def build_dataloader(cfg: Mapping[str, Any], dataset: Any, train: bool = True,
         sampler = paddle.io.DistributedBatchSampler(dataset, batch_size=bs, shuffle=shuffle, drop_last=False)
     else:
         sampler = SeededBatchSampler(dataset, batch_size=bs, shuffle=shuffle, seed=seed)
-    workers = int(sect.get("num_workers", 0))
-    if train and sect.get("uint8", True):
+    workers = int(sect["num_workers"])
+    if train and sect["uint8"]:
         set_uint8_images(dataset)
     return paddle.io.DataLoader(dataset, batch_sampler=sampler, collate_fn=collate_fn, num_workers=workers,
                                 worker_init_fn=worker_init_fn if workers > 0 else None, return_list=True,

@@ -291,7 +291,7 @@ def read_hu(header: SliceHeader, data_cfg: Mapping[str, Any]) -> np.ndarray:
         h = header_from_dataset(ds, header.path)
         raw = read_raw_pixels(ds, header.path)
     return to_hu(raw, h.slope, h.intercept, h.bits_stored, h.pixel_representation,
-                 bool(data_cfg.get("fix_intercept", True)))
+                 bool(data_cfg["fix_intercept"]))
 
 
 def _frame_prefix(h: SliceHeader) -> str:
@@ -312,8 +312,8 @@ def load_slabs(series: Series, slabs: Sequence[Sequence[int]], data_cfg: Mapping
     HU are all one value (no anatomy: a blank or corrupt image) is skipped with that reason (inference does
     this; the training cache keeps every labelled slice as the reference does).
     """
-    size = int(data_cfg.get("image_size", 224))
-    out = np.empty((len(slabs), size, size, len(data_cfg.get("windows", [0, 0, 0]))), dtype=np.uint8)
+    size = int(data_cfg["image_size"])
+    out = np.empty((len(slabs), size, size, len(data_cfg["windows"])), dtype=np.uint8)
 
     def store(k: int, hu: np.ndarray) -> None:
         out[k] = preprocess_slice(hu, data_cfg)

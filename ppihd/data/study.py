@@ -240,8 +240,8 @@ def study_folder(paths: Sequence[str], inputs: Sequence[str]) -> str:
 
 def _plan_image_series(series: Series, infer_cfg: Mapping[str, Any]) -> SeriesPlan:
     first = series.slices[0]
-    role, reason = classify_series(series, int(infer_cfg.get("min_slices", 3)),
-                                   float(infer_cfg.get("axial_max_angle_deg", 40.0)))
+    role, reason = classify_series(series, int(infer_cfg["min_slices"]),
+                                   float(infer_cfg["axial_max_angle_deg"]))
     thick = [h.slice_thickness for h in series.slices if h.slice_thickness is not None]
     plan = SeriesPlan(key=series.key, series_id=series.series_id, role=role, reason=reason, series=series,
                       modality=first.modality or "", sop_class=first.sop_class, series_number=first.series_number,
@@ -264,7 +264,7 @@ def plan_studies(series_list: Sequence[Series], rejected: Sequence[Tuple[str, st
     study's primary series, and mark what the model reads: every usable series (``Infer.predict_series:
     usable``) or only the primary ones (``primary``); thin usable series get their slabs (``Infer.slab_mm``).
     Studies and their series come out sorted by key."""
-    mode = str(infer_cfg.get("predict_series", "usable"))
+    mode = str(infer_cfg["predict_series"])
     if mode not in ("usable", "primary"):
         raise ValueError(f"Infer.predict_series must be 'usable' or 'primary', got {mode!r}")
     plans: Dict[Tuple[str, str, str], SeriesPlan] = {}
@@ -289,8 +289,8 @@ def plan_studies(series_list: Sequence[Series], rejected: Sequence[Tuple[str, st
     studies: Dict[Tuple[str, str], List[SeriesPlan]] = {}
     for key in sorted(plans):
         studies.setdefault(key[:2], []).append(plans[key])
-    train_mm = float(infer_cfg.get("train_spacing_mm", 5.0))
-    slab_mm = infer_cfg.get("slab_mm")
+    train_mm = float(infer_cfg["train_spacing_mm"])
+    slab_mm = infer_cfg["slab_mm"]
     out = []
     for skey, members in studies.items():
         study = StudyPlan(key=skey, study_id=make_series_id(skey + skey[1:]), series=members)

@@ -130,15 +130,15 @@ def crop_slice(hu: np.ndarray, data_cfg: Mapping[str, Any]) -> np.ndarray:
 
     The windows being pointwise, only the first one is computed on the whole slice and the others inside the
     crop (faster; the same bytes as ``remove_black_edges(apply_windows(hu))``)."""
-    windows = data_cfg.get("windows", DEFAULT_WINDOWS)
-    if data_cfg.get("empty_opening", "keep") not in EMPTY_OPENING:
-        raise ValueError(f"Data.empty_opening must be one of {EMPTY_OPENING}, got {data_cfg.get('empty_opening')!r}")
-    if not data_cfg.get("remove_black_edges", True):
+    windows = data_cfg["windows"]
+    if data_cfg["empty_opening"] not in EMPTY_OPENING:
+        raise ValueError(f"Data.empty_opening must be one of {EMPTY_OPENING}, got {data_cfg['empty_opening']!r}")
+    if not data_cfg["remove_black_edges"]:
         return apply_windows(hu, windows)
     first = apply_windows(hu, windows[:1])[..., 0]
-    box = black_edge_box(first, int(data_cfg.get("opening_kernel", 5)), int(data_cfg.get("opening_iterations", 3)),
-                         bool(data_cfg.get("crop_inclusive", True)))
-    if box is None and data_cfg.get("empty_opening", "keep") == "zero":
+    box = black_edge_box(first, int(data_cfg["opening_kernel"]), int(data_cfg["opening_iterations"]),
+                         bool(data_cfg["crop_inclusive"]))
+    if box is None and data_cfg["empty_opening"] == "zero":
         return np.zeros(hu.shape + (len(windows),), dtype=np.uint8)   # the reference: np.zeros_like
     y0, y1, x0, x1 = box if box is not None else (0, hu.shape[0], 0, hu.shape[1])
     img = np.empty((y1 - y0, x1 - x0, len(windows)), dtype=np.uint8)
@@ -155,7 +155,7 @@ def preprocess_slice(hu: np.ndarray, data_cfg: Mapping[str, Any]) -> np.ndarray:
     This is also the reference's evaluation path (its val/test ``Resize(224)``: ``cv2.resize`` to 224 × 224,
     ``INTER_LINEAR``, of the native black-edge crop), so inference and a ``Data.cache_size`` cache's eval
     items (:func:`resize` of the native crop) give the same bytes when the crop fits the canvas."""
-    return resize(crop_slice(hu, data_cfg), int(data_cfg.get("image_size", 224)))
+    return resize(crop_slice(hu, data_cfg), int(data_cfg["image_size"]))
 
 
 def native_canvas(crop: np.ndarray, size: int) -> Tuple[np.ndarray, Tuple[int, int], bool]:

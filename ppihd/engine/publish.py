@@ -20,13 +20,13 @@ def write_study_reports(out_dir: str, infer_cfg: Mapping[str, Any], provenance: 
     """Returns ``{"sr": [paths], "html": path | None}``."""
     log = logger or _log
     out: Dict[str, Any] = {"sr": [], "html": None}
-    if infer_cfg.get("dicom_sr", True):
+    if infer_cfg["dicom_sr"]:
         try:
             from ppihd.engine.dicom_sr import write_study_srs
             out["sr"] = write_study_srs(out_dir, infer_cfg, ppihd.__version__, provenance=provenance, logger=log)
         except Exception as e:
             log.error("DICOM SR could not be written: %s\n%s", e, traceback.format_exc(limit=3))
-    if infer_cfg.get("report_html", True):
+    if infer_cfg["report_html"]:
         try:
             from ppihd.engine.report_html import write_report_html
             out["html"] = write_report_html(out_dir, infer_cfg, provenance=provenance)

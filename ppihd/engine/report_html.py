@@ -148,7 +148,7 @@ def sort_studies(rows: List[Dict[str, str]]) -> List[Dict[str, str]]:
 def write_report_html(out_dir: str, infer_cfg: Mapping[str, Any], provenance: Optional[str] = None) -> str:
     """Write ``<out_dir>/report.html`` (and ``thumbs/``) from ``studies.csv``, ``studies/*.json``,
     ``series.csv`` and ``series/*.png``. Returns the page's path."""
-    threshold = float(infer_cfg.get("threshold", 0.5))
+    threshold = float(infer_cfg["threshold"])
     rows = sort_studies(_read_csv(os.path.join(out_dir, "studies.csv")))
     series = {r["series_id"]: r for r in _read_csv(os.path.join(out_dir, "series.csv"))}
     docs = _study_docs(out_dir, rows)
@@ -214,7 +214,7 @@ def write_report_html(out_dir: str, infer_cfg: Mapping[str, Any], provenance: Op
 <body data-images="pending">
 <h1>ppihd: {len(rows)} studies, {n_flag} flagged</h1>
 <div class="meta">Sorted by study P(any), highest first. A class is flagged when its study probability is above
-{threshold:g} ({_e(infer_cfg.get("study_aggregation", "primary_max"))}). Research software, not a medical device.
+{threshold:g} ({_e(infer_cfg["study_aggregation"])}). Research software, not a medical device.
 Click a picture for the series report; files: studies.csv, series.csv, predictions.csv.</div>
 {prov}
 <table id="studies"><thead><tr><th>#</th><th>patient / study</th><th>P(any)</th><th>flagged</th>

@@ -83,7 +83,7 @@ class SlicePretrainer:
         self.cfg = cfg
         sp = cfg["SlicePretrain"]
         self.sp = sp
-        self.out_dir = out_dir or sp.get("output_dir") or os.path.join(cfg["Global"]["output_dir"], "slice_pretrain")
+        self.out_dir = out_dir or sp["output_dir"] or os.path.join(cfg["Global"]["output_dir"], "slice_pretrain")
         self.log = log or get_logger()
         self.rng = np.random.default_rng(int(cfg["Global"]["seed"]))
         self.train = SliceSampler(SeriesDataset(cfg, "train"))
@@ -92,7 +92,7 @@ class SlicePretrainer:
             self.val: Optional[SliceSampler] = SliceSampler(val_ds) if len(val_ds) else None
         except ValueError:
             self.val = None
-        aug = sp.get("augment", "flip")
+        aug = sp["augment"]
         if aug not in ("none", "flip", "train"):
             raise ValueError(f"SlicePretrain.augment '{aug}' unknown; expected none | flip | train")
         if aug == "train":                                     # DataLoader.Train.augment, drawn per slice
@@ -108,7 +108,7 @@ class SlicePretrainer:
         self.head = self._prior_head(int(self.backbone.num_features))
         # optional auxiliary slice head on the conv stem's last feature map (max-pooled), a direct path for the
         # stem's gradient while the transformer blocks are still near the identity
-        self.stem_weight = float(sp.get("stem_head_weight") or 0.0)
+        self.stem_weight = float(sp["stem_head_weight"])
         self.stem_head: Optional[nn.Linear] = None
         self._stem_out: List[paddle.Tensor] = []
         if self.stem_weight > 0:
@@ -131,7 +131,7 @@ class SlicePretrainer:
         if self.stem_head is not None:
             params += self.stem_head.parameters()
         self.optimizer = build_optimizer(sp["Optimizer"], params,
-                                         self.scheduler, grad_clip=cfg["Global"].get("grad_clip"))
+                                         self.scheduler, grad_clip=cfg["Global"]["grad_clip"])
 
     def _prior_head(self, in_features: int) -> nn.Linear:
         """A linear slice head that starts at the constant prior: weights 0, bias = the training prevalences' logits."""
@@ -224,7 +224,7 @@ class SlicePretrainer:
         os.makedirs(self.out_dir, exist_ok=True)
         sp = self.sp
         iters, bs = int(sp["iters"]), int(sp["batch_slices"])
-        every = int(sp.get("eval_interval") or iters)
+        every = int(sp["eval_interval"] or iters)
         n = len(self.train)
         self.log.info("slice pre-training: %d iterations x %d slices from %d labelled training slices "
                       "(%d series); val %s", iters, bs, n, len(self.train.ds),
@@ -234,7 +234,7 @@ class SlicePretrainer:
         best: Dict[str, Any] = {}
         t0 = time.time()
         bar = tqdm(range(1, iters + 1), desc="slice pre-train", dynamic_ncols=True,
-                   disable=not show_progress(self.cfg["Global"].get("progress_bar", True)))
+                   disable=not show_progress(self.cfg["Global"]["progress_bar"]))
         for it in bar:
             idx = self.rng.choice(n, size=min(bs, n), replace=False)
             u8 = self.train.images(idx)

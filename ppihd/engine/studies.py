@@ -169,8 +169,8 @@ def write_studies(out_dir: str, studies: Sequence[Any], results: Mapping[str, Se
                   infer_cfg: Mapping[str, Any], model: str = "") -> List[Dict[str, Any]]:
     """Write ``series.csv`` (every series of every study), ``studies.csv`` (one row per study) and
     ``studies/<study_id>.json`` (with ``model``: what the model was trained on). Returns the study rows."""
-    threshold = float(infer_cfg.get("threshold", 0.5))
-    aggregation = str(infer_cfg.get("study_aggregation", "primary_max"))
+    threshold = float(infer_cfg["threshold"])
+    aggregation = str(infer_cfg["study_aggregation"])
     study_rows, series_rows = [], []
     os.makedirs(os.path.join(out_dir, "studies"), exist_ok=True)
     for st in studies:

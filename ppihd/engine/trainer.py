@@ -79,7 +79,7 @@ def claim_output_dir(cfg: Mapping[str, Any]) -> Any:
     out = str(g["output_dir"])
     lock = RunLock(out, "tools/train.py").acquire()
     held = [n for n in RUN_CHECKPOINTS if os.path.isfile(os.path.join(out, f"{n}.json"))]
-    if held and not g.get("checkpoints") and not g.get("start_over"):
+    if held and not g["checkpoints"] and not g["start_over"]:
         lock.release()
         raise RuntimeError(f"{out} already holds a training run ({', '.join(held)}); resume it with -o "
                            f"Global.checkpoints={os.path.join(out, 'latest')}, choose another Global.output_dir, or "
@@ -99,7 +99,7 @@ class SeriesBatches:
     ``num_workers`` threads (0 = in line).
     """
 
-    def __init__(self, dataset: Any, batch_series: int = 1, seed: int = 42, rank: int = 0, world_size: int = 1,
+    def __init__(self, dataset: Any, batch_series: int, seed: int, rank: int = 0, world_size: int = 1,
                  shuffle: bool = True, num_workers: int = 0, collate_fn: Optional[Callable] = None) -> None:
         import paddle
 
@@ -184,19 +184,19 @@ class Trainer:
         self.log_interval = max(1, int(g["log_interval"]))
         self.eval_interval = int(g["eval_interval"] or 0)
         self.save_interval = int(g["save_interval"] or 0)
-        self.grad_accum = max(1, int(g.get("grad_accum") or 1))
-        self.eval_max_series = g.get("eval_max_series")
-        self.keep_best = bool(g.get("keep_best", True))
-        self.progress = show_progress(g.get("progress_bar", True)) and self.is_main
-        self.amp = g.get("amp")
-        self.amp_max_bad_steps = max(1, int(g.get("amp_max_bad_steps") or 1))
+        self.grad_accum = max(1, int(g["grad_accum"]))
+        self.eval_max_series = g["eval_max_series"]
+        self.keep_best = bool(g["keep_best"])
+        self.progress = show_progress(g["progress_bar"]) and self.is_main
+        self.amp = g["amp"]
+        self.amp_max_bad_steps = max(1, int(g["amp_max_bad_steps"]))
         self._provenance: Optional[Dict[str, Any]] = None   # what the checkpoints record (made at the first save)
         self._reader_s = 0.0                                 # seconds spent waiting for batches (log window)
         tl = cfg["DataLoader"]["Train"]
-        if tl.get("uint8", True):  # uint8 until _forward_loss (images_to_tensor): same numbers, less loader work
+        if tl["uint8"]:  # uint8 until _forward_loss (images_to_tensor): same numbers, less loader work
             set_uint8_images(train_set)
         self.batches = SeriesBatches(train_set, int(tl["batch_series"]), self.seed, self.rank, self.world,
-                                     bool(tl.get("shuffle", True)), int(tl.get("num_workers", 0)), collate_fn)
+                                     bool(tl["shuffle"]), int(tl["num_workers"]), collate_fn)
         self.start_iter = 0
         self.best_metric: Optional[float] = None
         self.best_iter: Optional[int] = None
@@ -459,7 +459,7 @@ class Trainer:
             self._vdl.add_scalar(tag, float(value), int(it))
 
     def _open_visualdl(self) -> None:
-        if not (self.is_main and self.cfg["Global"].get("use_visualdl")):
+        if not (self.is_main and self.cfg["Global"]["use_visualdl"]):
             return
         try:
             from visualdl import LogWriter  # optional dependency

@@ -10,7 +10,7 @@ binary rows with per-row sample weights ``w_c``.
 from __future__ import annotations
 
 import math
-from typing import Any, Dict, Optional, Sequence
+from typing import Any, Dict, Sequence
 
 import numpy as np
 
@@ -87,7 +87,3 @@ def compute_metrics(y_true: Any, y_prob: Any, weights: Sequence[float] = LABEL_W
     }
 
 
-def metric_from_config(metric_cfg: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
-    """``{"weights": ..., "eps": ...}`` from the ``Metric`` config section."""
-    m = metric_cfg or {}
-    return {"weights": list(m.get("class_weights", LABEL_WEIGHTS)), "eps": float(m.get("eps", 1e-7))}

@@ -18,31 +18,32 @@ OPTIMIZERS = Registry("optimizer")
 
 
 @OPTIMIZERS.register(name="Momentum")
-def _momentum(parameters: Iterable[Any], learning_rate: Any, momentum: float = 0.9, nesterov: bool = False,
-              weight_decay: Optional[float] = 1e-4, grad_clip: Any = None,
-              multi_tensor: Optional[bool] = None) -> paddle.optimizer.Optimizer:
-    """SGD momentum; ``weight_decay`` is coupled L2 (added to the gradient), on all parameters (reference).
+def _momentum(parameters: Iterable[Any], learning_rate: Any, opt_cfg: Mapping[str, Any],
+              grad_clip: Any = None) -> paddle.optimizer.Optimizer:
+    """SGD momentum (``Optimizer.momentum``, ``Optimizer.nesterov``); ``Optimizer.weight_decay`` is coupled L2
+    (added to the gradient), on all parameters (reference).
 
-    ``multi_tensor`` (``Optimizer.multi_tensor``): Paddle's merged-momentum update (``use_multi_tensor``, in
-    Paddle 2.6 and 3.x) -- a few kernels for all parameters instead of one per parameter; the same numbers and
-    the same state keys (tested). None = on when the current device is a GPU."""
-    reg = paddle.regularizer.L2Decay(float(weight_decay)) if weight_decay else None
+    ``Optimizer.multi_tensor``: Paddle's merged-momentum update (``use_multi_tensor``, in Paddle 2.6 and 3.x) -- a
+    few kernels for all parameters instead of one per parameter; the same numbers and the same state keys (tested).
+    None = on when the current device is a GPU."""
+    wd = opt_cfg["weight_decay"]
+    reg = paddle.regularizer.L2Decay(float(wd)) if wd else None
+    multi_tensor = opt_cfg["multi_tensor"]
     if multi_tensor is None:
         multi_tensor = str(paddle.device.get_device()).startswith("gpu")
-    return paddle.optimizer.Momentum(learning_rate=learning_rate, momentum=float(momentum),
-                                     parameters=list(parameters), use_nesterov=bool(nesterov),
+    return paddle.optimizer.Momentum(learning_rate=learning_rate, momentum=float(opt_cfg["momentum"]),
+                                     parameters=list(parameters), use_nesterov=bool(opt_cfg["nesterov"]),
                                      weight_decay=reg, grad_clip=grad_clip, use_multi_tensor=bool(multi_tensor))
 
 
 @OPTIMIZERS.register(name="AdamW")
-def _adamw(parameters: Iterable[Any], learning_rate: Any, weight_decay: Optional[float] = 1e-4,
-           grad_clip: Any = None, momentum: float = 0.9, nesterov: bool = False,
-           multi_tensor: Optional[bool] = None) -> paddle.optimizer.Optimizer:
-    """Not the paper's: AdamW (decoupled decay ``weight_decay``; beta1 = ``momentum``, ``nesterov`` ignored).
-    Used by the CPU demo, which trains from scratch in a few hundred steps. ``multi_tensor`` is ignored (kept as
-    is: the demo's numbers)."""
-    return paddle.optimizer.AdamW(learning_rate=learning_rate, beta1=float(momentum), beta2=0.999,
-                                  parameters=list(parameters), weight_decay=float(weight_decay or 0.0),
+def _adamw(parameters: Iterable[Any], learning_rate: Any, opt_cfg: Mapping[str, Any],
+           grad_clip: Any = None) -> paddle.optimizer.Optimizer:
+    """Not the paper's: AdamW (``Optimizer.beta1``, beta2 0.999, decoupled decay ``Optimizer.weight_decay``).
+    Used by the CPU demo, which trains from scratch in a few hundred steps. ``momentum``, ``nesterov`` and
+    ``multi_tensor`` are SGD's and not read."""
+    return paddle.optimizer.AdamW(learning_rate=learning_rate, beta1=float(opt_cfg["beta1"]), beta2=0.999,
+                                  parameters=list(parameters), weight_decay=float(opt_cfg["weight_decay"] or 0.0),
                                   grad_clip=grad_clip)
 
 
@@ -54,10 +55,10 @@ def build_lr_scheduler(opt_cfg: Mapping[str, Any], total_steps: int) -> CosineWa
 
 def build_optimizer(opt_cfg: Mapping[str, Any], parameters: Iterable[Any], lr_scheduler: Any,
                     grad_clip: Optional[float] = None) -> paddle.optimizer.Optimizer:
-    """Optimizer named by ``Optimizer.name``; ``grad_clip`` (Global.grad_clip) = global-norm clip or None."""
+    """Optimizer named by ``Optimizer.name`` from a complete ``Optimizer`` section (every schema key present:
+    ``load_config`` fills them); ``grad_clip`` (Global.grad_clip) = global-norm clip or None."""
     clip = paddle.nn.ClipGradByGlobalNorm(float(grad_clip)) if grad_clip else None
-    kwargs = {k: v for k, v in opt_cfg.items() if k not in ("name", "lr")}
-    return OPTIMIZERS.get(opt_cfg.get("name", "Momentum"))(parameters, lr_scheduler, grad_clip=clip, **kwargs)
+    return OPTIMIZERS.get(opt_cfg["name"])(parameters, lr_scheduler, opt_cfg, grad_clip=clip)
 
 
 __all__ = ["CosineWarmup", "cosine_warmup_lr", "build_lr_scheduler", "build_optimizer", "LR_SCHEDULERS",

@@ -223,38 +223,3 @@ def save_config(cfg: Mapping[str, Any], path: str) -> str:
     with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
         yaml.safe_dump(dict(cfg), f, sort_keys=False, default_flow_style=None)
     return path
-
-
-def get_by_path(cfg: Mapping[str, Any], dotted: str, default: Any = None) -> Any:
-    cur: Any = cfg
-    for p in dotted.split("."):
-        if not isinstance(cur, Mapping) or p not in cur:
-            return default
-        cur = cur[p]
-    return cur
-
-
-def add_config_args(parser) -> None:
-    """Add the standard ``-c CONFIG`` and repeatable ``-o KEY=VALUE`` arguments to an argparse parser."""
-    parser.add_argument("-c", "--config", required=True, help="YAML config (may use _base_ inheritance)")
-    parser.add_argument("-o", "--override", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a config key, e.g. -o Global.iters=100 (repeatable)")
-
-
-def load_cli_config(parser, argv=None, log=None) -> tuple:
-    """The tools' common start: parse ``argv`` with ``parser`` (after :func:`add_config_args`), load ``-c`` with the
-    ``-o`` overrides and set the CPU threads from ``Global.num_threads`` before paddle is imported.
-
-    Returns ``(args, cfg)``; ``cfg`` is None after a :class:`ConfigError` was logged (the tool exits with 2).
-    """
-    from .env import get_logger, setup_threads
-
-    args = parser.parse_args(argv)
-    log = log or get_logger()
-    try:
-        cfg = load_config(args.config, args.override)
-    except ConfigError as e:
-        log.error("%s", e)
-        return args, None
-    setup_threads(cfg["Global"]["num_threads"])
-    return args, cfg

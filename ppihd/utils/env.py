@@ -181,9 +181,9 @@ def seed_everything(seed: int) -> None:
 def setup_runtime(cfg: Mapping[str, Any]) -> None:
     """Threads, device and seed from ``cfg['Global']``."""
     g = cfg["Global"]
-    setup_threads(g.get("num_threads"))
-    set_device(g.get("device", "cpu"))
-    seed_everything(int(g.get("seed", 42)))
+    setup_threads(g["num_threads"])
+    set_device(g["device"])
+    seed_everything(int(g["seed"]))
 
 
 def get_logger(name: str = "ppihd", log_file: Optional[str] = None, level: int = logging.INFO) -> logging.Logger:

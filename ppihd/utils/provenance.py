@@ -32,14 +32,14 @@ def training_provenance(cfg: Mapping[str, Any], num_series: Mapping[str, int]) -
 
     import ppihd
 
-    data = cfg.get("Data", {})
-    root = os.path.abspath(str(data.get("root", "")))
+    data = cfg["Data"]
+    root = os.path.abspath(str(data["root"]))
     synthetic = os.path.isfile(os.path.join(root, SYNTHETIC_MARKER))
     return {
         "dataset": os.path.basename(root.rstrip(os.sep)) or root, "data_root": root, "synthetic": synthetic,
         "num_series": {k: int(v) for k, v in num_series.items()},
-        "pseudo_label_csv": data.get("pseudo_label_csv"),
-        "initial_weights": (cfg.get("Arch") or {}).get("pretrained"),
+        "pseudo_label_csv": data["pseudo_label_csv"],
+        "initial_weights": cfg["Arch"]["pretrained"],
         "config_sha1": config_hash(cfg), "ppihd": ppihd.__version__, "paddle": paddle.__version__,
         "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
     }

@@ -62,7 +62,9 @@ DEFAULTS: Dict[str, Any] = {
                                                    # RandomResizedCrop cuts the real crop and resizes once to
                                                    # image_size, as the reference (docs/data.md §5, deviations.md)
         "slice_order": "normal",                   # normal (tilt-aware) | reference (lexicographic x,y,z)
-        "max_slices": None,                        # None = no limit; reference: 60
+        "max_slices": None,                        # at most this many contiguous slices of a series, in every
+                                                   # split (train: random start; val/test: centred); None = all
+                                                   # (paper: "up to 60"; reference: a hard limit of 60)
         "val_fraction": 0.1,                       # paper: 10 % of series
         "split_seed": 42,                          # reference: 42
         "group_by_patient": False,                 # reference: series-level split
@@ -79,8 +81,6 @@ DEFAULTS: Dict[str, Any] = {
                                                    # threads/workers skip the float pass, 4x fewer bytes), where
                                                    # they become float32 / 255 on the device: the same numbers
             "batch_series": 1,                     # paper: one series per GPU per step
-            "max_slices": None,                    # train on a random contiguous window of at most this many
-                                                   # slices per series (None = Data.max_slices); eval sees all
             "shuffle": True,
             "augment": {
                 "random_resized_crop": True,
@@ -180,9 +180,10 @@ DEFAULTS: Dict[str, Any] = {
         "dynamic_weight_eps": 1e-7,                # reference: p_c = 2 n-_c / (n+_c + n-_c + 1e-7)
     },
     "Optimizer": {
-        "name": "Momentum",
-        "momentum": 0.9,
-        "nesterov": False,                         # reference: True
+        "name": "Momentum",                        # Momentum (SGD, paper) | AdamW (CPU demo; not in paper)
+        "momentum": 0.9,                           # SGD momentum (Momentum only)
+        "nesterov": False,                         # reference: True (Momentum only)
+        "beta1": 0.9,                              # AdamW beta1 (AdamW only; beta2 is 0.999)
         "multi_tensor": None,                      # Momentum: Paddle's merged update of all parameters (use_multi_tensor,
                                                    # same numbers); None = on for GPU runs, off on CPU
         "weight_decay": 1e-4,                      # coupled L2
@@ -268,8 +269,11 @@ DEFAULTS: Dict[str, Any] = {
         "stem_head_weight": 0.0,                   # > 0: + this x the loss of a slice head on the max-pooled last
                                                    # conv-stem map (stem: conv only)
         "Optimizer": {
-            "name": "AdamW",
-            "momentum": 0.9,                       # AdamW beta1
+            "name": "AdamW",                       # the same keys as Optimizer (any registered optimizer)
+            "momentum": 0.9,
+            "nesterov": False,
+            "beta1": 0.9,
+            "multi_tensor": None,
             "weight_decay": 0.05,
             "lr": {
                 "name": "CosineWarmup",
@@ -288,12 +292,12 @@ NULLABLE_TYPES: Dict[str, Any] = {
     "Global.pretrained_model": str, "Global.checkpoints": str, "Global.amp": str, "Global.grad_clip": float,
     "Global.eval_max_series": int,
     "Data.pseudo_label_csv": str, "Data.cache_dir": str, "Data.index_file": str, "Data.max_slices": int,
-    "Data.cache_size": int,
-    "DataLoader.Train.max_slices": int, "DataLoader.Eval.pad_to": int,
+    "Data.cache_size": int, "DataLoader.Eval.pad_to": int,
     "Arch.backbone.embed_dim": int, "Arch.backbone.depths": ("list", int), "Arch.backbone.num_heads": ("list", int),
     "Arch.backbone.stem_channels": ("list", int), "Arch.pretrained": str, "Arch.head_bias": ("list", float),
     "Ablation.row": str, "Ablation.adds": str, "Ablation.description": str, "Ablation.paper_log_loss": float,
     "Ensemble.tau_l": float, "SlicePretrain.output_dir": str, "Optimizer.multi_tensor": bool,
+    "SlicePretrain.Optimizer.multi_tensor": bool,
 }
 
 #: Sections (dotted paths) that accept arbitrary sub-keys.
