@@ -29,7 +29,7 @@ def test_infer_quick(tmp_path):
                "dygraph,pi-onednn,pi-native,ort,pi-onednn-bf16,pi-onednn-bf16-plain")
     assert "| path" in out and "GFLOP/s" in out
     res = json.loads((tmp_path / "infer.json").read_text())
-    assert res["peak"]["gflops"] > 0
+    assert res["peak"]["fp32_gflops"] > 0
     rows = {r["path"]: r for r in res["rows"]}
     for path in ("dygraph", "pi-onednn", "pi-native"):
         assert "error" not in rows[path], rows[path]
