@@ -12,7 +12,7 @@ ready task once and prints ``ROUND {json: task -> seconds}``; ``quit`` (or end o
 
 Tasks (JSON list of strings):
 - ``mm:fp32:N`` / ``mm:bf16:N``: ``torch.matmul`` of two N x N tensors (bf16 = torch.bfloat16 tensors).
-- ``swin:fp32:S`` / ``swin:bf16:S``: timm ``swin_base_patch4_window7_224`` (``pretrained=False``, random init,
+- ``swin:fp32:S`` / ``swin:bf16:S``: timm ``--timm-model`` (default ``swin_base_patch4_window7_224``; ``pretrained=False``, random init,
   no download; ``num_classes=0``: the backbone's pooled features, no head), eval, ``torch.inference_mode``, a
   batch of S random 224² images; bf16 = ``torch.autocast("cpu", torch.bfloat16)``.
 - ``swin-compile:fp32:S`` / ``swin-compile:bf16:S``: the same through ``torch.compile`` (warm-up compiles;
@@ -32,7 +32,7 @@ def _set_threads(n: int) -> None:
         os.environ[var] = str(n)
 
 
-def build(task: str, torch, threads: int):
+def build(task: str, torch, timm_model: str = "swin_base_patch4_window7_224"):
     """A zero-argument callable running ``task`` once (returns after the result is computed)."""
     kind, dtype, arg = task.split(":")
     if dtype not in ("fp32", "bf16"):
@@ -50,7 +50,7 @@ def build(task: str, torch, threads: int):
         import timm
 
         torch.manual_seed(0)
-        model = timm.create_model("swin_base_patch4_window7_224", pretrained=False, num_classes=0).eval()
+        model = timm.create_model(timm_model, pretrained=False, num_classes=0).eval()
         if kind == "swin-compile":
             model = torch.compile(model)
         x = torch.rand(int(arg), 3, 224, 224)
@@ -71,6 +71,7 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, required=True)
     p.add_argument("--tasks", required=True, help="JSON list of task names")
     p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--timm-model", default="swin_base_patch4_window7_224", help="timm model of the swin tasks")
     a = p.parse_args(argv)
     _set_threads(a.threads)
     try:
@@ -90,7 +91,7 @@ def main(argv=None) -> int:
     for task in json.loads(a.tasks):
         t0 = time.perf_counter()
         try:
-            fn = build(task, torch, a.threads)
+            fn = build(task, torch, a.timm_model)
             for _ in range(a.warmup):
                 fn()
             runs[task] = fn

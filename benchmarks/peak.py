@@ -119,13 +119,15 @@ class TorchWorker:
     and per-task errors; ``info["error"]`` is set (and :meth:`round` returns ``{}``) when torch is absent or
     the worker did not start within ``timeout`` seconds."""
 
-    def __init__(self, python: str, threads: int, tasks: Sequence[str], timeout: float = 900.0):
+    def __init__(self, python: str, threads: int, tasks: Sequence[str], timeout: float = 900.0,
+                 extra_args: Sequence[str] = ()):
         self.proc = None
         self.info: Dict[str, Any] = {}
         env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
         env.pop("PYTHONPATH", None)  # the package's path must not leak into the torch venv
         try:
-            self.proc = subprocess.Popen([python, WORKER, "--threads", str(threads), "--tasks", json.dumps(list(tasks))],
+            self.proc = subprocess.Popen([python, WORKER, "--threads", str(threads), "--tasks", json.dumps(list(tasks)),
+                                          *extra_args],
                                          stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
                                          text=True, env=env, bufsize=1)
         except OSError as e:
