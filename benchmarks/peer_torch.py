@@ -35,13 +35,9 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from benchmarks._common import load_average, machine_info, machine_lines, save_json, set_threads, table  # noqa: E402
+from benchmarks._common import (load_average, machine_info, machine_lines, median, save_json,  # noqa: E402
+                                set_threads, table)
 from benchmarks.peak import TorchWorker, cpu_has_bf16, default_torch_python  # noqa: E402
-
-
-def _median(xs):
-    s = sorted(xs)
-    return s[len(s) // 2] if len(s) % 2 else 0.5 * (s[len(s) // 2 - 1] + s[len(s) // 2])
 
 
 def main(argv=None) -> int:
@@ -149,12 +145,12 @@ def main(argv=None) -> int:
     for name, ts in times.items():
         pr = name.split(":")[1]
         ref = times.get(f"ppihd:{pr}")
-        r = {"path": name, "precision": pr, "median_s_per_slice": _median(ts), "best_s_per_slice": min(ts),
+        r = {"path": name, "precision": pr, "median_s_per_slice": median(ts), "best_s_per_slice": min(ts),
              "rounds": len(ts)}
         if ref and not name.startswith("ppihd"):
             n = min(len(ts), len(ref))
-            r["x_ppihd"] = _median(ts) / _median(ref)  # > 1: ppihd is faster
-            r["x_ppihd_per_round"] = _median([ts[i] / ref[i] for i in range(n)])
+            r["x_ppihd"] = median(ts) / median(ref)  # > 1: ppihd is faster
+            r["x_ppihd_per_round"] = median([ts[i] / ref[i] for i in range(n)])
         rows.append(r)
     print(f"\n{a.slices} slices of {size}², {threads} threads, {a.rounds} interleaved rounds, load {uptime[0]} -> "
           f"{uptime[1]}; CPU flags: {' '.join(info['flags'])}")

@@ -28,7 +28,7 @@ and exit), ``import``, ``model load`` (Paddle Inference predictor creation; dygr
 ``model`` (``predict_many``), ``write`` (series JSON + PNG, ``studies.csv``, SR + ``report.html``; the
 per-slice CSVs are written by the ``OutputWriter`` inside ``other``), ``other`` (the rest of the driver:
 config, grouping and study planning, locks, run markers, lazily imported modules). Medians over the repeats;
-results: printed tables and ``<workdir>/study.json``.
+results: printed tables and ``<workdir>/study.json`` (``study_partial.json`` after every repeat).
 """
 from __future__ import annotations
 
@@ -47,7 +47,8 @@ import time
 from typing import Any, Dict, List
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from benchmarks._common import REPO, emit, load_average, machine_info, machine_lines, save_json, table  # noqa: E402
+from benchmarks._common import (REPO, emit, load_average, machine_info, machine_lines, median,  # noqa: E402
+                                run_child, save_json, table)
 
 SCRIPT = os.path.abspath(__file__)
 FIXTURE = os.path.join(os.path.dirname(REPO), "shared", "fixtures", "ge_head_ct_tilt")
@@ -208,11 +209,6 @@ def driver_argv(driver: str, study: str, out: str, exp: Dict[str, Any], config: 
     return ["--model_dir", exp["model_dir"], *common] + (["--precision", "bf16"] if driver == "predict-bf16" else [])
 
 
-def _median(xs):
-    s = sorted(xs)
-    return s[len(s) // 2] if len(s) % 2 else 0.5 * (s[len(s) // 2 - 1] + s[len(s) // 2])
-
-
 def _studies_rows(out: str) -> int:
     path = os.path.join(out, "studies.csv")
     if not os.path.isfile(path):
@@ -263,8 +259,6 @@ def main(argv=None) -> int:
     print("\n".join(machine_lines(info)), flush=True)
     print(f"study: {len(files)} files from {a.fixture} -> {study}", flush=True)
 
-    from benchmarks._common import run_child
-
     meta = os.path.join(wd, "export.json")
     if a.reuse and os.path.isfile(meta):
         exp = json.load(open(meta))
@@ -313,6 +307,7 @@ def main(argv=None) -> int:
             print(f"  repeat {r + 1}/{a.repeats} {d}: cold (CLI) {wall:.2f} s, instrumented cold "
                   f"{ch_wall:.2f} s (model {ch['cold']['model']:.2f}), warm {w:.2f} s; load {load_average()}",
                   flush=True)
+        save_json(os.path.join(wd, "study_partial.json"), {"results": results, "repeats_done": r + 1})
     load.append(load_average())
 
     rows, missing = [], set()
@@ -321,14 +316,14 @@ def main(argv=None) -> int:
         if not chs:
             continue
         missing.update(chs[0]["missing_hooks"])
-        cold = {ph: _median([c["cold"].get(ph, 0.0) for c in chs]) for ph in PHASES + WRITE_DETAIL}
-        cold_total = _median([sum(c["cold"].get(ph, 0.0) for ph in PHASES) for c in chs])
-        rows.append({"driver": d, "run": "cold (CLI wall)", "total": _median([c["wall"] for c in results[d]["cli"]])})
+        cold = {ph: median([c["cold"].get(ph, 0.0) for c in chs]) for ph in PHASES + WRITE_DETAIL}
+        cold_total = median([sum(c["cold"].get(ph, 0.0) for ph in PHASES) for c in chs])
+        rows.append({"driver": d, "run": "cold (CLI wall)", "total": median([c["wall"] for c in results[d]["cli"]])})
         rows.append(dict(cold, driver=d, run="cold (instrumented)", total=cold_total))
         warms = [w for c in chs for w in c["warm"]]
         if warms:
-            wrow = {ph: _median([w.get(ph, 0.0) for w in warms]) for ph in PHASES[2:] + WRITE_DETAIL}
-            rows.append(dict(wrow, driver=d, run="warm (next study)", total=_median([w["total"] for w in warms])))
+            wrow = {ph: median([w.get(ph, 0.0) for w in warms]) for ph in PHASES[2:] + WRITE_DETAIL}
+            rows.append(dict(wrow, driver=d, run="warm (next study)", total=median([w["total"] for w in warms])))
     n_slices = len(files)
     print(f"\n{n_slices}-slice study, {exp['variant']} (random init), {a.threads} threads, medians of {a.repeats} "
           f"repeats ({a.warm} warm runs each), load {load[0]} -> {load[1]}; CPU flags: {' '.join(info['flags'])}")
