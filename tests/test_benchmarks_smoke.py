@@ -92,7 +92,7 @@ def test_infer_ab_quick(tmp_path):
     out = _run("infer_ab.py", "--workdir", str(tmp_path), "--streams", "1,2")
     assert "% peak" in out
     res = json.loads((tmp_path / "infer_ab.json").read_text())
-    assert res["peak_gflops"] > 0 and len(res["rounds"]) == 2
+    assert res["peak"]["best"]["fp32"]["gflops"] > 0 and len(res["rounds"]) == 2
     assert {(r["variant"], r["streams"]) for r in res["rows"]} == {(v, s) for v in ("spatial", "window")
                                                                     for s in (1, 2)}
     for r in res["rows"]:
