@@ -94,21 +94,28 @@ test-fast: install
 	$(PY) -m pytest -q -x -m "not slow" tests
 
 # Benchmarks (not part of make test; docs/benchmarks.md). Each prints a table and writes output/bench/*.json.
+# TORCH_PYTHON=/path/to/venv/bin/python (torch + timm, never a dependency of ppihd) adds PyTorch to the peak and the peer.
 bench: install
+	$(PY) benchmarks/peak.py $(if $(TORCH_PYTHON),--torch-python $(TORCH_PYTHON))
 	$(PY) benchmarks/infer.py
 	$(PY) benchmarks/infer_ab.py
 	$(PY) benchmarks/train_memory.py
 	$(PY) benchmarks/loader.py
 	$(PY) benchmarks/scaling.py
+	$(PY) benchmarks/study.py
+	$(PY) benchmarks/peer_torch.py $(if $(TORCH_PYTHON),--torch-python $(TORCH_PYTHON))
 	$(if $(wildcard $(DEMO)/best_model.pdparams),$(PY) benchmarks/lowprec.py -c $(DEMO_CFG) \
 		--weights $(DEMO)/best_model.pdparams -o Data.root=$(DEMO_DATA),@echo "bench: no $(DEMO)/best_model.pdparams: run make demo for benchmarks/lowprec.py")
 
 bench-quick: install
+	$(PY) benchmarks/peak.py --quick
 	$(PY) benchmarks/infer.py --quick
 	$(PY) benchmarks/infer_ab.py --quick
 	$(PY) benchmarks/train_memory.py --quick
 	$(PY) benchmarks/loader.py --quick
 	$(PY) benchmarks/scaling.py --quick --fig-dir output/bench/figures
+	$(PY) benchmarks/study.py --quick
+	$(PY) benchmarks/peer_torch.py --quick $(if $(TORCH_PYTHON),--torch-python $(TORCH_PYTHON))
 
 clean:
 	rm -rf output .pytest_cache

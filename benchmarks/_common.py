@@ -147,6 +147,13 @@ def time_best(fn: Callable[[], Any], repeats: int = 3, warmup: int = 1) -> Dict[
     return {"best": s[0], "median": s[len(s) // 2], "all": ts}
 
 
+def median(xs: Sequence[float]) -> float:
+    """The median (the mean of the middle two for an even count)."""
+    s = sorted(xs)
+    n = len(s)
+    return s[n // 2] if n % 2 else 0.5 * (s[n // 2 - 1] + s[n // 2])
+
+
 def fmt(v: Any, nd: int = 3) -> str:
     if v is None:
         return "-"

@@ -1,19 +1,20 @@
 #!/usr/bin/env python
-"""CPU inference speed of the full model against this machine's fp32 matmul peak, per back-end and precision.
+"""CPU inference speed of the full model against this machine's matmul peak (fp32 and bf16), per back-end and precision.
 
     python benchmarks/infer.py                     # Swin-B (configs/swin_b_seq.yaml), 32-slice 224² series
     python benchmarks/infer.py --quick             # micro model, 2 slices of 224²: a smoke run (~1 min)
     python benchmarks/infer.py --paths pi-onednn,pi-onednn-bf16 --slices 16
 
 Steps (each in a fresh process, so its peak RSS is its own):
-1. ``peak``: fp32 matmul n x n through ``paddle.matmul`` with the same thread count, best of N -> GFLOP/s.
+1. ``peak``: the fp32 and bf16 matmul limit, ``benchmarks/peak.py`` (best of paddle, numpy's BLAS, a one-matmul
+   Paddle Inference + oneDNN program and PyTorch if at hand, 1024-4096², the same thread count).
 2. ``export``: the model (seeded random init, or ``--weights``) -> ``tools/export_model.py``'s exporter
    (Paddle Inference graph, ``paddle2onnx --optimize_tool None``), plus an int8 ONNX file
    (onnxruntime ``quantize_dynamic``, per-channel int8 weights, after onnxruntime's basic graph optimisation
    turned the weights into initializers).
 3. one child per path: load, 1 warm-up, ``--repeats`` timed runs of one ``[1, S, 3, H, W]`` series; seconds
    per slice (best), GFLOP/s with the backbone's analytic cost (Swin-B 15.43 GMACs = 30.9 GFLOP per slice),
-   fraction of the fp32 peak, speed-up vs dygraph and vs the deployed fp32 path, peak RSS, and the largest
+   fraction of the peak of the path's precision (bf16 paths: the bf16 peak), speed-up vs dygraph and vs the deployed fp32 path, peak RSS, and the largest
    probability difference from the fp32 dygraph output on the same input.
 
 Paths: ``dygraph`` (eval, no_grad), ``pi-native`` (Paddle Inference, oneDNN off), ``pi-onednn`` (the deployed
@@ -47,20 +48,29 @@ DEPLOYED = "pi-onednn"
 # ----------------------------------------------------------------------------------------------------------
 # children
 # ----------------------------------------------------------------------------------------------------------
-def child_peak(n: int, repeats: int, threads: int) -> None:
+def child_peak(sizes: str, rounds: int, threads: int, torch_python: str, workdir: str) -> None:
+    """The fp32 and bf16 limit: ``benchmarks/peak.py``'s best of the libraries at hand."""
     set_threads(threads)
     import paddle
 
+    from benchmarks.peak import PeakRunners
+
     paddle.set_device("cpu")
-    a = paddle.randn([n, n], dtype="float32")
-    b = paddle.randn([n, n], dtype="float32")
+    peaks = PeakRunners(threads, [int(x) for x in sizes.split(",")], torch_python=torch_python or None,
+                        workdir=os.path.join(workdir, "peak"), log=lambda s: None)
+    for _ in range(rounds):
+        peaks.round()
+    peaks.close()
+    res = peaks.summary()
+    emit(dict(res, **{f"{dt}_gflops": r["gflops"] for dt, r in res["best"].items()}, text=peaks.describe()))
 
-    def run():
-        c = paddle.matmul(a, b)
-        float(c[0, 0])  # wait for the result
 
-    t = time_best(run, repeats=repeats, warmup=1)
-    emit({"n": n, "gflops": 2.0 * n ** 3 / t["best"] / 1e9, "best_s": t["best"], "threads": threads})
+def peak_of(path: str, peak) -> "float | None":
+    """The GFLOP/s a path is measured against: the bf16 peak for bf16 paths, the fp32 peak for fp32 ones
+    (int8 paths: none measured)."""
+    if "int8" in path:
+        return None
+    return peak.get("bf16_gflops") if "bf16" in path else peak.get("fp32_gflops")
 
 
 def _load_cfg(config: str, overrides):
@@ -258,7 +268,8 @@ def main(argv=None) -> int:
     p.add_argument("--repeats", type=int, default=3, help="timed runs per path after one warm-up (best is kept)")
     p.add_argument("--threads", type=int, default=None, help="CPU threads (default: all cores)")
     p.add_argument("--paths", default=",".join(ALL_PATHS), help=f"comma list from {','.join(ALL_PATHS)}")
-    p.add_argument("--peak-n", type=int, default=4096, help="matmul side for the fp32 peak")
+    p.add_argument("--peak-sizes", default="1024,2048,4096", help="matmul sides of the peak (benchmarks/peak.py)")
+    p.add_argument("--torch-python", default="", help="an interpreter with torch for the peak (optional)")
     p.add_argument("--workdir", default="output/bench/infer")
     p.add_argument("--quick", action="store_true", help="micro model, 2 slices, 1 repeat (smoke run)")
     p.add_argument("--timeout", type=float, default=1800, help="seconds per child")
@@ -267,7 +278,7 @@ def main(argv=None) -> int:
     if a.child is not None:
         kind, rest = a.child[0], a.child[1:]
         if kind == "peak":
-            child_peak(int(rest[0]), int(rest[1]), int(rest[2]))
+            child_peak(rest[0], int(rest[1]), int(rest[2]), rest[3], rest[4])
         elif kind == "export":
             cfgp, wd, w, th, onnx, ov = rest[0], rest[1], rest[2], int(rest[3]), rest[4] == "1", json.loads(rest[5])
             child_export(cfgp, ov, wd, w, th, onnx, rest[6] == "1")
@@ -278,7 +289,7 @@ def main(argv=None) -> int:
     threads = a.threads or os.cpu_count() or 1
     if a.quick:
         a.override = ["Arch.backbone.variant=micro"] + a.override
-        a.slices, a.repeats, a.peak_n, a.timeout = min(a.slices, 2), 1, min(a.peak_n, 512), min(a.timeout, 300)
+        a.slices, a.repeats, a.peak_sizes, a.timeout = min(a.slices, 2), 1, "256,512", min(a.timeout, 300)
     paths = [x.strip() for x in a.paths.split(",") if x.strip()]
     bad = [x for x in paths if x not in ALL_PATHS]
     if bad:
@@ -288,12 +299,11 @@ def main(argv=None) -> int:
     info = machine_info()
     print("\n".join(machine_lines(info)), flush=True)
 
-    peak = run_child(SCRIPT, ["peak", a.peak_n, 5, threads], timeout=a.timeout)
+    peak = run_child(SCRIPT, ["peak", a.peak_sizes, 5, threads, a.torch_python, wd], timeout=a.timeout)
     if "error" in peak:
         print(f"peak: {peak['error']}", file=sys.stderr)
         return 1
-    print(f"fp32 matmul peak ({a.peak_n}², {threads} threads, best of 5): {peak['gflops']:.0f} GFLOP/s "
-          f"(load {peak['load_avg_1m']})", flush=True)
+    print(f"{peak['text']} (5 rounds, load {peak['load_avg_1m']})", flush=True)
 
     need_onnx = any(x.startswith("ort") and x != "ort-bf16" for x in paths)
     exp = run_child(SCRIPT, ["export", a.config, wd, a.weights, threads, int(need_onnx), json.dumps(a.override),
@@ -315,7 +325,8 @@ def main(argv=None) -> int:
         r["path"] = path
         if "s_per_slice" in r:
             r["gflops"] = gflop / r["s_per_slice"]
-            r["pct_peak"] = 100.0 * r["gflops"] / peak["gflops"]
+            ref_peak = peak_of(path, peak)
+            r["pct_peak"] = 100.0 * r["gflops"] / ref_peak if ref_peak else None
         rows.append(r)
         msg = r.get("error") or f"{r['s_per_slice']:.4f} s/slice, {r['peak_rss_mb']:.0f} MB"
         print(f"  {path}: {msg} (load {r.get('load_avg_1m', '-')})", flush=True)
@@ -335,9 +346,10 @@ def main(argv=None) -> int:
             r["max_dp"] = float(np.abs(np.load(f) - ref).max())
     cols = ["path", "s_per_slice", "gflops", "pct_peak", "x_dygraph", "x_deployed", "peak_rss_mb", "max_dp",
             "load_avg_1m"]
-    heads = ["path", "s/slice", "GFLOP/s", "% fp32 peak", "x dygraph", "x deployed", "peak RSS MB",
+    heads = ["path", "s/slice", "GFLOP/s", "% peak (own precision)", "x dygraph", "x deployed", "peak RSS MB",
              f"max |dp| vs {ref_name}", "load"]
-    print(f"\nthreads {threads}; fp32 peak {peak['gflops']:.0f} GFLOP/s; {a.slices} slices of {exp['image_size']}²; "
+    print(f"\nthreads {threads}; fp32 peak {peak.get('fp32_gflops', 0):.0f} GFLOP/s, bf16 peak "
+          f"{peak.get('bf16_gflops') or 0:.0f} GFLOP/s; {a.slices} slices of {exp['image_size']}²; "
           f"{gflop:.2f} GFLOP/slice; deployed = {DEPLOYED}")
     print(table(rows, cols, heads))
     for r in rows:

@@ -3,8 +3,10 @@
 
 The machine is shared, so paths timed minutes apart are not comparable (docs/benchmarks.md). Here every
 variant is exported once, loaded as a :class:`ppihd.engine.backends.PaddleInferenceBackend`, and the variants
-and the fp32 matmul peak (``paddle.matmul`` n x n, same threads) run in turn for ``--rounds`` rounds; the best
-round of each is reported, with the peak measured in the same rounds.
+and the matmul peak (``benchmarks/peak.py``: the best of paddle, numpy's BLAS, a one-matmul Paddle Inference +
+oneDNN program and PyTorch if at hand, fp32 and bf16, ``--peak-sizes``, same threads) run in turn for
+``--rounds`` rounds; the best round of each is reported, with the peak measured in the same rounds (a bf16
+variant's "% peak" is against the bf16 peak).
 
     python benchmarks/infer_ab.py                                   # token_layout spatial vs window, Swin-B
     python benchmarks/infer_ab.py --variants spatial,window --slices 8 --rounds 5
@@ -86,7 +88,8 @@ def main(argv=None) -> int:
     p.add_argument("--slices", type=int, default=8, help="slices per series (default 8)")
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--threads", type=int, default=None, help="CPU threads (default: all cores)")
-    p.add_argument("--peak-n", type=int, default=4096)
+    p.add_argument("--peak-sizes", default="2048,4096", help="matmul sides of the peak (benchmarks/peak.py)")
+    p.add_argument("--torch-python", default=None, help="an interpreter with torch for the peak (optional)")
     p.add_argument("--workdir", default="output/bench/infer_ab")
     p.add_argument("--quick", action="store_true", help="micro model, 2 slices, 2 rounds")
     a = p.parse_args(argv)
@@ -96,7 +99,7 @@ def main(argv=None) -> int:
     threads = set_threads(a.threads or os.cpu_count() or 1)
     if a.quick:
         a.override = ["Arch.backbone.variant=micro"] + a.override
-        a.slices, a.rounds, a.peak_n = min(a.slices, 2), min(a.rounds, 2), min(a.peak_n, 512)
+        a.slices, a.rounds, a.peak_sizes = min(a.slices, 2), min(a.rounds, 2), "256,512"
 
     import numpy as np
     import paddle
@@ -164,23 +167,17 @@ def main(argv=None) -> int:
     for k in outs:
         print(f"  {k}: max |dp| vs {variants[0]}/{streams[0]} = {max_dp[k]:.2e}", flush=True)
 
-    ma = paddle.randn([a.peak_n, a.peak_n], dtype="float32")
-    mb = paddle.randn([a.peak_n, a.peak_n], dtype="float32")
+    from benchmarks.peak import PeakRunners
 
-    def peak():
-        t = time.perf_counter()
-        float(paddle.matmul(ma, mb)[0, 0])
-        return 2.0 * a.peak_n ** 3 / (time.perf_counter() - t) / 1e9
-
-    peak()
+    peaks = PeakRunners(threads, [int(x) for x in a.peak_sizes.split(",")], torch_python=a.torch_python,
+                        workdir=os.path.join(wd, "peak"))
     best = {k: float("inf") for k in runners}
     every = {k: [] for k in runners}
     per_round = []
-    best_peak = 0.0
     for r in range(a.rounds):
         row = {"round": r, "load": load_average()}
-        best_peak = max(best_peak, peak(), peak())
-        row["peak"] = round(best_peak, 1)
+        peaks.round()
+        row.update({f"peak_{dt}": round(b["gflops"], 1) for dt, b in peaks.best().items()})
         for k, run in runners.items():
             t = time.perf_counter()
             res = run()
@@ -190,23 +187,27 @@ def main(argv=None) -> int:
             row[f"{k[0]}/{k[1]}"] = round(dt, 4)
         per_round.append(row)
         print("  round", row, flush=True)
+    peaks.close()
+    peak_best = peaks.best()
     rows = []
     base = best[(variants[0], streams[0])]
     for (v, s), t in best.items():
         g = gflop / t
-        rows.append({"variant": v, "streams": s, "s_per_slice": t, "gflops": g, "pct_peak": 100 * g / best_peak,
+        ref = peak_best.get("bf16" if v in BF16_VARIANTS else "fp32", {}).get("gflops")
+        rows.append({"variant": v, "streams": s, "s_per_slice": t, "gflops": g,
+                     "pct_peak": 100 * g / ref if ref else None,
                      "x_first": base / t, "median_s_per_slice": float(np.median(every[(v, s)])),
                      "max_dp": max_dp[(v, s)]})
     print(f"\n{len(variants)} variant(s), {a.slices} slices of {size}², {threads} threads, {gflop:.2f} GFLOP/slice; "
-          f"fp32 matmul peak in the same rounds {best_peak:.0f} GFLOP/s; best of {a.rounds} interleaved rounds; "
-          f"load {per_round[0]['load']} -> {per_round[-1]['load']}")
+          f"best of {a.rounds} interleaved rounds; load {per_round[0]['load']} -> {load_average()}")
+    print(peaks.describe() + "  (measured in the same rounds)")
     print(table(rows, ["variant", "streams", "s_per_slice", "gflops", "pct_peak", "x_first", "median_s_per_slice",
                        "max_dp"],
-                ["variant", "streams", "s/slice (best)", "GFLOP/s", "% peak (same rounds)",
+                ["variant", "streams", "s/slice (best)", "GFLOP/s", "% peak (own precision, same rounds)",
                  f"x {variants[0]}/{streams[0]}", "median s/slice", "max |dp|"]))
     print("check the best against the median and the per-round lines: a lone round far below the others is a "
           "timing outlier, not a speed")
-    save_json(os.path.join(wd, "infer_ab.json"), {"machine": info, "threads": threads, "peak_gflops": best_peak,
+    save_json(os.path.join(wd, "infer_ab.json"), {"machine": info, "threads": threads, "peak": peaks.summary(),
                                                   "gflop_per_slice": gflop, "rounds": per_round, "rows": rows,
                                                   "args": vars(a)})
     return 0
