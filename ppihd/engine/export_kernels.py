@@ -45,18 +45,17 @@ class SplitQkvAttention(WindowAttention):
         return y.reshape([-1, n, h, c // h]).transpose([0, 2, 1, 3])
 
     def forward(self, x: paddle.Tensor, mask: Optional[paddle.Tensor] = None) -> paddle.Tensor:
-        tokens, c = x.shape[1], self.dim
+        tokens, c, km = x.shape[1], self.dim, self.key_major
         q, k, v = (self._project(x, i) for i in range(3))
+        attn = paddle.matmul(k, q * self.scale, transpose_y=True) if km else \
+            paddle.matmul(q * self.scale, k, transpose_y=True)
         bias = self.relative_bias()
-        if self.key_major:
+        if km:  # [keys, queries]: each score the same dot product
+            bias = bias.transpose([0, 2, 1])
             mask = None if mask is None else mask.transpose([0, 2, 1])
-            attn = add_bias_and_mask(paddle.matmul(k, q * self.scale, transpose_y=True), bias.transpose([0, 2, 1]),
-                                     mask)
-            out = paddle.matmul(F.softmax(attn, axis=-2), v, transpose_x=True)
-        else:
-            attn = add_bias_and_mask(paddle.matmul(q * self.scale, k, transpose_y=True), bias, mask)
-            out = paddle.matmul(F.softmax(attn, axis=-1), v)
-        return self.proj(out.transpose([0, 2, 1, 3]).reshape([-1, tokens, c]))
+        attn = F.softmax(add_bias_and_mask(attn, bias, mask), axis=-2 if km else -1)
+        out = paddle.matmul(attn, v, transpose_x=km).transpose([0, 2, 1, 3]).reshape([-1, tokens, c])
+        return self.proj(out)
 
 
 class OneHotWindowOrder(WindowOrder):
