@@ -8,14 +8,13 @@ oneDNN program and PyTorch if at hand, fp32 and bf16, ``--peak-sizes``, same thr
 ``--rounds`` rounds; the best round of each is reported, with the peak measured in the same rounds (a bf16
 variant's "% peak" is against the bf16 peak).
 
-    python benchmarks/infer_ab.py                                   # token_layout spatial vs window, Swin-B
-    python benchmarks/infer_ab.py --variants spatial,window --slices 8 --rounds 5
-    python benchmarks/infer_ab.py --streams 1,2 --variants window   # throughput: 1 x 2 threads vs 2 x 1 thread
+    python benchmarks/infer_ab.py --variants fp32 --slices 8 --rounds 5    # the deployed fp32 program, Swin-B
+    python benchmarks/infer_ab.py --streams 1,2 --variants fp32     # throughput: 1 x 2 threads vs 2 x 1 thread
     python benchmarks/infer_ab.py --quick                           # micro model, 2 slices (smoke run)
-    python benchmarks/infer_ab.py --variants window,bf16,bf16-plain --slices 32 --rounds 15  # bf16 vs fp32
+    python benchmarks/infer_ab.py --variants fp32,bf16,bf16-plain --slices 32 --rounds 15  # bf16 vs fp32
 
-A variant is a token layout (``spatial`` | ``window``: ``Arch.backbone.token_layout``; fp32), or ``bf16`` /
-``bf16-plain``: the two programs of ``--precision bf16`` (window layout) traced with / without
+A variant is ``fp32`` (the deployed fp32 program), or ``bf16`` /
+``bf16-plain``: the two programs of ``--precision bf16`` traced with / without
 ``Export.bf16_kernels``, run by ``PaddleInferenceBackend(precision="bf16")``. All are exported from the same
 seeded weights with ``Arch.backbone.post_norm_init=one`` (with the default zero res-post-norm init every block
 is the identity at init, and "same outputs" would not test the attention). ``--streams 1,2``
@@ -34,7 +33,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from benchmarks._common import load_average, machine_info, machine_lines, save_json, set_threads, table  # noqa: E402
 
 
-#: variants that are the bf16 deployment (value: Export.bf16_kernels) instead of a token layout
+#: variants that are the bf16 deployment (value: Export.bf16_kernels) instead of the fp32 program; with
+#: --model-dirs, any name starting with "bf16" runs with precision bf16
 BF16_VARIANTS = {"bf16": True, "bf16-plain": False}
 
 
@@ -81,7 +81,7 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("-c", "--config", default="configs/swin_b_seq.yaml")
     p.add_argument("-o", "--override", action="append", default=[], help="config override for every variant")
-    p.add_argument("--variants", default="spatial,window", help="token layouts to compare (comma list)")
+    p.add_argument("--variants", default="fp32", help="variants to compare (comma list)")
     p.add_argument("--model-dirs", default="", help="NAME=DIR,... already exported models to compare instead "
                    "of exporting --variants (e.g. an earlier run's <workdir>/<variant>)")
     p.add_argument("--streams", default="1", help="comma list of stream counts (1 = one predictor, all threads)")
@@ -126,14 +126,13 @@ def main(argv=None) -> int:
         model = build_model(cfg["Arch"])
         gflop = 2.0 * backbone_macs(model.backbone, size, size)["total"] / 1e9
         del model
-    bad = [v for v in variants if v in BF16_VARIANTS and streams != [1]]
+    bad = [v for v in variants if v.startswith("bf16") and streams != [1]]
     if bad:
         p.error(f"--variants {bad} (bf16: two programs per model) run with --streams 1 only")
     for v in ([] if a.model_dirs else variants):
-        layout = "window" if v in BF16_VARIANTS else v
-        cfg = load_config(a.config, a.override + [f"Arch.backbone.token_layout={layout}"])
+        cfg = load_config(a.config, a.override)
         size = int(cfg["Data"]["image_size"])
-        paddle.seed(0)  # same weights for every variant (the layout has no parameters of its own)
+        paddle.seed(0)  # same weights for every variant
         model = build_model(cfg["Arch"])
         model.eval()
         gflop = 2.0 * backbone_macs(model.backbone, size, size)["total"] / 1e9
@@ -155,7 +154,7 @@ def main(argv=None) -> int:
         for s in streams:
             if s == 1:
                 be = PaddleInferenceBackend(dirs[v], "cpu", threads,
-                                            precision="bf16" if v in BF16_VARIANTS else "fp32")
+                                            precision="bf16" if v.startswith("bf16") else "fp32")
                 runners[(v, s)] = (lambda be=be: [be.predict_series(series[0])])
             else:
                 pool = StreamPool(dirs[v], s, threads_per_stream=max(1, threads // s))
@@ -193,7 +192,7 @@ def main(argv=None) -> int:
     base = best[(variants[0], streams[0])]
     for (v, s), t in best.items():
         g = gflop / t
-        ref = peak_best.get("bf16" if v in BF16_VARIANTS else "fp32", {}).get("gflops")
+        ref = peak_best.get("bf16" if v.startswith("bf16") else "fp32", {}).get("gflops")
         rows.append({"variant": v, "streams": s, "s_per_slice": t, "gflops": g,
                      "pct_peak": 100 * g / ref if ref else None,
                      "x_first": base / t, "median_s_per_slice": float(np.median(every[(v, s)])),

@@ -97,7 +97,7 @@ def main(argv=None) -> int:
         return 0
     threads = a.threads or os.cpu_count() or 1
     if a.quick:
-        a.override = ["Arch.backbone.variant=micro", "Data.image_size=96", "Arch.backbone.img_size=96"] + a.override
+        a.override = ["Arch.backbone.variant=micro", "Data.image_size=96"] + a.override
         a.slices, a.slices_recompute, a.direct, a.timeout = "2,4", "2,4", 0, min(a.timeout, 300)
     info = machine_info()
     print("\n".join(machine_lines(info)), flush=True)

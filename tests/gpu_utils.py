@@ -19,7 +19,7 @@ def micro_cfg(out: str, iters: int = 2, recompute: bool = True, drop: float = 0.
 
     o = [f"Global.output_dir={out}", f"Global.iters={iters}", "Global.log_interval=1", "Global.eval_interval=0",
          "Global.save_interval=0", "Global.progress_bar=false", "Global.device=cpu", "Global.num_threads=1",
-         f"Data.image_size={SIZE}", f"Arch.backbone.img_size={SIZE}", "Arch.backbone.patch_size=4",
+         f"Data.image_size={SIZE}", "Arch.backbone.patch_size=4",
          "Arch.backbone.window_size=4", "Arch.backbone.stem=patch", "Arch.backbone.stem_channels=null",
          f"Arch.backbone.recompute={recompute}", f"Arch.backbone.drop_path_rate={drop}",
          f"Arch.sequence.dropout={drop}", f"Arch.sequence.pos_dropout={drop}",

@@ -64,7 +64,7 @@ def tiny_model(image_size: int = 64, seed: int = 0):
     from ppihd.arch import build_model
     from ppihd.utils.config import load_config
 
-    cfg = load_config(DEMO_CFG, [f"Data.image_size={image_size}", f"Arch.backbone.img_size={image_size}",
+    cfg = load_config(DEMO_CFG, [f"Data.image_size={image_size}",
                                  "Global.num_threads=2", "Global.progress_bar=False", "Data.num_workers=0"])
     paddle.seed(seed)
     model = build_model(cfg["Arch"])
@@ -82,7 +82,7 @@ def save_tiny_checkpoint(path: str, image_size: int = 64, seed: int = 0) -> str:
 
 def infer_args(ckpt: str, image_size: int = 64) -> list:
     return ["-c", DEMO_CFG, "-o", f"Global.pretrained_model={ckpt}", "-o", f"Data.image_size={image_size}",
-            "-o", f"Arch.backbone.img_size={image_size}", "-o", "Data.num_workers=0", "--threads", "2",
+            "-o", "Data.num_workers=0", "--threads", "2",
             "--no-progress"]
 
 

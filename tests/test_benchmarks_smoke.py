@@ -108,13 +108,12 @@ def test_scaling_quick(tmp_path):
 
 
 def test_infer_ab_quick(tmp_path):
-    """Interleaved A/B: both token layouts and the 2-stream throughput mode give the same probabilities."""
+    """Interleaved A/B: the fp32 program alone and in the 2-stream throughput mode give the same probabilities."""
     out = _run("infer_ab.py", "--workdir", str(tmp_path), "--streams", "1,2")
     assert "% peak" in out
     res = json.loads((tmp_path / "infer_ab.json").read_text())
     assert len(res["rounds"]) == 2
-    assert {(r["variant"], r["streams"]) for r in res["rows"]} == {(v, s) for v in ("spatial", "window")
-                                                                    for s in (1, 2)}
+    assert {(r["variant"], r["streams"]) for r in res["rows"]} == {("fp32", 1), ("fp32", 2)}
     for r in res["rows"]:
         assert r["max_dp"] < 1e-5, r
         assert r["gflops"] == pytest.approx(res["gflop_per_slice"] / r["s_per_slice"], rel=1e-12)
@@ -128,11 +127,11 @@ def test_infer_ab_quick_bf16_variants(tmp_path):
 
     if not cpu_supports_bf16():
         pytest.skip("this CPU has no native bfloat16")
-    _run("infer_ab.py", "--workdir", str(tmp_path), "--variants", "window,bf16,bf16-plain")
+    _run("infer_ab.py", "--workdir", str(tmp_path), "--variants", "fp32,bf16,bf16-plain")
     res = json.loads((tmp_path / "infer_ab.json").read_text())
     rows = {r["variant"]: r for r in res["rows"]}
-    assert set(rows) == {"window", "bf16", "bf16-plain"}
-    assert rows["window"]["max_dp"] == 0
+    assert set(rows) == {"fp32", "bf16", "bf16-plain"}
+    assert rows["fp32"]["max_dp"] == 0
     for v in ("bf16", "bf16-plain"):
         assert 0 < rows[v]["max_dp"] < 0.05, rows[v]
     res = subprocess.run([sys.executable, os.path.join(REPO, "benchmarks", "infer_ab.py"), "--quick", "--workdir",

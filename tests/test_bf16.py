@@ -26,7 +26,7 @@ def split(tmp_path_factory):
     from ppihd.arch import build_model
     from ppihd.utils.config import load_config
 
-    cfg = load_config(DEMO_CFG, ["Data.image_size=112", "Arch.backbone.img_size=112", "Arch.backbone.window_size=7",
+    cfg = load_config(DEMO_CFG, ["Data.image_size=112", "Arch.backbone.window_size=7",
                                  "Arch.backbone.patch_size=4", "Arch.backbone.stem=patch",
                                  "Arch.backbone.stem_channels=null", "Arch.backbone.post_norm_init=one",
                                  "Export.bf16=True", "Global.num_threads=2"])
@@ -44,16 +44,17 @@ def split(tmp_path_factory):
     return cfg, model, files, os.path.dirname(files["model_file"]), x, ref
 
 
-def test_embed_then_forward_tokens_is_forward_features(split):
+def test_patch_embed_then_forward_tokens_is_the_eval_forward(split):
+    """The two programs' split (stem: patch_embed; body: forward_tokens + series_logits) composes to the model."""
     _, model, _, _, x, _ = split
     bb = model.backbone
     with paddle.no_grad():
         t = paddle.to_tensor(x)
-        tokens, h, w = bb.embed(t)
+        tokens, h, w = bb.patch_embed(t)
         assert (h, w) == (28, 28) and tokens.shape == [5, 28 * 28, bb.embed_dim]
-        np.testing.assert_array_equal(bb.forward_tokens(tokens, h, w).numpy(), bb.forward_features(t).numpy())
-        # and the series head on the tokens is the eval forward of the series
-        np.testing.assert_array_equal(model.logits_from_tokens(tokens, h, w).numpy(),
+        feats = bb.forward_tokens(tokens, h, w)
+        np.testing.assert_array_equal(feats.numpy(), bb.forward_features(t).numpy())
+        np.testing.assert_array_equal(model.series_logits(feats.reshape([1, 5, -1])).numpy(),
                                       model(t[None], None).numpy())
 
 
@@ -142,9 +143,9 @@ def test_export_paddle_bf16_rejects_nothing_silently(split, tmp_path):
 
 
 def test_bf16_kernels_body_equals_the_plain_body(split, tmp_path):
-    """Export.bf16_kernels (the default) traces the body with key-major scores and one-hot permutations of
-    grids <= 256 tokens (here stage 2, 14x14); bf16_kernels=False the plain formulation. Same probabilities:
-    to 1e-5 in fp32; in bf16 both within the bound of the plain one's fp32 numbers."""
+    """Export.bf16_kernels (the default) traces the body in prepare_for_cpu's bf16 form (key-major scores, one-hot
+    permutations of grids <= 256 tokens: here stage 2, 14x14); bf16_kernels=False its fp32 form. Same
+    probabilities: to 1e-5 in fp32; in bf16 both within the bound of the plain model's fp32 numbers."""
     from paddle import inference as pinf
 
     _, model, _, d, x, ref = split

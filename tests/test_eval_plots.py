@@ -91,7 +91,7 @@ def test_tools_eval_writes_plots_and_sop_uids(tmp_path):
     data, out = str(tmp_path / "data"), str(tmp_path / "out")
     generate_dataset(data, n_train=8, n_test=0, size=64, slices_min=3, slices_max=5, progress=False,
                      hemorrhage_fraction=0.5)
-    common = ["-c", DEMO_CFG, "-o", f"Data.root={data}", "-o", "Data.image_size=32", "-o", "Arch.backbone.img_size=32",
+    common = ["-c", DEMO_CFG, "-o", f"Data.root={data}", "-o", "Data.image_size=32",
               "-o", f"Global.output_dir={out}", "-o", "Global.progress_bar=false", "-o", "Data.num_workers=0",
               "-o", "Global.num_threads=2"]
     assert load_tool("tools/preprocess.py").main(common + ["--no-progress"]) == 0

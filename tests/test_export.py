@@ -148,45 +148,39 @@ def test_chunked_prediction(exported):
     np.testing.assert_allclose(dy.predict(x, 6, 2), expect, atol=1e-5)
 
 
-@pytest.fixture(scope="module")
-def exported_layouts(tmp_path_factory):
-    """micro Swin at 112² (grids 28, 14, 7, 4: window order in three stages, shifted windows, an odd merge) with
-    plain LayerNorm init (the default zero res-post-norm init makes every block the identity), both layouts."""
+@pytest.fixture(scope="module", params=[112, 100])
+def exported_cpu(request, tmp_path_factory):
+    """micro Swin with patch 4 / window 7 and plain LayerNorm init (the default zero res-post-norm init makes every
+    block the identity): at 112² grids 28, 14, 7, 4 (window order in three stages, shifted windows, an odd merge),
+    at 100² grids 25, 13, 7, 4 (padding and odd merges in row-major order, window order in stage 3)."""
     from ppihd.arch import build_model
     from ppihd.engine.exporter import export_paddle
     from ppihd.utils.config import load_config
 
     from infer_utils import DEMO_CFG
 
-    out = {}
-    for layout in ("spatial", "window"):
-        cfg = load_config(DEMO_CFG, ["Data.image_size=112", "Arch.backbone.window_size=7", "Arch.backbone.patch_size=4",
-                                     "Arch.backbone.stem=patch", "Arch.backbone.stem_channels=null",
-                                     "Arch.backbone.post_norm_init=one", f"Arch.backbone.token_layout={layout}"])
-        paddle.seed(7)
-        model = build_model(cfg["Arch"])
-        model.eval()
-        d = str(tmp_path_factory.mktemp(f"export_{layout}"))
-        export_paddle(model, d, 112)
-        out[layout] = (model, d)
-    return out
+    size = request.param
+    cfg = load_config(DEMO_CFG, [f"Data.image_size={size}", "Arch.backbone.window_size=7",
+                                 "Arch.backbone.patch_size=4", "Arch.backbone.stem=patch",
+                                 "Arch.backbone.stem_channels=null", "Arch.backbone.post_norm_init=one"])
+    paddle.seed(7)
+    model = build_model(cfg["Arch"])
+    model.eval()
+    d = str(tmp_path_factory.mktemp(f"export_{size}"))
+    export_paddle(model, d, size)
+    return model, d, size
 
 
 @pytest.mark.parametrize("mkldnn", [True, False])
-def test_window_token_layout_exports_to_the_same_numbers(exported_layouts, mkldnn):
-    from ppihd.arch.backbone.swin import uses_window_order
-
-    spatial_model = exported_layouts["spatial"][0]
-    window_model, d = exported_layouts["window"]
-    bb = window_model.backbone
-    assert [uses_window_order(bb.token_layout, h, w, bb.window_size) for h, w in bb.stage_shapes(112, 112)] == \
-        [True, True, True, False]
-    x = np.random.default_rng(1).random((3, 3, 112, 112), dtype=np.float32)
-    ref = DygraphBackend(spatial_model).predict_series(x)
-    assert np.abs(ref - 0.5).max() > 0.05  # the blocks are not the identity: the layout matters
-    np.testing.assert_allclose(DygraphBackend(window_model).predict_series(x), ref, atol=1e-6, rtol=0)
+def test_exported_cpu_program_equals_the_plain_model(exported_cpu, mkldnn):
+    """The exported program is traced from export_kernels.prepare_for_cpu's form of the model (split qkv): the
+    plain model's probabilities to 1e-6 through Paddle Inference (and ONNX)."""
+    model, d, size = exported_cpu
+    x = np.random.default_rng(1).random((3, 3, size, size), dtype=np.float32)
+    ref = DygraphBackend(model).predict_series(x)
+    assert np.abs(ref - 0.5).max() > 0.05  # the blocks are not the identity
     pb = PaddleInferenceBackend(d, threads=2, mkldnn=mkldnn)
-    np.testing.assert_allclose(pb.predict_series(x), ref, atol=1e-5, rtol=0)
+    np.testing.assert_allclose(pb.predict_series(x), ref, atol=1e-6, rtol=0)
     if mkldnn and PADDLE3:  # and through ONNX (paddle2onnx reads the Paddle 3 graph)
         pytest.importorskip("onnxruntime")
         pytest.importorskip("paddle2onnx")

@@ -239,6 +239,6 @@ def test_export_refuses_a_busy_folder(tmp_path, ckpt):
     with RunLock(str(out), "the other export"):
         rc = load_tool("tools/export_model.py").main(["-c", os.path.join(ROOT, "configs", "demo", "swin_micro_seq.yaml"),
                                                       "-o", f"Global.pretrained_model={ckpt}",
-                                                      "-o", f"Data.image_size={IMG}", "-o", f"Arch.backbone.img_size={IMG}",
+                                                      "-o", f"Data.image_size={IMG}",
                                                       "-o", f"Global.save_inference_dir={out}"])
     assert rc == 6 and not os.path.exists(out / "inference.yml")

@@ -149,7 +149,7 @@ def test_fixmatch_training_logs_l1_l2_and_lu(tmp_path):
         "Global.eval_interval=0", "Global.save_interval=0", "Global.progress_bar=false",
         f"Data.root={tmp_path}", f"Data.cache_dir={cache}", "Data.image_size=32", f"Data.pseudo_label_csv={p}",
         "DataLoader.Train.num_workers=0", "DataLoader.Train.batch_series=2",
-        "Arch.backbone.variant=micro", "Arch.backbone.img_size=32", "Arch.backbone.drop_path_rate=0.0",
+        "Arch.backbone.variant=micro", "Arch.backbone.drop_path_rate=0.0",
         "Optimizer.lr.warmup_steps=1", "Loss.unlabeled_weight=0.5"])
     seed_everything(0)
     train_set = with_pseudo_labels(cfg, SeriesDataset(cfg, "train", transform=build_train_augment(cfg)))

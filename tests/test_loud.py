@@ -39,7 +39,7 @@ def test_from_scratch_warning_and_unlabelled_eval(tmp_path):
     common = ["-c", os.path.join(ROOT, "configs", "swin_b_seq.yaml"), "-o", "Global.device=cpu",
               "-o", f"Global.output_dir={out}", "-o", "Global.progress_bar=false", "-o", f"Data.root={tmp_path}",
               "-o", f"Data.cache_dir={cache}", "-o", "Data.image_size=32", "-o", "Global.num_threads=1",
-              "-o", "Arch.backbone.variant=micro", "-o", "Arch.backbone.img_size=32",
+              "-o", "Arch.backbone.variant=micro",
               "-o", "DataLoader.Train.num_workers=0"]
     r = subprocess.run([sys.executable, os.path.join(ROOT, "tools", "train.py"), *common, "-o", "Global.iters=1",
                         "-o", "Global.eval_interval=0", "-o", "Global.save_interval=0", "-o", "Global.log_interval=1",

@@ -54,13 +54,6 @@ NOT_CONFIG = {
 #: Fallbacks in files other engineers are reworking at the same time (issue 20: arch, export, evaluation,
 #: inference). Not checked for staleness: remove an entry when its file loses the fallback.
 PENDING = {
-    ("ppihd/engine/evaluator.py", "ev.get('pad_to')"),
-    ("ppihd/engine/evaluator.py", "g.get('progress_bar', True)"),
-    ("ppihd/engine/exporter.py", "cfg['Export'].get('bf16')"),
-    ("ppihd/engine/exporter.py", "cfg['Export'].get('npz')"),
-    ("ppihd/engine/exporter.py", "cfg['Export'].get('bf16_kernels', True)"),
-    ("ppihd/engine/exporter.py", "cfg['Global'].get('pretrained_model')"),
-    ("ppihd/engine/exporter.py", "cfg.get('Infer', {})"),
 }
 
 

@@ -33,7 +33,7 @@ def cache(tmp_path_factory):
 
 
 def _cfg(data, out, *extra):
-    return load_config(CFG, [f"Data.root={data}", "Data.image_size=32", "Arch.backbone.img_size=32",
+    return load_config(CFG, [f"Data.root={data}", "Data.image_size=32",
                              f"Global.output_dir={out}", "Global.num_threads=1", *extra])
 
 
@@ -77,7 +77,7 @@ def test_loss_is_the_class_weighted_bce_normalised_by_the_weights(cache, tmp_pat
 def test_tool_writes_a_backbone_that_train_loads_as_pretrained(cache, tmp_path):
     out = str(tmp_path / "out")
     r = subprocess.run([sys.executable, os.path.join(ROOT, "tools", "pretrain_slices.py"), "-c", CFG,
-                        "-o", f"Data.root={cache}", "-o", "Data.image_size=32", "-o", "Arch.backbone.img_size=32",
+                        "-o", f"Data.root={cache}", "-o", "Data.image_size=32",
                         "-o", f"Global.output_dir={out}", "-o", "Global.num_threads=1",
                         "-o", "SlicePretrain.iters=4", "-o", "SlicePretrain.eval_interval=2",
                         "-o", "SlicePretrain.batch_slices=4"], capture_output=True, text=True, timeout=600)

@@ -5,10 +5,10 @@ import numpy as np
 import paddle
 import pytest
 
-from ppihd.arch.backbone.swin import (MASK_VALUE, PatchMerging, SwinTransformer, SwinTransformerBlock,
-                                      merge_index, relative_position_index, shift_index, spatial_to_window_index,
-                                      uses_window_order, valid_slots, window_attention_mask, window_partition,
-                                      window_slots, window_to_spatial_index)
+from ppihd.arch.backbone.swin import (PatchMerging, SwinTransformer, SwinTransformerBlock,
+                                      relative_position_index)
+from ppihd.arch.backbone.window_order import (MASK_VALUE, WindowOrder, window_attention_mask, window_partition,
+                                              window_slots)
 
 
 # ---------------------------------------------------------------------------------------------- numpy helpers
@@ -116,24 +116,39 @@ def test_mask_56_equals_official_three_slices_count():
     assert not (m == 2 * MASK_VALUE).any()  # no padding at 56
 
 
-@pytest.mark.parametrize("H,W,w,s", [(4, 4, 2, 1), (5, 5, 3, 1), (3, 5, 2, 1), (2, 2, 3, 1)])
+def to_order(x, order):
+    """Row-major tokens [B, L, C] (numpy) -> the order's storage, by its (independently tested) slot table."""
+    return x[:, order.positions()]
+
+
+def from_order(x, order):
+    return x[:, order.slot_of()]
+
+
+@pytest.mark.parametrize("H,W,w,s", [(4, 4, 2, 1), (5, 5, 3, 1), (3, 5, 2, 1), (2, 2, 3, 1), (9, 13, 4, 2),
+                                     (6, 9, 3, 1)])
 def test_block_attention_matches_brute_force(H, W, w, s):
+    """Window order (grids that are multiples of the window) or row-major (pad, roll, partition): the
+    attention of every real token is the one the definition gives."""
     paddle.seed(0)
-    blk = SwinTransformerBlock(dim=8, num_heads=2, window_size=w, shift_size=s, drop_path=0.0)
+    blk = SwinTransformerBlock(dim=8, num_heads=2, window_size=w, shift_size=s, drop_path=0.0, post_norm=True)
     randomize(blk, seed=H * 10 + W)
     blk.eval()
-    x = np.random.default_rng(1).standard_normal((1, H * W, 8)).astype("float32")
-    got = blk._attention(paddle.to_tensor(x), H, W).numpy()[0]
-    shift = blk.effective_shift(H, W)
-    assert shift == (0 if min(H, W) <= w else s)
-    exp = brute_force_attention(x[0].astype(np.float64), params(blk), H, W, w, shift, 2)
-    np.testing.assert_allclose(got, exp, rtol=1e-4, atol=1e-5)
+    order = WindowOrder(H, W, w)
+    assert order.active == (H % w == 0 and W % w == 0)
+    x = np.random.default_rng(1).standard_normal((2, H * W, 8)).astype("float32")
+    got = from_order(blk._attn(paddle.to_tensor(to_order(x, order)), order).numpy(), order)
+    shift = 0 if min(H, W) <= w else s
+    for b in range(2):
+        exp = brute_force_attention(x[b].astype(np.float64), params(blk), H, W, w, shift, 2)
+        np.testing.assert_allclose(got[b], exp, rtol=1e-4, atol=1e-5)
 
 
 @pytest.mark.parametrize("post_norm", [True, False])
 def test_post_norm_and_pre_norm_differ_only_in_norm_placement(post_norm):
     paddle.seed(0)
     blk = SwinTransformerBlock(dim=8, num_heads=2, window_size=2, shift_size=0, post_norm=post_norm)
+    order = WindowOrder(2, 2, 2)
     randomize(blk, seed=3)
     blk.eval()
     H = W = 2
@@ -155,7 +170,7 @@ def test_post_norm_and_pre_norm_differ_only_in_norm_placement(post_norm):
     else:          # x = x + attn(LN(x)); x = x + mlp(LN(x))
         y = x64 + attn(n1(x64))
         y = y + mlp(n2(y))
-    got = blk(paddle.to_tensor(x), H, W).numpy()[0]
+    got = blk(paddle.to_tensor(x), order).numpy()[0]
     np.testing.assert_allclose(got, y, rtol=1e-4, atol=1e-4)
 
 
@@ -175,8 +190,9 @@ def test_patch_merging_order_and_odd_padding():
     red[2, 1] = 1.0  # x2 = x[0::2, 1::2]
     pm.reduction.weight.set_value(red)
     img = np.arange(9, dtype="float32").reshape(3, 3)  # odd size -> zero padded to 4x4
-    y, h, w = pm(paddle.to_tensor(img.reshape(1, 9, 1)), 3, 3)
-    assert (h, w) == (2, 2)
+    order = WindowOrder(3, 3, 7)  # row-major (3x3 is not a multiple of 7) into row-major
+    assert not order.active and (order.next().height, order.next().width) == (2, 2)
+    y = pm(paddle.to_tensor(img.reshape(1, 9, 1)), order)
     pad = np.zeros((4, 4), "float32")
     pad[:3, :3] = img
     quads = np.stack([pad[0::2, 0::2], pad[1::2, 0::2], pad[0::2, 1::2], pad[1::2, 1::2]], -1).reshape(4, 4)
@@ -204,8 +220,6 @@ def test_variants_and_drop_path_schedule():
     # shift: odd blocks shift by 3; at 224 the 7x7 last stage has no shift
     assert m.layers[2].blocks[1].shift_size == 3
     assert m.stage_shapes(224, 224) == [(56, 56), (28, 28), (14, 14), (7, 7)]
-    assert m.layers[3].blocks[1].effective_shift(7, 7) == 0
-    assert m.layers[2].blocks[1].effective_shift(14, 14) == 3
     n = sum(int(np.prod(p.shape)) for p in m.parameters())
     assert abs(n - 86.7e6) < 0.05e6
     t = SwinTransformer("tiny")
@@ -227,8 +241,8 @@ def test_recompute_gives_same_gradients():
 
 
 def numpy_swin_features(p, x, embed, depths, heads, window, post_norm):
-    """Independent numpy Swin forward (PaddleClas key semantics, Linear weights [in, out]) for an image whose
-    feature maps are all multiples of the window or not larger than it. x [3, H, W] -> [C_last]."""
+    """Independent numpy Swin forward (PaddleClas key semantics, Linear weights [in, out]) on row-major tokens,
+    odd maps zero-padded before merging. x [3, H, W] (H, W multiples of 4) -> [C_last]."""
     C = embed
     w_conv = p["patch_embed.proj.weight"]  # [C, 3, 4, 4]
     _, H, W = x.shape
@@ -251,9 +265,10 @@ def numpy_swin_features(p, x, embed, depths, heads, window, post_norm):
                 t = t + att(n1(t))
                 t = t + mlp(n2(t))
         if i < len(depths) - 1:
-            g = t.reshape(h, w, C)
+            g = np.zeros((h + h % 2, w + w % 2, C))
+            g[:h, :w] = t.reshape(h, w, C)
             cat = np.concatenate([g[0::2, 0::2], g[1::2, 0::2], g[0::2, 1::2], g[1::2, 1::2]], -1)
-            h, w = h // 2, w // 2
+            h, w = -(-h // 2), -(-w // 2)
             cat = ln(cat.reshape(h * w, 4 * C), p[f"layers.{i}.downsample.norm.weight"],
                      p[f"layers.{i}.downsample.norm.bias"])
             t = cat @ p[f"layers.{i}.downsample.reduction.weight"]
@@ -261,16 +276,18 @@ def numpy_swin_features(p, x, embed, depths, heads, window, post_norm):
     return ln(t, p["norm.weight"], p["norm.bias"]).mean(0)
 
 
-@pytest.mark.parametrize("layout", ["spatial", "window"])
+@pytest.mark.parametrize("window,size", [(2, 32), (3, 24)])
 @pytest.mark.parametrize("post_norm", [False, True])
-def test_full_backbone_matches_independent_numpy_forward(post_norm, layout):
-    embed, depths, heads, window = 8, [2, 2, 2], [1, 2, 2], 2
+def test_full_backbone_matches_independent_numpy_forward(post_norm, window, size):
+    """Window 2 at 32²: maps 8x8, 4x4, 2x2, all in window order (transposes between them); window 3 at 24²:
+    6x6 in window order, merged by a gather into the row-major 3x3 map (not larger than the window)."""
+    embed, depths, heads = 8, [2, 2, 2], [1, 2, 2]
     paddle.seed(0)
     m = SwinTransformer("micro", embed_dim=embed, depths=depths, num_heads=heads, window_size=window,
-                        post_norm=post_norm, drop_path_rate=0.3, token_layout=layout)  # drop path off in eval
+                        post_norm=post_norm, drop_path_rate=0.3)  # drop path off in eval
     randomize(m, seed=11, scale=0.2)
     m.eval()
-    x = np.random.default_rng(4).random((1, 3, 32, 32)).astype("float32")  # maps 8x8, 4x4, 2x2
+    x = np.random.default_rng(4).random((1, 3, size, size)).astype("float32")
     got = m.forward_features(paddle.to_tensor(x)).numpy()[0]
     exp = numpy_swin_features(params(m), x[0].astype(np.float64), embed, depths, heads, window, post_norm)
     np.testing.assert_allclose(got, exp, rtol=1e-4, atol=1e-4)
@@ -281,7 +298,7 @@ def test_full_backbone_matches_independent_numpy_forward(post_norm, layout):
 def test_zero_post_norm_init_makes_every_block_the_identity():
     """Swin V2 res-post-norm init: LN weight = bias = 0, so x + LN(attn(x)) = x and x + LN(mlp(x)) = x."""
     paddle.seed(0)
-    m = SwinTransformer("micro", img_size=32, window_size=2, drop_path_rate=0.3)
+    m = SwinTransformer("micro", window_size=2, drop_path_rate=0.3)
     assert m.post_norm_init == "zero"
     for layer in m.layers:
         for b in layer.blocks:
@@ -292,19 +309,20 @@ def test_zero_post_norm_init_makes_every_block_the_identity():
     blk0 = m.layers[0].blocks[1]  # shifted block, 4x4 map
     for mode in ("train", "eval"):  # drop path scales a zero branch: still the identity
         getattr(blk0, mode)()
-        np.testing.assert_array_equal(blk0(paddle.to_tensor(x), 4, 4).numpy(), x)
+        np.testing.assert_array_equal(blk0(paddle.to_tensor(x), WindowOrder(4, 4, 2)).numpy(), x)
 
 
 def test_zero_post_norm_init_backbone_is_embed_merges_and_final_norm():
     """With identity blocks the features are mean(LN(merge3(merge2(merge1(embed(x))))))."""
     paddle.seed(1)
-    m = SwinTransformer("micro", img_size=32, window_size=2)
+    m = SwinTransformer("micro", window_size=2)
     m.eval()
     x = paddle.to_tensor(np.random.default_rng(1).random((2, 3, 32, 32)).astype("float32"))
     t, h, w = m.patch_embed(x)
-    for layer in m.layers:
+    for layer in m.layers:  # row-major throughout (pooling does not depend on the order)
         if layer.downsample is not None:
-            t, h, w = layer.downsample(t, h, w)
+            order = WindowOrder(h, w, 10 ** 6)
+            t, h, w = layer.downsample(t, order), order.next().height, order.next().width
     exp = m.norm(t).mean(axis=1).numpy()
     np.testing.assert_allclose(m.forward_features(x).numpy(), exp, rtol=1e-5, atol=1e-6)
 
@@ -342,132 +360,57 @@ def test_conv_stem_keeps_the_patch_grid(size):
         SwinTransformer("micro", stem="cnn")
 
 
-# --- token_layout="window": tokens kept in window order inside a stage (same model, fewer copies) ---
-
-def _pad_grid(a, H, W, w):
-    Hp, Wp = -(-H // w) * w, -(-W // w) * w
-    g = np.zeros((Hp, Wp) + a.shape[2:], a.dtype)
-    g[:H, :W] = a
-    return g
 
 
-@pytest.mark.parametrize("H,W,w,s", [(56, 56, 7, 3), (14, 14, 7, 3), (5, 7, 3, 1), (10, 6, 4, 2), (3, 3, 7, 0),
-                                     (9, 13, 7, 3)])
-def test_window_order_indices_equal_pad_roll_partition(H, W, w, s):
-    Hp, Wp = -(-H // w) * w, -(-W // w) * w
-    grid = np.arange(Hp * Wp).reshape(1, Hp, Wp, 1).astype("float32")
-    part = window_partition(paddle.to_tensor(grid), w).numpy().reshape(-1).astype(int)
-    np.testing.assert_array_equal(window_slots(H, W, w), part)  # the window order is window_partition's
-    # spatial -> window -> spatial is the identity on the real tokens; padding slots are exactly the invalid ones
-    real = np.arange(H * W)
-    to_w, to_s = spatial_to_window_index(H, W, w), window_to_spatial_index(H, W, w)
-    np.testing.assert_array_equal(to_w[to_s], real)
-    v = valid_slots(H, W, w)
-    if (Hp, Wp) == (H, W):
-        assert v is None
-    else:
-        np.testing.assert_array_equal(v, np.isin(part, (np.arange(H)[:, None] * Wp + np.arange(W)).ravel()))
-    # shift gather = roll(-s) then partition, expressed in window-order slots; inverse undoes it
-    if s:
-        fwd, inv = shift_index(H, W, w, s)
-        rolled = np.roll(grid, (-s, -s), axis=(1, 2))
-        exp = window_partition(paddle.to_tensor(rolled), w).numpy().reshape(-1)
-        np.testing.assert_array_equal(part[fwd], exp)
-        np.testing.assert_array_equal(fwd[inv], np.arange(Hp * Wp))
+# --- WindowOrder: the token order of a stage (window order on grids that are a multiple of the window) ---
+
+def numpy_partition(grid, w):
+    """[Hp, Wp] -> window-partitioned flat order, by reshapes (the official window_partition in numpy)."""
+    hp, wp = grid.shape
+    return grid.reshape(hp // w, w, wp // w, w).transpose(0, 2, 1, 3).reshape(-1)
 
 
-@pytest.mark.parametrize("src,dst", [(True, True), (True, False), (False, True)])
-@pytest.mark.parametrize("H,W,w", [(56, 56, 7), (28, 28, 7), (21, 14, 7), (5, 7, 3), (7, 10, 4), (3, 3, 7)])
-def test_merge_index_equals_spatial_patch_merging(H, W, w, src, dst):
+@pytest.mark.parametrize("H,W,w,s", [(56, 56, 7, 3), (14, 14, 7, 3), (6, 9, 3, 1), (12, 8, 4, 2), (4, 4, 2, 1)])
+def test_window_order_indices_equal_roll_and_partition(H, W, w, s):
+    grid = np.arange(H * W).reshape(H, W)
+    order = WindowOrder(H, W, w)
+    assert order.active
+    np.testing.assert_array_equal(order.positions(), numpy_partition(grid, w))
+    np.testing.assert_array_equal(window_slots(H, W, w), window_partition(
+        paddle.to_tensor(grid.reshape(1, H, W, 1).astype("float32")), w).numpy().reshape(-1))
+    np.testing.assert_array_equal(order.positions()[order.slot_of()], np.arange(H * W))
+    fwd, inv = order.shift_index(s)
+    stored = order.positions()  # what each slot holds
+    np.testing.assert_array_equal(stored[fwd], numpy_partition(np.roll(grid, (-s, -s), axis=(0, 1)), w))
+    np.testing.assert_array_equal(fwd[inv], np.arange(H * W))
+
+
+@pytest.mark.parametrize("H,W,w", [(56, 56, 7), (28, 28, 7), (14, 14, 7), (21, 14, 7), (5, 7, 3), (7, 10, 4),
+                                   (3, 3, 7), (8, 12, 2), (12, 6, 3), (6, 6, 3)])
+def test_merge_in_any_order_equals_numpy_quadrant_concat(H, W, w):
+    """Row-major slices, one gather (with a zero token for odd sizes) or two transposes, whichever the two
+    orders need: always the 2x2 concat of the zero-padded map, stored in the next stage's order."""
     C = 3
-    rng = np.random.default_rng(H * 100 + W)
-    x = rng.standard_normal((2, H * W, C)).astype("float32")
-    pm = PatchMerging(dim=C)
-    randomize(pm, seed=W)
-    ys, h2, w2 = pm(paddle.to_tensor(x), H, W)
-    xt = paddle.to_tensor(x)
-    xw = paddle.gather(xt, paddle.to_tensor(spatial_to_window_index(H, W, w)), axis=1) if src else xt
-    yw, h2w, w2w = pm.forward_window(xw, H, W, w, src, dst)
-    assert (h2w, w2w) == (h2, w2) == (-(-H // 2), -(-W // 2))
-    back = paddle.gather(yw, paddle.to_tensor(window_to_spatial_index(h2, w2, w)), axis=1) if dst else yw
-    np.testing.assert_allclose(back.numpy(), ys.numpy(), rtol=1e-5, atol=1e-6)
-    assert merge_index(H, W, w, src, dst)[3] == bool(H % 2 or W % 2)  # a zero token only for odd sizes
+    x = np.random.default_rng(H * 100 + W).standard_normal((2, H * W, C)).astype("float32")
+    g = np.zeros((2, H + H % 2, W + W % 2, C), "float32")
+    g[:, :H, :W] = x.reshape(2, H, W, C)
+    exp = np.concatenate([g[:, 0::2, 0::2], g[:, 1::2, 0::2], g[:, 0::2, 1::2], g[:, 1::2, 1::2]], -1)
+    order = WindowOrder(H, W, w)
+    nxt = order.next()
+    assert (nxt.height, nxt.width) == (-(-H // 2), -(-W // 2))
+    got = order.merge(paddle.to_tensor(to_order(x, order))).numpy()
+    np.testing.assert_array_equal(from_order(got, nxt), exp.reshape(2, -1, 4 * C))
+    if order.active:
+        assert order.merge_index()[1] == bool(H % 2 or W % 2)  # a zero token only for odd sizes
 
 
-@pytest.mark.parametrize("post_norm", [True, False])
-@pytest.mark.parametrize("H,W,w,s", [(4, 4, 2, 1), (5, 5, 3, 1), (3, 5, 2, 1), (2, 2, 3, 1), (9, 13, 4, 2)])
-def test_window_layout_block_equals_spatial_block_and_brute_force(H, W, w, s, post_norm):
-    paddle.seed(0)
-    a = SwinTransformerBlock(dim=8, num_heads=2, window_size=w, shift_size=s, post_norm=post_norm)
-    b = SwinTransformerBlock(dim=8, num_heads=2, window_size=w, shift_size=s, post_norm=post_norm,
-                             token_layout="window")
-    randomize(a, seed=H * 10 + W)
-    b.set_state_dict(a.state_dict())
-    a.eval()
-    b.eval()
-    x = np.random.default_rng(1).standard_normal((2, H * W, 8)).astype("float32")
-    to_w = paddle.to_tensor(spatial_to_window_index(H, W, w))
-    to_s = paddle.to_tensor(window_to_spatial_index(H, W, w))
-    xw = paddle.gather(paddle.to_tensor(x), to_w, axis=1)
-    att = paddle.gather(b._attention_window(xw, H, W), to_s, axis=1).numpy()  # padded grids too
-    np.testing.assert_allclose(att, a._attention(paddle.to_tensor(x), H, W).numpy(), rtol=1e-5, atol=1e-6)
-    exp = brute_force_attention(x[0].astype(np.float64), params(a), H, W, w, a.effective_shift(H, W), 2)
-    np.testing.assert_allclose(att[0], exp, rtol=1e-4, atol=1e-5)
-    # padding slots may hold anything on the way in: they are zeroed before attention
-    xw_noisy = xw.numpy().copy()
-    v = valid_slots(H, W, w)
-    if v is not None:
-        xw_noisy[:, v == 0] = 7.0
-    att2 = paddle.gather(b._attention_window(paddle.to_tensor(xw_noisy), H, W), to_s, axis=1).numpy()
-    np.testing.assert_array_equal(att2, att)
-    # whole block: window order only on grids that are a multiple of the window, row-major otherwise
-    ref = a(paddle.to_tensor(x), H, W).numpy()
-    if uses_window_order("window", H, W, w):
-        out = paddle.gather(b(xw, H, W), to_s, axis=1).numpy()
-    else:
-        out = b(paddle.to_tensor(x), H, W).numpy()
-    np.testing.assert_allclose(out, ref, rtol=1e-5, atol=1e-5)
-
-
-@pytest.mark.parametrize("post_norm", [True, False])
-@pytest.mark.parametrize("size,window", [((224, 224), 7), ((96, 96), 7), ((100, 130), 7), ((30, 45), 3),
-                                         ((64, 64), 7), ((96, 96), 6), ((112, 168), 7)])
-def test_window_layout_backbone_equals_spatial(size, window, post_norm):
-    """Same parameters (identical state-dict keys), same features at 224², sizes with padding, odd merges."""
-    paddle.seed(0)
-    a = SwinTransformer("micro", window_size=window, post_norm=post_norm, post_norm_init="one",
-                        token_layout="spatial")
-    b = SwinTransformer("micro", window_size=window, post_norm=post_norm, post_norm_init="one")
-    assert b.token_layout == "window"  # the default
-    randomize(a, seed=5, scale=0.1)
-    sa = a.state_dict()
-    assert list(b.state_dict().keys()) == list(sa.keys())
-    b.set_state_dict(sa)
-    a.eval()
-    b.eval()
-    x = paddle.to_tensor(np.random.default_rng(2).random((2, 3, *size)).astype("float32"))
-    np.testing.assert_allclose(b(x).numpy(), a(x).numpy(), rtol=1e-5, atol=1e-5)
-
-
-def test_window_layout_gradients_and_recompute_equal_spatial():
-    x = np.random.default_rng(0).random((2, 3, 40, 56)).astype("float32")  # 10x14 grid: padding + odd merge
-    grads = []
-    for layout, rc in (("spatial", False), ("window", False), ("window", True)):
-        paddle.seed(0)
-        m = SwinTransformer("micro", window_size=4, drop_path_rate=0.0, post_norm_init="one",
-                            token_layout=layout, recompute=rc)
-        m.train()
-        (m.forward_features(paddle.to_tensor(x)) ** 2).sum().backward()
-        grads.append([m.patch_embed.proj.weight.grad.numpy().copy(),
-                      m.layers[0].blocks[1].attn.relative_position_bias_table.grad.numpy().copy()])
-    for g in grads[1:]:
-        for u, v in zip(g, grads[0]):
-            np.testing.assert_allclose(u, v, rtol=1e-4, atol=1e-6)
-
-
-def test_unknown_token_layout_is_rejected():
-    with pytest.raises(ValueError, match="token_layout"):
-        SwinTransformer("micro", token_layout="windows")
+@pytest.mark.parametrize("H,W,w", [(4, 6, 2), (14, 21, 7), (6, 6, 3)])
+def test_from_rows_is_the_slot_permutation(H, W, w):
+    x = np.random.default_rng(0).standard_normal((2, H * W, 3)).astype("float32")
+    order = WindowOrder(H, W, w)
+    got = order.from_rows(paddle.to_tensor(x)).numpy()
+    np.testing.assert_array_equal(got, to_order(x, order))
+    np.testing.assert_array_equal(order.to_rows(paddle.to_tensor(got)).numpy(), x)
 
 
 @pytest.mark.parametrize("size,window,orders", [((224, 224), 7, [True] * 4), ((96, 96), 7, [False] * 4),
@@ -475,99 +418,19 @@ def test_unknown_token_layout_is_rejected():
                                                 ((112, 168), 7, [True, True, False, False])])
 def test_window_order_only_on_grids_without_padding(size, window, orders):
     m = SwinTransformer("micro", window_size=window)
-    got = [uses_window_order(m.token_layout, h, w, window) for h, w in m.stage_shapes(*size)]
-    assert got == orders
-    assert not any(uses_window_order("spatial", h, w, window) for h, w in m.stage_shapes(*size))
+    assert [layer.token_order(h, w).active for layer, (h, w) in zip(m.layers, m.stage_shapes(*size))] == orders
 
 
-# --- SwinTransformer.bf16_kernels: the exact reformulations traced into the oneDNN bf16 program ---
-
-@pytest.mark.parametrize("post_norm", [False, True])
-def test_bf16_kernels_backbone_matches_independent_numpy_forward(post_norm, monkeypatch):
-    """Key-major scores (softmax over axis -2) and one-hot token permutations: the same numpy reference as the
-    plain formulation; the permutations of grids up to 64 tokens are products, not gathers, inside the context."""
-    embed, depths, heads, window = 8, [2, 2, 2], [1, 2, 2], 2
+@pytest.mark.parametrize("size", [(56, 56), (60, 88), (56, 84)])
+def test_backbone_on_padded_and_window_order_grids_equals_numpy(size):
+    """micro with window 7: window order where the grid allows, row-major with padding elsewhere, merges
+    between the two; the pooled features of the independent numpy forward (one slice, drop path off)."""
     paddle.seed(0)
-    m = SwinTransformer("micro", embed_dim=embed, depths=depths, num_heads=heads, window_size=window,
-                        post_norm=post_norm)
-    randomize(m, seed=11, scale=0.2)
+    m = SwinTransformer("micro", embed_dim=8, depths=[1, 1, 2, 1], num_heads=[1, 1, 2, 2], window_size=7,
+                        post_norm_init="one")
+    randomize(m, seed=5, scale=0.1)
     m.eval()
-    x = np.random.default_rng(4).random((1, 3, 32, 32)).astype("float32")  # maps 8x8, 4x4, 2x2
-    exp = numpy_swin_features(params(m), x[0].astype(np.float64), embed, depths, heads, window, post_norm)
-    gathered = []
-    real_gather = paddle.gather
-    monkeypatch.setattr(paddle, "gather", lambda t, i, axis=None: gathered.append(int(i.shape[0])) or
-                        real_gather(t, i, axis=axis))
-    with m.bf16_kernels(onehot_max_tokens=16):
-        assert all(a.key_major for a in m.sublayers() if hasattr(a, "key_major"))
-        got = m.forward_features(paddle.to_tensor(x)).numpy()[0]
-    # stage-1 shift there and back (64 tokens): gathers; stage-2 shift (16): one-hot products (16 <=
-    # onehot_max_tokens); row-major -> window order and both merges (unpadded grids): transposes
-    assert sorted(gathered) == [64, 64]
+    x = np.random.default_rng(2).random((1, 3, *size)).astype("float32")
+    got = m.forward_features(paddle.to_tensor(x)).numpy()[0]
+    exp = numpy_swin_features(params(m), x[0].astype(np.float64), 8, [1, 1, 2, 1], [1, 1, 2, 2], 7, True)
     np.testing.assert_allclose(got, exp, rtol=1e-4, atol=1e-4)
-    # restored on exit
-    assert not any(a.key_major for a in m.sublayers() if hasattr(a, "key_major"))
-    assert all(b.onehot_max_tokens == 0 for b in m.sublayers() if hasattr(b, "onehot_max_tokens"))
-
-
-def test_bf16_kernels_give_the_plain_features_and_restore_on_error():
-    paddle.seed(0)
-    m = SwinTransformer("micro", post_norm_init="one")
-    randomize(m, seed=3, scale=0.1)
-    m.eval()
-    x = paddle.to_tensor(np.random.default_rng(5).random((2, 3, 224, 224)).astype("float32"))
-    plain = m(x).numpy()
-    with m.bf16_kernels():  # 224²: stage 3 (14x14 = 196 tokens) permutes by one-hot products
-        tuned = m(x).numpy()
-    np.testing.assert_allclose(tuned, plain, rtol=1e-5, atol=1e-6)
-    with pytest.raises(RuntimeError):
-        with m.bf16_kernels():
-            raise RuntimeError("export failed")
-    assert not any(getattr(a, "key_major", False) for a in m.sublayers())
-    assert not any(getattr(b, "onehot_max_tokens", 0) for b in m.sublayers())
-
-
-def test_onehot_permutation_is_exact_and_only_for_permutations():
-    from ppihd.arch.backbone.swin import _gather_tokens
-
-    rng = np.random.default_rng(7)
-    x = (rng.standard_normal((3, 12, 5)) * 10.0 ** rng.integers(-20, 20, (3, 12, 5))).astype("float32")
-    perm = rng.permutation(12)
-    got = _gather_tokens(paddle.to_tensor(x), paddle.to_tensor(perm), onehot_max=12).numpy()
-    np.testing.assert_array_equal(got, x[:, perm])  # bit-exact: one non-zero term per output
-    sub = np.array([3, 3, 0, 11])  # not a permutation of the 12 tokens: plain gather
-    got = _gather_tokens(paddle.to_tensor(x), paddle.to_tensor(sub), onehot_max=12).numpy()
-    np.testing.assert_array_equal(got, x[:, sub])
-    # larger than onehot_max: plain gather, same values
-    np.testing.assert_array_equal(_gather_tokens(paddle.to_tensor(x), paddle.to_tensor(perm), onehot_max=8).numpy(),
-                                  x[:, perm])
-
-
-@pytest.mark.parametrize("H,W,w", [(4, 6, 2), (14, 21, 7), (6, 6, 3)])
-def test_window_order_transposes_are_the_index_permutations(H, W, w):
-    """The transposes that replace gathers on unpadded grids: the same permutations as the indices."""
-    from ppihd.arch.backbone.swin import _rows_to_windows, _windows_to_rows
-
-    x = np.random.default_rng(0).standard_normal((2, H * W, 3)).astype("float32")
-    got = _rows_to_windows(paddle.to_tensor(x), H, W, w).numpy()
-    np.testing.assert_array_equal(got, x[:, spatial_to_window_index(H, W, w)])
-    np.testing.assert_array_equal(_windows_to_rows(paddle.to_tensor(got), H, W, w).numpy(), x)
-    np.testing.assert_array_equal(got[:, window_to_spatial_index(H, W, w)], x)
-
-
-@pytest.mark.parametrize("H,W,w", [(8, 12, 2), (28, 28, 7), (12, 6, 3)])
-def test_patch_merging_transposes_equal_the_merge_gather(H, W, w):
-    """PatchMerging between window orders of unpadded grids (H, W multiples of 2w) uses two transposes; it is
-    the same permutation as merge_index, so the same numbers as the gather path and the spatial forward."""
-    paddle.seed(0)
-    pm = PatchMerging(4)
-    randomize(pm, seed=1)
-    x = np.random.default_rng(3).standard_normal((2, H * W, 4)).astype("float32")
-    xw = paddle.to_tensor(x[:, spatial_to_window_index(H, W, w)])
-    got, h2, w2 = pm.forward_window(xw, H, W, w)
-    idx, *_ = merge_index(H, W, w, True, True)
-    ref = pm.reduction(pm.norm(paddle.gather(xw, paddle.to_tensor(idx), axis=1).reshape([2, -1, 16]))).numpy()
-    np.testing.assert_array_equal(got.numpy(), ref)
-    spatial, _, _ = pm(paddle.to_tensor(x), H, W)
-    np.testing.assert_allclose(got.numpy()[:, window_to_spatial_index(h2, w2, w)], spatial.numpy(), rtol=1e-6,
-                               atol=1e-6)

@@ -8,7 +8,7 @@ from ppihd.arch.backbone.swin import SwinTransformer
 
 def _micro(**kw):
     paddle.seed(3)
-    return SwinTransformer(variant="micro", img_size=64, patch_size=8, window_size=4, drop_path_rate=0.0, **kw)
+    return SwinTransformer(variant="micro", patch_size=8, window_size=4, drop_path_rate=0.0, **kw)
 
 
 def test_max_pool_is_the_tokenwise_max_of_the_final_norm():

@@ -9,7 +9,7 @@ import paddle
 import paddle.nn as nn
 import pytest
 
-from ppihd.engine.evaluator import (dataset_prior, evaluate, forward_heads, score_predictions,
+from ppihd.engine.evaluator import (dataset_prior, evaluate, score_predictions,
                                     write_predictions_csv)
 from ppihd.engine.trainer import Trainer
 from ppihd.loss import build_loss
@@ -68,18 +68,19 @@ class ToyNet(nn.Layer):
         self.head1 = nn.Linear(16, 6)
         self.head2 = nn.Linear(16, 6)
 
-    sequence = None  # IHDNet's parts: slice_features -> (sequence) -> head2, and head1 on slice features
-
     def slice_features(self, images, mask=None):
         b, s = images.shape[0], images.shape[1]
         return self.drop(paddle.nn.functional.relu(self.feat(images.reshape([b, s, -1]))))
 
-    def forward(self, images, mask=None):
+    def heads(self, images, mask=None):  # IHDNet.heads: head-2 and head-1 logits from one feature pass
         f = self.slice_features(images, mask)
-        logits = self.head2(f)
+        return self.head2(f), self.head1(f)
+
+    def forward(self, images, mask=None):
         if not self.training:
-            return logits
-        return {"logits": logits, "aux_logits": self.head1(f)}
+            return self.head2(self.slice_features(images, mask))
+        logits, aux = self.heads(images, mask)
+        return {"logits": logits, "aux_logits": aux}
 
 
 def make_cfg(tmp, iters=12, **over):
@@ -236,7 +237,7 @@ def test_evaluator_numbers_by_hand():
 def test_eval_head1_matches_manual_forward(tmp_path, data):
     net = ToyNet(); net.eval()
     x = paddle.to_tensor(np.stack([data[1].items[0][0][:2]]))
-    l2, l1 = forward_heads(net, x, paddle.to_tensor([[True, True]]))
+    l2, l1 = net.heads(x, paddle.to_tensor([[True, True]]))
     f = paddle.nn.functional.relu(net.feat(x.reshape([1, 2, -1])))
     np.testing.assert_allclose(l1.numpy(), net.head1(f).numpy(), rtol=1e-6)
     np.testing.assert_allclose(l2.numpy(), net.head2(f).numpy(), rtol=1e-6)
@@ -267,7 +268,7 @@ def test_tools_train_resume_eval_end_to_end(tmp_path):
     data, out = str(tmp_path / "data"), str(tmp_path / "out")
     generate_dataset(data, n_train=10, n_test=1, size=64, slices_min=3, slices_max=5, progress=False)
     cfg = os.path.join(root, "configs", "demo", "swin_micro_seq.yaml")
-    common = ["-o", f"Data.root={data}", "-o", "Data.image_size=32", "-o", "Arch.backbone.img_size=32",
+    common = ["-o", f"Data.root={data}", "-o", "Data.image_size=32",
               "-o", f"Global.output_dir={out}", "-o", "Global.progress_bar=false", "-o", "Global.log_interval=1",
               "-o", "Global.eval_interval=2", "-o", "Global.save_interval=2", "-o", "Data.num_workers=1"]
 

@@ -146,7 +146,7 @@ def main(argv=None) -> int:
     else:
         size = args.size
     if size:
-        over += [f"Data.image_size={size}", f"Arch.backbone.img_size={size}"]
+        over += [f"Data.image_size={size}"]
     cfg = load_config(cfg_path, over)
     size = int(cfg["Data"]["image_size"])
     rows, failed = [], False

@@ -33,7 +33,7 @@ sys.path.insert(0, ROOT)
 CI_OVERRIDES = [
     "Global.iters=2", "Global.log_interval=1", "Global.eval_interval=0", "Global.save_interval=0",
     "Global.progress_bar=false", "Global.num_threads=2", "Data.image_size=32", "Data.num_workers=1",
-    "Arch.backbone.variant=micro", "Arch.backbone.img_size=32", "Arch.backbone.drop_path_rate=0.0",
+    "Arch.backbone.variant=micro", "Arch.backbone.drop_path_rate=0.0",
     "DataLoader.Train.num_workers=0", "DataLoader.Eval.batch_series=2", "Optimizer.lr.warmup_steps=1",
 ]
 CI_STAGE1 = ["SlicePretrain.iters=2", "SlicePretrain.batch_slices=4", "SlicePretrain.eval_interval=0"]

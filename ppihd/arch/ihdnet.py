@@ -125,36 +125,31 @@ class IHDNet(nn.Layer):
         seq = self.sequence(feats, mask) if self.sequence is not None else feats
         return self.head2(seq)
 
-    def slice_tokens(self, images: paddle.Tensor) -> Tuple[paddle.Tensor, int, int]:
-        """One series ``[1, S, 3, H, W]`` -> the backbone's patch-embedding tokens ``[S, L, C]`` and their grid
-        (h, w): the first part of the eval forward, split off for the bf16 deployment (it stays fp32)."""
-        return self.backbone.embed(images.reshape([-1] + list(images.shape[2:])))
+    def _check_inputs(self, images: paddle.Tensor, mask: Optional[paddle.Tensor]) -> Optional[paddle.Tensor]:
+        if len(images.shape) != 5:
+            raise ValueError(f"IHDNet expects images [B, S, 3, H, W], got shape {list(images.shape)}")
+        if mask is None:
+            return None
+        if list(mask.shape) != list(images.shape[:2]) and -1 not in list(images.shape[:2]):
+            raise ValueError(f"IHDNet: mask shape {list(mask.shape)} does not match images [B, S] = "
+                             f"{list(images.shape[:2])}")
+        return mask if mask.dtype == paddle.bool else mask.astype("bool")
 
-    def logits_from_tokens(self, tokens: paddle.Tensor, h: int, w: int) -> paddle.Tensor:
-        """The rest: tokens ``[S, L, C]`` of one series (from :meth:`slice_tokens`) -> head-2 logits
-        ``[1, S, 6]``; equal to the eval ``forward`` of that series without a mask."""
-        feats = self.backbone.forward_tokens(tokens, h, w).reshape([1, -1, self.num_features])
-        return self.series_logits(feats)
+    def heads(self, images: paddle.Tensor, mask: Optional[paddle.Tensor] = None
+              ) -> Tuple[paddle.Tensor, Optional[paddle.Tensor]]:
+        """Head-2 and head-1 logits ``[B, S, 6]`` (head 1 None without deep supervision), one backbone pass."""
+        mask = self._check_inputs(images, mask)
+        feats = self.slice_features(images, mask)
+        return self.series_logits(feats, mask), (self.head1(feats) if self.head1 is not None else None)
 
     def forward(self, images: paddle.Tensor, mask: Optional[paddle.Tensor] = None
                 ) -> Union[paddle.Tensor, Dict[str, paddle.Tensor]]:
         """See the class docstring."""
-        if len(images.shape) != 5:
-            raise ValueError(f"IHDNet expects images [B, S, 3, H, W], got shape {list(images.shape)}")
-        if mask is not None:
-            if list(mask.shape) != list(images.shape[:2]) and -1 not in list(images.shape[:2]):
-                raise ValueError(f"IHDNet: mask shape {list(mask.shape)} does not match images [B, S] = "
-                                 f"{list(images.shape[:2])}")
-            if mask.dtype != paddle.bool:
-                mask = mask.astype("bool")
-        feats = self.slice_features(images, mask)
-        logits = self.series_logits(feats, mask)
         if not self.training:
-            return logits
-        out = {"logits": logits}
-        if self.head1 is not None:
-            out["aux_logits"] = self.head1(feats)
-        return out
+            mask = self._check_inputs(images, mask)
+            return self.series_logits(self.slice_features(images, mask), mask)
+        logits, aux = self.heads(images, mask)
+        return {"logits": logits} if aux is None else {"logits": logits, "aux_logits": aux}
 
 
 def build_model(arch_cfg: Mapping[str, Any]) -> nn.Layer:

@@ -72,16 +72,11 @@ def sequence_macs(d_model: int, dim_feedforward: int, num_layers: int, length: i
 
 def measure_linear_macs(layer: nn.Layer, x: paddle.Tensor, call: str = "forward_features") -> int:
     """Conv2D + Linear MACs of one forward, measured with forward hooks (no attention products)."""
-    from .backbone.swin import WindowAttention
-
     total = [0]
     hooks = []
 
     def on_linear(m, inp, out):
         total[0] += int(np.prod(out.shape)) * int(m.weight.shape[0])
-
-    def on_attention(m, inp, out):  # WindowAttention multiplies by its qkv weight directly (no Linear call)
-        total[0] += int(np.prod(out.shape[:-1])) * int(m.qkv.weight.shape[0]) * int(m.qkv.weight.shape[1])
 
     def on_conv(m, inp, out):
         k = m.weight.shape  # [out, in/groups, kh, kw]
@@ -92,8 +87,6 @@ def measure_linear_macs(layer: nn.Layer, x: paddle.Tensor, call: str = "forward_
             hooks.append(m.register_forward_post_hook(on_linear))
         elif isinstance(m, nn.Conv2D):
             hooks.append(m.register_forward_post_hook(on_conv))
-        elif isinstance(m, WindowAttention):
-            hooks.append(m.register_forward_post_hook(on_attention))
     try:
         with paddle.no_grad():
             getattr(layer, call)(x)
@@ -108,11 +101,11 @@ def model_summary(model: nn.Layer, height: int, width: int, series_length: int =
     bb = model.backbone
     d = model.num_features
     seq_macs = 0
-    if getattr(model, "sequence", None) is not None:
+    if model.sequence is not None:
         layer0 = model.sequence.encoder.layers[0]
         ff = int(layer0.linear1.weight.shape[1])
         seq_macs = sequence_macs(d, ff, len(model.sequence.encoder.layers), series_length) // series_length
-    heads = d * model.num_classes * (2 if getattr(model, "head1", None) is not None else 1)
+    heads = d * model.num_classes * (2 if model.head1 is not None else 1)
     bmacs = backbone_macs(bb, height, width)
     return {
         "params": parameters_per_part(model),

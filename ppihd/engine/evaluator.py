@@ -29,23 +29,6 @@ def _unwrap(model: Any) -> Any:
     return getattr(model, "_layers", model)  # paddle.DataParallel keeps the layer in _layers
 
 
-def forward_heads(model: Any, images: Any, mask: Any) -> tuple:
-    """Eval-mode logits of head 2 and (when the model has deep supervision) head 1, each [B, S, 6].
-
-    Uses ``model.forward_heads`` if present, else IHDNet's parts (``slice_features``, ``sequence``, ``head1``,
-    ``head2``) so the backbone runs once; any other model gives head 2 only.
-    """
-    m = _unwrap(model)
-    if hasattr(m, "forward_heads"):
-        return m.forward_heads(images, mask)
-    if getattr(m, "head1", None) is not None and hasattr(m, "slice_features") and hasattr(m, "head2"):
-        feats = m.slice_features(images, mask)
-        seq = m.sequence(feats, mask) if getattr(m, "sequence", None) is not None else feats
-        return m.head2(seq), m.head1(feats)
-    out = m(images, mask)
-    if isinstance(out, Mapping):
-        return out["logits"], out.get("aux_logits")
-    return out, None
 
 
 def pad_series_batch(images: np.ndarray, pad_to: int) -> np.ndarray:
@@ -87,10 +70,10 @@ def predict_dataset(model: Any, dataset: Any, batch_series: int = 1, max_series:
                 mask_np = np.asarray(batch["mask"], dtype=bool)
                 if pad_to:  # the reference: black slices up to pad_to, no mask
                     images = images_to_tensor(pad_series_batch(np.asarray(batch["images"]), int(pad_to)))
-                    l2, l1 = forward_heads(m, images, None)
+                    l2, l1 = m.heads(images, None)
                 else:
                     images = images_to_tensor(batch["images"])
-                    l2, l1 = forward_heads(m, images, paddle.to_tensor(mask_np))
+                    l2, l1 = m.heads(images, paddle.to_tensor(mask_np))
                 l2 = l2.astype("float32").numpy()
                 l1 = l1.astype("float32").numpy() if l1 is not None else None
                 has_head1 = has_head1 and l1 is not None
@@ -143,8 +126,7 @@ def evaluate(model: Any, dataset: Any, cfg: Mapping[str, Any], max_series: Optio
     g = cfg["Global"]
     ev = cfg["DataLoader"]["Eval"]
     preds = predict_dataset(model, dataset, int(ev["batch_series"]), max_series, collate_fn,
-                            bool(g.get("progress_bar", True)) if progress is None else progress,
-                            pad_to=ev.get("pad_to"))
+                            bool(g["progress_bar"]) if progress is None else progress, pad_to=ev["pad_to"])
     res = score_predictions(preds, cfg["Metric"]["class_weights"], float(cfg["Metric"]["eps"]), prior)
     res["predictions"] = preds
     return res

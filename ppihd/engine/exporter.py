@@ -8,7 +8,6 @@ config: preprocessing (windows, black-edge crop, image size, slice order), label
 """
 from __future__ import annotations
 
-import contextlib
 import os
 import platform
 import subprocess
@@ -18,8 +17,8 @@ from typing import Any, Dict, Mapping, Optional
 import yaml
 
 import ppihd
-from ppihd.utils.provenance import provenance_of_weights
 from ppihd import LABELS
+from ppihd.utils.provenance import provenance_of_weights
 from ppihd.utils.fileio import atomic_path
 
 #: Keys of the ``Data`` section that define preprocessing (copied to ``inference.yml``).
@@ -48,15 +47,17 @@ def _paddle_wrapper(model: Any):
 
 
 def export_paddle(model: Any, save_dir: str, image_size: int, prefix: str = "inference") -> Dict[str, str]:
-    """``paddle.jit.to_static`` + ``paddle.jit.save`` with ``InputSpec([1, None, 3, H, W], float32)``.
+    """``paddle.jit.to_static`` + ``paddle.jit.save`` of :func:`~ppihd.engine.export_kernels.prepare_for_cpu`'s
+    fp32 form of ``model``, with ``InputSpec([1, None, 3, H, W], float32)``.
 
     Returns ``{"model_file", "params_file"}`` (``.json`` on Paddle 3, ``.pdmodel`` on Paddle 2.6).
     """
     from paddle.static import InputSpec
 
-    model.eval()
+    from .export_kernels import prepare_for_cpu
+
     spec = [InputSpec(shape=[1, None, 3, int(image_size), int(image_size)], dtype="float32", name="images")]
-    return _jit_save(_paddle_wrapper(model), spec, save_dir, prefix)
+    return _jit_save(_paddle_wrapper(prepare_for_cpu(model, "fp32")), spec, save_dir, prefix)
 
 
 #: file prefixes of the two programs of the bf16 deployment (:func:`export_paddle_bf16`)
@@ -72,43 +73,44 @@ def export_paddle_bf16(model: Any, save_dir: str, image_size: int, bf16_kernels:
     Why two: Paddle Inference's bf16 passes put every eligible op in bf16 and take no per-op exclusions, and
     bf16 on the raw [0, 1] image and the first convolution moved a trained model's probabilities by up to 0.49;
     with the stem in fp32 the same model stays within 0.01 (docs/benchmarks.md, "Below fp32"). The stem is
-    < 1 % of the FLOPs. ``bf16_kernels`` (``Export.bf16_kernels``): trace the body with
-    ``SwinTransformer.bf16_kernels`` (key-major attention scores, one-hot permutations of small grids: exact,
-    ~12 % faster in bf16); False traces the plain formulation (for A/B). Returns ``{"stem_model_file",
-    "stem_params_file", "body_model_file", "body_params_file"}``.
+    < 1 % of the FLOPs. ``bf16_kernels`` (``Export.bf16_kernels``): trace the body in ``prepare_for_cpu``'s
+    ``bf16`` form (key-major attention scores, one-hot permutations of small grids: exact, ~12 % faster in bf16);
+    False traces its ``fp32`` form (for A/B). Returns ``{"stem_model_file", "stem_params_file",
+    "body_model_file", "body_params_file"}``.
     """
     import paddle
     from paddle.static import InputSpec
 
-    model.eval()
+    from .export_kernels import prepare_for_cpu
+
+    net = prepare_for_cpu(model, "bf16" if bf16_kernels else "fp32")
     size = int(image_size)
-    h, w = model.backbone.stage_shapes(size, size)[0]
-    dim = int(model.backbone.embed_dim)
+    h, w = net.backbone.stage_shapes(size, size)[0]
+    dim, feats = int(net.backbone.embed_dim), int(net.num_features)
 
     class Stem(paddle.nn.Layer):
         def __init__(self, net):
             super().__init__()
             self.net = net
 
-        def forward(self, images):
-            return self.net.slice_tokens(images)[0]
+        def forward(self, images):  # [1, S, 3, H, W] -> tokens [S, L, C]
+            return self.net.backbone.patch_embed(images.reshape([-1] + list(images.shape[2:])))[0]
 
     class Body(paddle.nn.Layer):
-        def __init__(self, net, grid_h: int, grid_w: int):
+        def __init__(self, net, grid_h: int, grid_w: int, feats: int):
             super().__init__()
-            self.net, self.grid_h, self.grid_w = net, grid_h, grid_w  # attributes: Paddle 2.6's dy2static
-            # does not see a closure's variables
+            # attributes: Paddle 2.6's dy2static does not see a closure's variables
+            self.net, self.grid_h, self.grid_w, self.feats = net, grid_h, grid_w, feats
 
-        def forward(self, tokens):
-            return paddle.nn.functional.sigmoid(self.net.logits_from_tokens(tokens, self.grid_h, self.grid_w))
+        def forward(self, tokens):  # tokens [S, L, C] of one series -> probabilities [1, S, 6]
+            f = self.net.backbone.forward_tokens(tokens, self.grid_h, self.grid_w).reshape([1, -1, self.feats])
+            return paddle.nn.functional.sigmoid(self.net.series_logits(f))
 
     files = {}
     for key, prefix, layer, spec in (
-            ("stem", BF16_STEM, Stem(model), InputSpec([1, None, 3, size, size], "float32", name="images")),
-            ("body", BF16_BODY, Body(model, h, w), InputSpec([None, h * w, dim], "float32", name="tokens"))):
-        kernels = model.backbone.bf16_kernels() if key == "body" and bf16_kernels else contextlib.nullcontext()
-        with kernels:
-            out = _jit_save(layer, [spec], save_dir, prefix)
+            ("stem", BF16_STEM, Stem(net), InputSpec([1, None, 3, size, size], "float32", name="images")),
+            ("body", BF16_BODY, Body(net, h, w, feats), InputSpec([None, h * w, dim], "float32", name="tokens"))):
+        out = _jit_save(layer, [spec], save_dir, prefix)
         files[f"{key}_model_file"], files[f"{key}_params_file"] = out["model_file"], out["params_file"]
     return files
 
@@ -171,9 +173,9 @@ def inference_meta(cfg: Mapping[str, Any], files: Mapping[str, str]) -> Dict[str
         "arch": {"name": cfg["Arch"]["name"], "backbone": cfg["Arch"]["backbone"]["name"],
                  "variant": cfg["Arch"]["backbone"]["variant"], "post_norm": cfg["Arch"]["backbone"]["post_norm"],
                  "inter_slice": cfg["Arch"]["inter_slice"], "deep_supervision": cfg["Arch"]["deep_supervision"]},
-        "pretrained_model": cfg["Global"].get("pretrained_model"),
+        "pretrained_model": cfg["Global"]["pretrained_model"],
         # what the weights were trained on (their checkpoint manifest; None = no record beside them)
-        "Provenance": provenance_of_weights(cfg["Global"].get("pretrained_model")),
+        "Provenance": provenance_of_weights(cfg["Global"]["pretrained_model"]),
         "Preprocess": {k: data[k] for k in PREPROCESS_KEYS if k in data},
         "input": {"name": "images", "shape": [1, -1, 3, size, size], "dtype": "float32",
                   "layout": "[1, S, 3, H, W]: one series, S slices in Preprocess.slice_order, channels in "
@@ -181,7 +183,7 @@ def inference_meta(cfg: Mapping[str, Any], files: Mapping[str, str]) -> Dict[str
         "output": {"shape": [1, -1, len(LABELS)], "dtype": "float32", "activation": "sigmoid",
                    "meaning": "per-slice probabilities in label order"},
         "labels": list(LABELS),
-        "Infer": dict(cfg.get("Infer", {})),
+        "Infer": dict(cfg["Infer"]),
     }
 
 
@@ -217,9 +219,9 @@ def export_model(model: Any, cfg: Mapping[str, Any], save_dir: Optional[str] = N
     save_dir = save_dir or cfg["Global"]["save_inference_dir"]
     size = int(cfg["Data"]["image_size"])
     files = export_paddle(model, save_dir, size)
-    if cfg["Export"].get("bf16"):
-        files.update(export_paddle_bf16(model, save_dir, size, bool(cfg["Export"].get("bf16_kernels", True))))
-    if cfg["Export"].get("npz"):   # the dygraph weights in a format that is not a pickle (safe to share)
+    if cfg["Export"]["bf16"]:
+        files.update(export_paddle_bf16(model, save_dir, size, bool(cfg["Export"]["bf16_kernels"])))
+    if cfg["Export"]["npz"]:   # the dygraph weights in a format that is not a pickle (safe to share)
         from ppihd.utils.checkpoint import save_weights_npz
 
         files["npz_file"] = save_weights_npz(model, os.path.join(save_dir, "weights.npz"))

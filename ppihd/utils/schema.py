@@ -125,7 +125,6 @@ DEFAULTS: Dict[str, Any] = {
         "backbone": {
             "name": "SwinTransformer",
             "variant": "base",                     # tiny | small | base | (micro: tests/demos)
-            "img_size": 224,
             "patch_size": 4,
             "embed_dim": None,                     # None = from variant (base: 128)
             "depths": None,                        # None = from variant (base: [2, 2, 18, 2])
@@ -145,10 +144,6 @@ DEFAULTS: Dict[str, Any] = {
                                                    # stride-2 conv+BN+ReLU stages, from-scratch demo; not in paper)
             "stem_channels": None,                 # conv stem widths per stride-2 stage (None = C/2^(k-1) ... C)
             "pool": "avg",                         # avg (Swin, paper) | max over tokens (CPU demo; not in paper)
-            "token_layout": "window",              # window (tokens kept in window-partitioned order inside a stage:
-                                                   # no partition/reverse copies, one gather per shifted block and
-                                                   # per merge; faster on CPU, docs/benchmarks.md) | spatial
-                                                   # (row-major, as PaddleClas); same weights and outputs
         },
         "pretrained": None,                        # ImageNet backbone weights (.pdparams, PaddleClas names)
         "inter_slice": True,                       # paper: InterExt (sequence transformer)
