@@ -117,7 +117,7 @@ def test_fixture_one_series_in_anatomical_order(shuffled_fixture):
 
 def test_parallel_scan_matches_serial(shuffled_fixture):
     h1, s1 = scan(shuffled_fixture, num_workers=1, progress=False)
-    h2, s2 = scan(shuffled_fixture, num_workers=2, progress=False)
+    h2, s2 = scan(shuffled_fixture, num_workers=2, progress=False, pool_min_files=0)
     assert [h.path for h in h1] == [h.path for h in h2] and sorted(s1) == sorted(s2)
 
 
@@ -192,5 +192,20 @@ def test_parallel_scan_after_paddle_import(shuffled_fixture):
     import paddle  # noqa: F401
 
     h1, _ = scan(shuffled_fixture, num_workers=1, progress=False)
-    h2, _ = scan(shuffled_fixture, num_workers=2, progress=False)
+    h2, _ = scan(shuffled_fixture, num_workers=2, progress=False, pool_min_files=0)
     assert [h.sop_uid for h in h1] == [h.sop_uid for h in h2] and len(h2) == 28
+
+
+def test_small_scan_starts_no_pool(shuffled_fixture, monkeypatch):
+    """A study-sized scan (28 files < POOL_MIN_FILES) reads serially even with workers: a pool start costs more
+    than the headers; with pool_min_files=0 the pool is used."""
+    import ppihd.data.series as S
+
+    def no_pool(n):
+        raise AssertionError(f"a {n}-process pool was started")
+
+    monkeypatch.setattr(S, "_pool", no_pool)
+    headers, _ = S.scan(shuffled_fixture, num_workers=2, progress=False)
+    assert len(headers) == 28 and S.POOL_MIN_FILES > 28
+    with pytest.raises(AssertionError, match="a 2-process pool was started"):
+        S.scan(shuffled_fixture, num_workers=2, progress=False, pool_min_files=0)

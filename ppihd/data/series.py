@@ -142,9 +142,17 @@ def _pool(num_workers: int):
     return ctx.Pool(num_workers)
 
 
+#: :func:`scan` reads headers serially below this many files: a header takes ~1.3 ms, starting a 2-process pool
+#: ~1.4 s once paddle is imported (forkserver), so the pool only pays from ~2,000 files (benchmarks/study.py,
+#: docs/benchmarks.md "A study end to end").
+POOL_MIN_FILES = 2000
+
+
 def scan(inputs: Union[str, Sequence[str]], num_workers: int = 1, progress: bool = True,
-         desc: str = "scan headers", rejected: Optional[list] = None) -> Tuple[List[SliceHeader], Skipped]:
-    """Read the header of every file under ``inputs`` with ``num_workers`` processes (tqdm progress).
+         desc: str = "scan headers", rejected: Optional[list] = None,
+         pool_min_files: int = POOL_MIN_FILES) -> Tuple[List[SliceHeader], Skipped]:
+    """Read the header of every file under ``inputs`` with ``num_workers`` processes (tqdm progress) when there
+    are at least ``pool_min_files`` files, serially otherwise (same result).
 
     Returns ``(headers, skipped)``: one header per slice (a multi-frame CT file gives one per frame, with its
     ``frame``); ``skipped`` lists ``(path, reason)`` for missing inputs, empty folders,
@@ -159,7 +167,7 @@ def scan(inputs: Union[str, Sequence[str]], num_workers: int = 1, progress: bool
     if not files:
         return headers, skipped
     bar = dict(total=len(files), desc=desc, unit="file", disable=not progress, leave=False)
-    if num_workers and num_workers > 1 and len(files) >= 4 * num_workers:
+    if num_workers and num_workers > 1 and len(files) >= max(4 * num_workers, pool_min_files):
         chunk = max(1, min(256, len(files) // (8 * num_workers)))
         with _pool(num_workers) as pool:
             results = list(tqdm(pool.imap(_scan_one, files, chunksize=chunk), **bar))
