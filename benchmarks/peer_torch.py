@@ -102,7 +102,7 @@ def main(argv=None) -> int:
     from ppihd.utils.config import load_config
 
     paddle.set_device("cpu")
-    cfg = load_config(a.config, overrides + ["Arch.backbone.token_layout=window"])
+    cfg = load_config(a.config, overrides)
     size = int(cfg["Data"]["image_size"])
     paddle.seed(0)
     model = build_model(cfg["Arch"])
