@@ -46,7 +46,8 @@ def test_override_values_are_not_evaluated():
     # a Python expression stays a string and then fails the type check instead of running
     assert parse_override("Global.output_dir=__import__('os')") == {"Global": {"output_dir": "__import__('os')"}}
     with pytest.raises(ConfigError, match=r"^override -o Global\.iters=__import__\('os'\)\.getpid\(\): 'Global\.iters' "
-                                          r"expects int \(default 80000\), got str \"__import__\('os'\)\.getpid\(\)\"$"):
+                                          r"expects int \(default 80000\), "
+                                          r"got str \"__import__\('os'\)\.getpid\(\)\"$"):
         load_config(None, ["Global.iters=__import__('os').getpid()"])
     with pytest.raises(ConfigError, match=r"^override 'Global\.iters' must look like Section\.key=value$"):
         parse_override("Global.iters")

@@ -36,7 +36,8 @@ def test_three_in_one_group_normalised():
 
 
 def test_rank_errors():
-    with pytest.raises(EnsembleInputError, match=r"^ranks must be positive \(leaderboard positions\), got \[0\.0, 1\.0\]$"):
+    with pytest.raises(EnsembleInputError, match=r"^ranks must be positive \(leaderboard positions\), "
+                                                 r"got \[0\.0, 1\.0\]$"):
         rank_weights([0, 1])
     with pytest.raises(EnsembleInputError, match="--groups has 1"):
         rank_weights([1, 2], ["a"])
@@ -44,7 +45,8 @@ def test_rank_errors():
 
 def test_explicit_weights_normalised():
     np.testing.assert_allclose(normalise_weights([2, 1, 1]), [0.5, 0.25, 0.25])
-    with pytest.raises(EnsembleInputError, match=r"^--weights must be non-negative with a positive sum, got \[1, -1\]$"):
+    with pytest.raises(EnsembleInputError, match=r"^--weights must be non-negative with a positive sum, "
+                                                 r"got \[1, -1\]$"):
         normalise_weights([1, -1])
 
 

@@ -171,7 +171,8 @@ def test_paper_config_builds_swin_b():
 
 
 def test_unknown_variant_is_a_clear_error():
-    with pytest.raises(KeyError, match=r"Arch\.backbone\.variant 'huge' unknown; expected one of \['base', 'micro', 'small', 'tiny'\]"):
+    with pytest.raises(KeyError, match=r"Arch\.backbone\.variant 'huge' unknown; "
+                                       r"expected one of \['base', 'micro', 'small', 'tiny'\]"):
         build_model(micro_cfg("Arch.backbone.variant=huge"))
 
 

@@ -56,7 +56,8 @@ def test_series_with_one_unconfident_slice_is_dropped():
 
 
 def test_tau_validation():
-    with pytest.raises(PseudoLabelError, match=r"^PseudoLabel\.tau_s must be in \[0\.5, 1\) \(max\(p, 1-p\) >= 0\.5\), got 0\.3$"):
+    with pytest.raises(PseudoLabelError, match=r"^PseudoLabel\.tau_s must be in \[0\.5, 1\) "
+                                               r"\(max\(p, 1-p\) >= 0\.5\), got 0\.3$"):
         select_confident_series(_pred(ROWS), tau_s=0.3)
 
 
