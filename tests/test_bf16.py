@@ -84,9 +84,9 @@ def test_the_two_programs_in_fp32_compose_to_the_model(split):
     _, _, _, d, x, ref = split
     run = PaddleInferenceBackend.run
     stem = pinf.create_predictor(PaddleInferenceBackend.make_config(pinf, find_model_files(d, BF16_STEM), "cpu", 2,
-                                                                True, False))
+                                                                    True, False))
     body = pinf.create_predictor(PaddleInferenceBackend.make_config(pinf, find_model_files(d, BF16_BODY), "cpu", 2,
-                                                                True, False))
+                                                                    True, False))
     tokens = run(stem, x[None])
     assert tokens.shape == (5, 28 * 28, 32)
     np.testing.assert_allclose(run(body, tokens)[0], ref, atol=1e-5, rtol=0)
@@ -169,7 +169,7 @@ def test_bf16_kernels_body_equals_the_plain_body(split, tmp_path):
     assert ops(d, b"gather") < ops(plain, b"gather")
     run = PaddleInferenceBackend.run
     stem = pinf.create_predictor(PaddleInferenceBackend.make_config(pinf, find_model_files(d, BF16_STEM), "cpu", 2,
-                                                                True, False))
+                                                                    True, False))
     tokens = run(stem, x[None])
     for directory in (d, plain):
         body = pinf.create_predictor(PaddleInferenceBackend.make_config(pinf, find_model_files(directory, BF16_BODY),
