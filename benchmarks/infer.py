@@ -151,7 +151,7 @@ def paddle_inference_predictor(model_file: str, params_file: str, threads: int, 
 
     from ppihd.engine.backends import PaddleInferenceBackend
 
-    cfg = PaddleInferenceBackend._config(pinf, (model_file, params_file), "cpu", threads, mkldnn, bf16)
+    cfg = PaddleInferenceBackend.make_config(pinf, (model_file, params_file), "cpu", threads, mkldnn, bf16)
     if int8 and mkldnn:
         cfg.enable_mkldnn_int8()
     return pinf.create_predictor(cfg)
@@ -163,7 +163,7 @@ def _pi_runner(pred):
 
     from ppihd.engine.backends import PaddleInferenceBackend
 
-    return lambda images: PaddleInferenceBackend._run(pred, np.ascontiguousarray(images[None]))[0]
+    return lambda images: PaddleInferenceBackend.run(pred, np.ascontiguousarray(images[None]))[0]
 
 
 def probe_ort_bf16() -> str:

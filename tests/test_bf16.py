@@ -59,10 +59,19 @@ def test_patch_embed_then_forward_tokens_is_the_eval_forward(split):
 
 
 def test_export_writes_both_programs_and_lists_them(split):
-    _, _, files, d, _, _ = split
+    """Each program loads on its own and maps its input to the expected shape (stem: images -> [S, tokens, C];
+    body: tokens -> [1, S, classes])."""
+    from paddle import inference as pinf
+
+    _, _, files, d, x, _ = split
+    shapes = {}
+    inp = x[None]
     for prefix in (BF16_STEM, BF16_BODY):
-        model_file, params_file = find_model_files(d, prefix)
-        assert os.path.isfile(model_file) and os.path.getsize(params_file) > 0
+        pred = pinf.create_predictor(PaddleInferenceBackend.make_config(pinf, find_model_files(d, prefix), "cpu", 2,
+                                                                        True, False))
+        inp = PaddleInferenceBackend.run(pred, inp)
+        shapes[prefix] = inp.shape
+    assert shapes == {BF16_STEM: (5, 28 * 28, 32), BF16_BODY: (1, 5, 6)}
     assert files["stem_model_file"] == find_model_files(d, BF16_STEM)[0]
     meta = read_inference_yml(d)
     assert meta["files"]["body_model_file"] == os.path.basename(files["body_model_file"])
@@ -73,11 +82,11 @@ def test_the_two_programs_in_fp32_compose_to_the_model(split):
     from paddle import inference as pinf
 
     _, _, _, d, x, ref = split
-    run = PaddleInferenceBackend._run
-    stem = pinf.create_predictor(PaddleInferenceBackend._config(pinf, find_model_files(d, BF16_STEM), "cpu", 2,
-                                                                True, False))
-    body = pinf.create_predictor(PaddleInferenceBackend._config(pinf, find_model_files(d, BF16_BODY), "cpu", 2,
-                                                                True, False))
+    run = PaddleInferenceBackend.run
+    stem = pinf.create_predictor(PaddleInferenceBackend.make_config(pinf, find_model_files(d, BF16_STEM), "cpu", 2,
+                                                                    True, False))
+    body = pinf.create_predictor(PaddleInferenceBackend.make_config(pinf, find_model_files(d, BF16_BODY), "cpu", 2,
+                                                                    True, False))
     tokens = run(stem, x[None])
     assert tokens.shape == (5, 28 * 28, 32)
     np.testing.assert_allclose(run(body, tokens)[0], ref, atol=1e-5, rtol=0)
@@ -158,16 +167,16 @@ def test_bf16_kernels_body_equals_the_plain_body(split, tmp_path):
 
     assert ops(d, b"one_hot") > 0 and ops(plain, b"one_hot") == 0
     assert ops(d, b"gather") < ops(plain, b"gather")
-    run = PaddleInferenceBackend._run
-    stem = pinf.create_predictor(PaddleInferenceBackend._config(pinf, find_model_files(d, BF16_STEM), "cpu", 2,
-                                                                True, False))
+    run = PaddleInferenceBackend.run
+    stem = pinf.create_predictor(PaddleInferenceBackend.make_config(pinf, find_model_files(d, BF16_STEM), "cpu", 2,
+                                                                    True, False))
     tokens = run(stem, x[None])
     for directory in (d, plain):
-        body = pinf.create_predictor(PaddleInferenceBackend._config(pinf, find_model_files(directory, BF16_BODY),
+        body = pinf.create_predictor(PaddleInferenceBackend.make_config(pinf, find_model_files(directory, BF16_BODY),
                                                                     "cpu", 2, True, False))
         np.testing.assert_allclose(run(body, tokens)[0], ref, atol=1e-5, rtol=0)
     if cpu_supports_bf16():
         for directory in (d, plain):
-            body = pinf.create_predictor(PaddleInferenceBackend._config(
+            body = pinf.create_predictor(PaddleInferenceBackend.make_config(
                 pinf, find_model_files(directory, BF16_BODY), "cpu", 2, True, True))
             assert np.abs(run(body, tokens)[0] - ref).max() < 0.02

@@ -1,4 +1,5 @@
 import os
+import re
 
 import pytest
 import yaml
@@ -44,17 +45,21 @@ def test_unknown_keys_name_nearest(tmp_path):
 def test_override_values_are_not_evaluated():
     # a Python expression stays a string and then fails the type check instead of running
     assert parse_override("Global.output_dir=__import__('os')") == {"Global": {"output_dir": "__import__('os')"}}
-    with pytest.raises(ConfigError, match="expects int"):
+    with pytest.raises(ConfigError, match=r"^override -o Global\.iters=__import__\('os'\)\.getpid\(\): 'Global\.iters' "
+                                          r"expects int \(default 80000\), "
+                                          r"got str \"__import__\('os'\)\.getpid\(\)\"$"):
         load_config(None, ["Global.iters=__import__('os').getpid()"])
-    with pytest.raises(ConfigError, match="Section.key=value"):
+    with pytest.raises(ConfigError, match=r"^override 'Global\.iters' must look like Section\.key=value$"):
         parse_override("Global.iters")
 
 
 def test_circular_base(tmp_path):
     (tmp_path / "a.yaml").write_text("_base_: b.yaml\n")
     (tmp_path / "b.yaml").write_text("_base_: a.yaml\n")
-    with pytest.raises(ConfigError, match="circular"):
-        load_config(str(tmp_path / "a.yaml"))
+    a, b = str(tmp_path / "a.yaml"), str(tmp_path / "b.yaml")
+    with pytest.raises(ConfigError, match=rf"^circular _base_ chain: {re.escape(a)} -> {re.escape(b)} -> "
+                                          rf"{re.escape(a)}$"):
+        load_config(a)
 
 
 def test_save_config_roundtrip(tmp_path):

@@ -36,7 +36,8 @@ def test_three_in_one_group_normalised():
 
 
 def test_rank_errors():
-    with pytest.raises(EnsembleInputError, match="positive"):
+    with pytest.raises(EnsembleInputError, match=r"^ranks must be positive \(leaderboard positions\), "
+                                                 r"got \[0\.0, 1\.0\]$"):
         rank_weights([0, 1])
     with pytest.raises(EnsembleInputError, match="--groups has 1"):
         rank_weights([1, 2], ["a"])
@@ -44,7 +45,8 @@ def test_rank_errors():
 
 def test_explicit_weights_normalised():
     np.testing.assert_allclose(normalise_weights([2, 1, 1]), [0.5, 0.25, 0.25])
-    with pytest.raises(EnsembleInputError):
+    with pytest.raises(EnsembleInputError, match=r"^--weights must be non-negative with a positive sum, "
+                                                 r"got \[1, -1\]$"):
         normalise_weights([1, -1])
 
 
@@ -77,9 +79,10 @@ def test_id_mismatch_names_the_file(tmp_path):
     b = _write_sub(tmp_path / "b.csv", ids[:-6] + [f"ID_ffffffff0_{lab}" for lab in LABELS], np.full(len(ids), 0.3))
     with pytest.raises(EnsembleInputError) as e:
         ensemble_files([a, b], [0.5, 0.5])
-    msg = str(e.value)
-    assert "b.csv" in msg and "6 missing" in msg and "6 not in" in msg
-    assert "ID_000000003_epidural" in msg and "ID_ffffffff0_epidural" in msg
+    assert str(e.value) == (
+        f"ensemble inputs do not cover the same IDs:\n  {b}: 24 IDs vs 24 in {a}; 6 missing (e.g. "
+        "ID_000000003_epidural, ID_000000003_intraparenchymal, ID_000000003_intraventricular); "
+        f"6 not in {a} (e.g. ID_ffffffff0_epidural, ID_ffffffff0_intraparenchymal, ID_ffffffff0_intraventricular)")
 
 
 def test_predictions_csv_equals_submission(tmp_path):

@@ -166,7 +166,12 @@ def test_fixmatch_training_logs_l1_l2_and_lu(tmp_path):
         assert {"loss", "l2", "l1", "lu"} <= set(r) and all(np.isfinite(r[k]) for k in ("loss", "l2", "l1", "lu"))
         # total = 2 L2 + 1 L1 + 0.5 L_u (the logged terms are per-iteration values; batch_series 2, no accumulation)
         assert r["loss"] == pytest.approx(2 * r["l2"] + r["l1"] + 0.5 * r["lu"], rel=1e-4)
-    # two epochs of the four series: some batch held a pseudo-labelled series, some a labelled one
-    assert max(r["lu"] for r in rows) > 0 and max(r["l2"] for r in rows) > 0
+    # MixedDataset: labelled series first, then the pseudo-labelled ones. Each term is exactly 0 on an iteration
+    # whose batch holds none of its series and positive otherwise; over two epochs both kinds were trained on.
+    n_lab = len(train_set.labelled)
+    kinds = [sum(i >= n_lab for i in trainer.batches.indices(r["iter"] - 1)) for r in rows]  # pseudo per batch
+    assert [r["lu"] > 0 for r in rows] == [k > 0 for k in kinds]
+    assert [r["l2"] > 0 for r in rows] == [k < 2 for k in kinds]
+    assert all(r["lu"] == 0 for r, k in zip(rows, kinds) if k == 0) and sum(kinds) == 4  # 2 pseudo series x 2 epochs
     log = open(os.path.join(cfg["Global"]["output_dir"], "train.log")).read()
     assert " l2 " in log and " l1 " in log and " lu " in log

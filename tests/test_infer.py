@@ -42,7 +42,8 @@ def test_chunk_bounds_hand_worked():
     assert chunk_bounds(10, 4, 2) == [(0, 4), (2, 6), (4, 8), (6, 10)]
     assert chunk_bounds(11, 4, 0) == [(0, 4), (4, 8), (7, 11)]
     assert chunk_bounds(0, 4, 1) == []
-    with pytest.raises(ValueError, match="chunk_overlap"):
+    with pytest.raises(ValueError, match=r"^Infer\.chunk_slices=4 / Infer\.chunk_overlap=4: expected chunk_slices >= 1 "
+                                         r"and 0 <= chunk_overlap < chunk_slices$"):
         chunk_bounds(10, 4, 4)
 
 

@@ -1,5 +1,6 @@
 """IHDNet and the sequence transformer: contract shapes, masking, switches, end-to-end gradients."""
 import math
+import os
 
 import numpy as np
 import paddle
@@ -8,11 +9,13 @@ import pytest
 from ppihd.arch import IHDNet, SequenceTransformer, build_model, sinusoidal_encoding
 from ppihd.utils.config import load_config
 
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PAPER_CFG = os.path.join(ROOT, "configs", "swin_b_seq.yaml")
 IMG = 32  # tiny images keep the micro model fast
 
 
 def micro_cfg(*overrides):
-    cfg = load_config("configs/swin_b_seq.yaml",
+    cfg = load_config(PAPER_CFG,
                       ["Arch.backbone.variant=micro", "Arch.backbone.drop_path_rate=0.0", *overrides])
     return cfg["Arch"]
 
@@ -98,10 +101,24 @@ def test_reference_mode_without_padding_mask_attends_padding():
 def test_gradients_reach_patch_embed_from_head2_alone():
     m = make()
     m.train()
+    paddle.seed(7)
     out = m(rand(1, 3, 3, IMG, IMG), paddle.to_tensor([[True, True, False]]))
     out["logits"].sum().backward()  # head 2 only
-    g = m.backbone.patch_embed.proj.weight.grad
-    assert g is not None and float(paddle.abs(g).sum()) > 0
+    w = m.backbone.patch_embed.proj.weight
+    g = w.grad.numpy().astype("float64")
+    # the gradient equals a central finite difference of the same head-2 sum along its own direction (|g|)
+    d = g / np.linalg.norm(g)
+    w0, eps = w.numpy().copy(), 1e-2
+
+    def head2_sum(sign):
+        w.set_value((w0 + sign * eps * d).astype("float32"))
+        paddle.seed(7)  # the same dropout masks in every forward
+        with paddle.no_grad():
+            return float(m(rand(1, 3, 3, IMG, IMG), paddle.to_tensor([[True, True, False]]))["logits"].sum())
+
+    fd = (head2_sum(1) - head2_sum(-1)) / (2 * eps)
+    w.set_value(w0)
+    assert fd == pytest.approx(np.linalg.norm(g), rel=0.02)
     assert m.head1.weight.grad is None or float(paddle.abs(m.head1.weight.grad).sum()) == 0
 
 
@@ -140,7 +157,7 @@ def test_sequence_key_padding_mask_equals_truncated_sequence():
 
 
 def test_paper_config_builds_swin_b():
-    cfg = load_config("configs/swin_b_seq.yaml")
+    cfg = load_config(PAPER_CFG)
     m = build_model(cfg["Arch"])
     bb = m.backbone
     assert (bb.embed_dim, bb.depths, bb.num_heads, bb.window_size) == (128, [2, 2, 18, 2], [4, 8, 16, 32], 7)
@@ -154,7 +171,8 @@ def test_paper_config_builds_swin_b():
 
 
 def test_unknown_variant_is_a_clear_error():
-    with pytest.raises(KeyError, match="variant"):
+    with pytest.raises(KeyError, match=r"Arch\.backbone\.variant 'huge' unknown; "
+                                       r"expected one of \['base', 'micro', 'small', 'tiny'\]"):
         build_model(micro_cfg("Arch.backbone.variant=huge"))
 
 
@@ -179,7 +197,7 @@ def test_swin_b_size_matches_paper_numbers():
 
     expected = swin_params_closed_form(128, [2, 2, 18, 2], [4, 8, 16, 32])
     assert expected == 86_743_224
-    s = model_summary(build_model(load_config("configs/swin_b_seq.yaml")["Arch"]), 224, 224)
+    s = model_summary(build_model(load_config(PAPER_CFG)["Arch"]), 224, 224)
     assert s["params"]["backbone"] == expected  # ~86.7 M without a classifier
     assert s["backbone_params_with_imagenet_head"] == swin_params_closed_form(128, [2, 2, 18, 2], [4, 8, 16, 32],
                                                                               ncls=1000)
@@ -219,7 +237,7 @@ def test_tiny_macs_closed_form_and_hooks():
 def test_model_summary_tool_runs(capsys):
     from tools.model_summary import main
 
-    assert main(["-c", "configs/swin_b_seq.yaml", "-o", "Arch.backbone.variant=micro", "-o", "Data.image_size=64",
+    assert main(["-c", PAPER_CFG, "-o", "Arch.backbone.variant=micro", "-o", "Data.image_size=64",
                  "-o", "Global.num_threads=2", "--verify"]) == 0
     out = capsys.readouterr().out
     assert "backbone" in out and "(match)" in out
@@ -246,7 +264,7 @@ def test_bad_input_shapes_are_clear_errors():
     m.eval()
     with pytest.raises(ValueError, match=r"\[B, S, 3, H, W\]"):
         m(rand(2, 3, IMG, IMG))
-    with pytest.raises(ValueError, match="mask shape"):
+    with pytest.raises(ValueError, match=r"IHDNet: mask shape \[1, 2\] does not match images \[B, S\] = \[1, 3\]"):
         m(rand(1, 3, 3, IMG, IMG), paddle.to_tensor([[True, False]]))
 
 
@@ -261,7 +279,7 @@ def test_zero_head_init_with_prior_bias_predicts_the_bias_everywhere():
     np.testing.assert_allclose(aux, np.broadcast_to(np.array(bias, "float32"), aux.shape), atol=1e-6)
     d = make()  # default: the Linear init, heads depend on the input
     assert float(paddle.abs(d.head2.weight).max()) > 0 and float(paddle.abs(d.head2.bias).max()) == 0
-    with pytest.raises(ValueError, match="head_bias"):
+    with pytest.raises(ValueError, match=r"Arch\.head_bias has 2 values, expected num_classes = 6"):
         make("Arch.head_bias=[0.0, 1.0]")
 
 
@@ -289,5 +307,5 @@ def test_reference_init_distributions():
     p = make(seed=3)
     q = [l for l in p.sequence.encoder.sublayers() if isinstance(l, paddle.nn.Linear)][0].weight.numpy()
     assert np.abs(q).max() <= math.sqrt(6 / (2 * d)) and np.abs(q).max() > 0.99 * math.sqrt(6 / (2 * d))
-    with pytest.raises(ValueError, match="Arch.init"):
+    with pytest.raises(ValueError, match=r"Arch\.init 'xavier' unknown; expected paddle \| reference"):
         make("Arch.init=xavier")

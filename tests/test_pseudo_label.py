@@ -56,7 +56,8 @@ def test_series_with_one_unconfident_slice_is_dropped():
 
 
 def test_tau_validation():
-    with pytest.raises(PseudoLabelError, match="tau_s"):
+    with pytest.raises(PseudoLabelError, match=r"^PseudoLabel\.tau_s must be in \[0\.5, 1\) "
+                                               r"\(max\(p, 1-p\) >= 0\.5\), got 0\.3$"):
         select_confident_series(_pred(ROWS), tau_s=0.3)
 
 
@@ -128,9 +129,11 @@ def test_weighted_average_eq3_hand_values():
     # weights are normalised; wrong count / negative weights are refused
     np.testing.assert_allclose(average_predictions(frames, None, weights=EQ3 * 7)[list(LABELS)],
                                avg[list(LABELS)])
-    with pytest.raises(PseudoLabelError, match="weights"):
+    with pytest.raises(PseudoLabelError, match=r"^3 prediction files need 3 non-negative weights with a positive sum, "
+                                               r"got \[1, 2\]$"):
         average_predictions(frames, None, weights=[1, 2])
-    with pytest.raises(PseudoLabelError, match="weights"):
+    with pytest.raises(PseudoLabelError, match=r"^3 prediction files need 3 non-negative weights with a positive sum, "
+                                               r"got \[1, -1, 1\]$"):
         average_predictions(frames, None, weights=[1, -1, 1])
 
 

@@ -2,6 +2,7 @@
 known PaddleClas SwinTransformer layout, independently of ppihd's modules; timm / official conversion."""
 import os
 import pickle
+import re
 
 import numpy as np
 import paddle
@@ -12,6 +13,9 @@ from ppihd.arch.backbone.swin import SwinTransformer
 from ppihd.arch.weights import (LoadReport, WeightLoadError, convert_torch_swin, load_backbone_pretrained,
                                 load_model_weights, resize_relative_position_table)
 from ppihd.utils.config import load_config
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PAPER_CFG = os.path.join(ROOT, "configs", "swin_b_seq.yaml")
 
 EMBED, DEPTHS, HEADS, WIN, NCLS = 8, [2, 2], [1, 2], 2, 10
 LINEAR_SUFFIXES = ("attn.qkv.weight", "attn.proj.weight", "mlp.fc1.weight", "mlp.fc2.weight",
@@ -145,7 +149,7 @@ def test_resize_identity_and_shape():
 
 
 def tiny_arch(*extra):
-    return load_config("configs/swin_b_seq.yaml", [
+    return load_config(PAPER_CFG, [
         "Arch.backbone.variant=micro", f"Arch.backbone.embed_dim={EMBED}", f"Arch.backbone.depths={DEPTHS}",
         f"Arch.backbone.num_heads={HEADS}", f"Arch.backbone.window_size={WIN}", *extra])["Arch"]
 
@@ -156,7 +160,7 @@ def test_arch_pretrained_loads_at_build(paddleclas_file):
     np.testing.assert_array_equal(m.backbone.layers[0].blocks[1].mlp.fc1.bias.numpy(),
                                   state["layers.0.blocks.1.mlp.fc1.bias"])
     assert m.load_report is not None and not m.load_report.missing
-    with pytest.raises(WeightLoadError, match="not found"):
+    with pytest.raises(WeightLoadError, match=r"^weight file not found: /nonexistent/swin\.pdparams \(download it yourself; see docs/model\.md\)$"):
         build_model(tiny_arch("Arch.pretrained=/nonexistent/swin.pdparams"))
 
 
@@ -179,7 +183,8 @@ def test_own_checkpoints_round_trip(tmp_path):
     np.testing.assert_array_equal(bb.layers[1].blocks[1].norm2.weight.numpy(),
                                   sd["backbone.layers.1.blocks.1.norm2.weight"])
     # a model without deep supervision does not match strictly
-    with pytest.raises(WeightLoadError, match="head1"):
+    with pytest.raises(WeightLoadError, match=rf"{re.escape(ckpt)} does not match the model \(Arch config differs\?\): "
+                       r"missing \[\], unexpected \['head1\.bias', 'head1\.weight'\]"):
         load_model_weights(build_model(tiny_arch("Arch.deep_supervision=false")), ckpt)
 
 

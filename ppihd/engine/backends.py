@@ -198,16 +198,18 @@ class PaddleInferenceBackend(Backend):
             from ppihd.engine.exporter import BF16_BODY, BF16_STEM
 
             stem_files, files = find_model_files(model_dir, BF16_STEM), find_model_files(model_dir, BF16_BODY)
-            self.stem = pinf.create_predictor(self._config(pinf, stem_files, dev, threads, True, False))
+            self.stem = pinf.create_predictor(self.make_config(pinf, stem_files, dev, threads, True, False))
         else:
             files = find_model_files(model_dir)
-        self.config = self._config(pinf, files, dev, threads, mkldnn, precision == "bf16")
+        self.config = self.make_config(pinf, files, dev, threads, mkldnn, precision == "bf16")
         self.predictor = pinf.create_predictor(self.config)
         self.device, self.threads, self.precision = dev, threads, precision
         self.mkldnn = bool(self.config.mkldnn_enabled()) if hasattr(self.config, "mkldnn_enabled") else bool(mkldnn)
 
     @staticmethod
-    def _config(pinf, files: Tuple[str, str], dev: str, threads: Optional[int], mkldnn: bool, bf16: bool):
+    def make_config(pinf, files: Tuple[str, str], dev: str, threads: Optional[int], mkldnn: bool, bf16: bool):
+        """The ``paddle.inference.Config`` this back-end uses for one program (``files`` = model, params): device,
+        oneDNN (with the Paddle 3.3 pass work-around) and bf16 as given. For a predictor on a single program."""
         cfg = pinf.Config(*files)
         if dev.startswith("gpu"):
             gpu_id = int(dev.split(":")[1]) if ":" in dev else 0
@@ -233,7 +235,8 @@ class PaddleInferenceBackend(Backend):
         return cfg
 
     @staticmethod
-    def _run(predictor, x: np.ndarray) -> np.ndarray:
+    def run(predictor, x: np.ndarray) -> np.ndarray:
+        """One forward of a single-input, single-output ``predictor`` on ``x``; its first output as numpy."""
         h = predictor.get_input_handle(predictor.get_input_names()[0])
         h.reshape(list(x.shape))
         h.copy_from_cpu(x)
@@ -244,8 +247,8 @@ class PaddleInferenceBackend(Backend):
         x = np.ascontiguousarray(np.asarray(images, np.float32)[None])
         slices = x.shape[1]
         if self.stem is not None:  # bf16: fp32 patch embedding, whose tokens the bf16 body takes
-            x = self._run(self.stem, x)
-        out = self._run(self.predictor, x)
+            x = self.run(self.stem, x)
+        out = self.run(self.predictor, x)
         return np.asarray(out, dtype=np.float32).reshape(slices, -1)
 
 

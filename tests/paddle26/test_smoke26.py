@@ -60,9 +60,9 @@ def test_bf16_programs_export_and_compose_in_fp32(tmp_path):
 
     _, model = tiny_model(64, seed=2)
     export_paddle_bf16(model, str(tmp_path), 64)
-    run = PaddleInferenceBackend._run
-    progs = [pinf.create_predictor(PaddleInferenceBackend._config(pinf, find_model_files(str(tmp_path), p), "cpu",
-                                                                  2, True, False)) for p in (BF16_STEM, BF16_BODY)]
+    run = PaddleInferenceBackend.run
+    progs = [pinf.create_predictor(PaddleInferenceBackend.make_config(pinf, find_model_files(str(tmp_path), p), "cpu",
+                                                                      2, True, False)) for p in (BF16_STEM, BF16_BODY)]
     x = np.random.default_rng(4).random((3, 3, 64, 64), dtype=np.float32)
     np.testing.assert_allclose(run(progs[1], run(progs[0], x[None]))[0], DygraphBackend(model).predict_series(x),
                                atol=1e-5, rtol=0)
