@@ -1,6 +1,5 @@
 """The tools' shared start (ppihd.utils.cli.run_tool): -c/-o through the schema, flags that set config keys,
 exit codes 2 and 6; tools/ensemble.py and tools/pseudo_label.py read their Ensemble / PseudoLabel sections."""
-import logging
 import os
 import subprocess
 import sys
@@ -42,35 +41,19 @@ def test_flags_set_config_keys_after_the_overrides(tmp_path):
     assert code == 0 and got["cfg"]["Ensemble"]["tau_h"] == 0.998 and got["cfg"]["_source_"] is None
 
 
-class _Messages(logging.Handler):
-    def __init__(self):
-        super().__init__()
-        self.lines = []
-
-    def emit(self, record):
-        self.lines.append(record.getMessage())
-
-
-@pytest.fixture
-def messages():
-    h = _Messages()
-    logging.getLogger("ppihd").addHandler(h)   # the ppihd logger does not propagate (ppihd.utils.env.get_logger)
-    yield h.lines
-    logging.getLogger("ppihd").removeHandler(h)
-
-
-def test_bad_config_missing_weights_and_locks_map_to_exit_codes(tmp_path, messages):
+def test_bad_config_missing_weights_and_locks_map_to_exit_codes(tmp_path, ppihd_log):
+    last = lambda: ppihd_log.records.pop().getMessage()  # noqa: E731 - the newest ppihd log line, consumed
     code, got = _seen(["-o", "Ensemble.tau=1"], config="optional")
     assert code == 2 and not got
-    assert "unknown key 'Ensemble.tau'" in messages.pop()
+    assert "unknown key 'Ensemble.tau'" in last()
     code, got = _seen([], config="optional", needs_weights=True)
     assert code == 2 and not got
-    assert "Global.pretrained_model is not set" in messages.pop()
+    assert "Global.pretrained_model is not set" in last()
 
     def locked(args, cfg, log):
         raise LockError(f"{tmp_path} is held by pid 1")
     assert run_tool(locked, [], description="test", config="optional") == 6
-    assert messages.pop() == f"{tmp_path} is held by pid 1"
+    assert last() == f"{tmp_path} is held by pid 1"
     with pytest.raises(SystemExit) as e:   # a required -c missing: argparse's usage error
         run_tool(locked, [], description="test")
     assert e.value.code == 2
