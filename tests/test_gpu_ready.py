@@ -68,18 +68,13 @@ class _Grab(logging.Handler):
     ("tools/eval.py", 1, True, "GPU index 3 does not exist, 1 GPU"),
     ("tools/train.py", 0, False, "CPU-only"),
 ])
-def test_tools_exit_2_with_the_device_message(tmp_path, fake_gpus, tool, n, cuda, expect):
+def test_tools_exit_2_with_the_device_message(tmp_path, fake_gpus, tool, n, cuda, expect, ppihd_log):
     fake_gpus(n, cuda)
-    grab = _Grab()
-    logging.getLogger("ppihd").addHandler(grab)
-    try:
-        dev = "gpu:3" if "index" in expect else "gpu"
-        rc = load_tool(tool).main(["-c", DEMO_CFG, "-o", f"Global.device={dev}", "-o",
-                                   f"Global.output_dir={tmp_path}", "-o", f"Global.pretrained_model={tmp_path}/m"])
-    finally:
-        logging.getLogger("ppihd").removeHandler(grab)
+    dev = "gpu:3" if "index" in expect else "gpu"
+    rc = load_tool(tool).main(["-c", DEMO_CFG, "-o", f"Global.device={dev}", "-o",
+                               f"Global.output_dir={tmp_path}", "-o", f"Global.pretrained_model={tmp_path}/m"])
     assert rc == 2
-    assert any(expect in t and "Global.device" in t for t in grab.text), grab.text
+    assert any(expect in t and "Global.device" in t for t in ppihd_log.messages), ppihd_log.messages
 
 
 def test_infer_device_auto_runs_on_cpu(tmp_path, fixture_series_dir, fake_gpus):
