@@ -159,7 +159,8 @@ def test_arch_pretrained_loads_at_build(paddleclas_file):
     m = build_model(tiny_arch(f"Arch.pretrained={path}"))
     np.testing.assert_array_equal(m.backbone.layers[0].blocks[1].mlp.fc1.bias.numpy(),
                                   state["layers.0.blocks.1.mlp.fc1.bias"])
-    assert m.load_report is not None and not m.load_report.missing
+    rep = m.load_report
+    assert rep.missing == [] and rep.unexpected == [] and "layers.0.blocks.1.mlp.fc1.bias" in rep.loaded
     with pytest.raises(WeightLoadError, match=r"^weight file not found: /nonexistent/swin\.pdparams \(download it yourself; see docs/model\.md\)$"):
         build_model(tiny_arch("Arch.pretrained=/nonexistent/swin.pdparams"))
 
@@ -236,7 +237,8 @@ def test_convert_tool_writes_loadable_pdparams(tmp_path):
 
 
 def test_swin_v2_checkpoint_rejected():
-    with pytest.raises(WeightLoadError, match="V2"):
+    with pytest.raises(WeightLoadError, match=r"^this is a Swin V2 checkpoint \(cpb_mlp / logit_scale\); only Swin v1 "
+                                              r"weights fit$"):
         convert_torch_swin({"layers.0.blocks.0.attn.cpb_mlp.0.weight": np.zeros((2, 2), "float32")})
 
 
