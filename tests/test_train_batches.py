@@ -199,9 +199,10 @@ def test_series_lengths_from_the_index(tmp_path):
 
 # ---------------------------------------------------------------------------------------- pinned memory
 def _fake_gpu(monkeypatch):
-    """A GPU run as far as the pinning decision sees it: get_device says gpu:0 and CUDAPinnedPlace builds a CPU
-    place (a CPU-only paddle cannot allocate page-locked memory)."""
+    """A GPU run as far as the pinning decision sees it: a CUDA build, get_device says gpu:0, and CUDAPinnedPlace
+    builds a CPU place (a CPU-only paddle cannot allocate page-locked memory)."""
     made = []
+    monkeypatch.setattr(paddle.device, "is_compiled_with_cuda", lambda: True)
     monkeypatch.setattr(paddle.device, "get_device", lambda: "gpu:0")
     monkeypatch.setattr(paddle, "CUDAPinnedPlace", lambda: (made.append(1), paddle.CPUPlace())[1])
     return made

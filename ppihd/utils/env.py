@@ -142,11 +142,11 @@ def set_device(device: str) -> str:
 
 def pinned_place() -> Any:
     """``paddle.CUDAPinnedPlace()`` (page-locked host memory, from which a host -> GPU copy can be asynchronous)
-    when this process computes on a GPU (``paddle.device.get_device()`` is ``gpu:N``), else None (CPU: nothing to
-    pin). Paddle 2.6 and 3.x."""
+    when this process computes on a GPU (a CUDA build and ``paddle.device.get_device()`` is ``gpu:N``), else None
+    (CPU: nothing to pin). Paddle 2.6 and 3.x."""
     import paddle
 
-    if not str(paddle.device.get_device()).startswith("gpu"):
+    if not (paddle.device.is_compiled_with_cuda() and str(paddle.device.get_device()).startswith("gpu")):
         return None
     return paddle.CUDAPinnedPlace()
 
