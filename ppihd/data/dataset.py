@@ -44,16 +44,43 @@ Transform = Callable[[np.ndarray, np.random.Generator], np.ndarray]
 SPLITS = ("train", "val", "test")
 
 
-def images_to_tensor(images: Any):
-    """A batch's ``images`` (float32 in [0, 1], or uint8 0..255 from ``uint8_images`` datasets) -> float32
-    paddle tensor in [0, 1] on the current device; uint8 is converted there (float32(x) * float32(1/255),
-    the same numbers the dataset computes in numpy)."""
+#: the collated batch keys that go to the device and are not read on the host (the step reads ``mask`` there)
+PINNED_KEYS = ("images", "labels", "label_mask")
+
+
+def pin_batch(batch: Dict[str, Any], place: Any = None) -> Dict[str, Any]:
+    """``batch`` with its :data:`PINNED_KEYS` arrays copied into page-locked host tensors (``place``, default
+    ``paddle.CUDAPinnedPlace()``; Paddle 2.6 and 3.x), so that :func:`to_device` can copy them to the GPU
+    asynchronously. Called in the training prefetch threads on GPU runs only (``DataLoader.Train.pin_memory``)."""
     import paddle
 
+    place = paddle.CUDAPinnedPlace() if place is None else place
+    out = dict(batch)
+    for k in PINNED_KEYS:
+        if out.get(k) is not None and not isinstance(out[k], paddle.Tensor):
+            a = np.asarray(out[k])
+            out[k] = paddle.to_tensor(a if a.dtype == np.uint8 else a.astype(np.float32), place=place)
+    return out
+
+
+def to_device(x: Any, dtype: str = "float32"):
+    """A batch array on the current device: a numpy array through ``paddle.to_tensor`` (a synchronous copy from
+    pageable memory on a GPU); a page-locked tensor from :func:`pin_batch` with a non-blocking copy
+    (``Tensor.cuda(blocking=False)``); any other tensor as it is."""
+    import paddle
+
+    if isinstance(x, paddle.Tensor):
+        return x.cuda(blocking=False) if x.place.is_cuda_pinned_place() else x
+    return paddle.to_tensor(np.asarray(x, dtype=dtype))
+
+
+def images_to_tensor(images: Any):
+    """A batch's ``images`` (float32 in [0, 1], or uint8 0..255 from ``uint8_images`` datasets; numpy or a
+    :func:`pin_batch` tensor) -> float32 paddle tensor in [0, 1] on the current device; uint8 is converted there
+    (float32(x) * float32(1/255), the same numbers the dataset computes in numpy)."""
     if str(getattr(images, "dtype", "")).endswith("uint8"):
-        t = images if isinstance(images, paddle.Tensor) else paddle.to_tensor(np.asarray(images))
-        return t.astype("float32") * float(INV255)
-    return paddle.to_tensor(np.asarray(images, dtype="float32"))
+        return to_device(images, "uint8").astype("float32") * float(INV255)
+    return to_device(images, "float32")
 
 
 def set_uint8_images(dataset: Any, on: bool = True) -> bool:
@@ -131,6 +158,14 @@ class SeriesDataset(_Base):
     @property
     def num_slices(self) -> int:
         return int(sum(len(it["slice_idx"]) for it in self.items))
+
+    def series_lengths(self) -> np.ndarray:
+        """int64 ``[len(self)]``: slices each item gives (the index's slice count, at most ``Data.max_slices``),
+        from the index alone (no image I/O); the trainer's ``DataLoader.Train.length_buckets`` groups by it."""
+        m = self.max_slices
+        cap = int(m) if m is not None and int(m) > 0 else None
+        return np.asarray([len(it["slice_idx"]) if cap is None else min(len(it["slice_idx"]), cap)
+                           for it in self.items], dtype=np.int64)
 
     def series_ids(self) -> List[str]:
         return [it["series_id"] for it in self.items]

@@ -104,6 +104,10 @@ class MixedDataset(_Base):
     def num_slices(self) -> int:
         return int(getattr(self.labelled, "num_slices", 0)) + self.pseudo.num_slices
 
+    def series_lengths(self) -> np.ndarray:
+        """Slices of each item: the labelled series' then the pseudo-labelled ones' (``SeriesDataset``)."""
+        return np.concatenate([self.labelled.series_lengths(), self.pseudo.series_lengths()])
+
     def get(self, index: int, rng: np.random.Generator) -> Dict[str, Any]:
         n = len(self.labelled)
         if index < n:

@@ -41,14 +41,39 @@ def pad_series_batch(images: np.ndarray, pad_to: int) -> np.ndarray:
     return out
 
 
+def eval_batches(n: int, batch_series: int, rank: int = 0, world_size: int = 1) -> List[range]:
+    """Series indices of the evaluation batches this process runs: the 1-process batches ``[0, b), [b, 2b), ...``
+    (``b = batch_series``), and with ``world_size`` processes rank ``r`` takes batches ``r, r + world_size, ...``.
+    Every series is in exactly one batch of one rank (no padding duplicates) and each batch holds the series it
+    holds in a 1-process run, so a sharded evaluation computes the same numbers."""
+    b = max(1, int(batch_series))
+    every = [range(s, min(s + b, n)) for s in range(0, n, b)]
+    return every[int(rank)::max(1, int(world_size))]
+
+
+def gather_series(records: List[tuple], world_size: int) -> List[tuple]:
+    """All ranks' per-series records (``(series index, ...)`` tuples of numpy arrays of any length), in series
+    order, on every rank: ``paddle.distributed.all_gather_object`` (pickled, padded to the longest rank's bytes by
+    Paddle; gloo on CPU, NCCL on GPU, Paddle 2.6 and 3.x)."""
+    if int(world_size) <= 1:
+        return sorted(records, key=lambda r: r[0])
+    import paddle.distributed as dist
+
+    parts: List[Any] = []
+    dist.all_gather_object(parts, records)
+    return sorted((r for part in parts for r in part), key=lambda r: r[0])
+
+
 def predict_dataset(model: Any, dataset: Any, batch_series: int = 1, max_series: Optional[int] = None,
                     collate_fn: Optional[Callable] = None, progress: bool = True, desc: str = "eval",
-                    pad_to: Optional[int] = None) -> Dict[str, Any]:
+                    pad_to: Optional[int] = None, rank: int = 0, world_size: int = 1) -> Dict[str, Any]:
     """Per-slice probabilities of every real slice. ``pad_to``: see the module docstring (None = the
-    series as they are, padded slices of a batch masked).
+    series as they are, padded slices of a batch masked). With ``world_size`` > 1 (every rank calls it) each rank
+    predicts its share of the batches (:func:`eval_batches`) and the per-series results are gathered
+    (:func:`gather_series`): every rank returns the 1-process result.
 
     Returns ``{"series_id": [N], "slice_idx": int [N], "labels": [N, 6], "label_mask": [N, 6],
-    "prob2": [N, 6], "prob1": [N, 6] | None}`` (numpy, float64 probabilities).
+    "prob2": [N, 6], "prob1": [N, 6] | None}`` (numpy, float64 probabilities), series in dataset order.
     """
     import paddle
     from tqdm import tqdm
@@ -59,14 +84,12 @@ def predict_dataset(model: Any, dataset: Any, batch_series: int = 1, max_series:
     m = _unwrap(model)
     was_training = m.training
     m.eval()
-    sids: List[str] = []
-    sidx: List[np.ndarray] = []
-    labels, lmask, p2, p1 = [], [], [], []
-    has_head1 = True
+    records: List[tuple] = []   # one per series: (index, series_id, slice_idx, labels, label_mask, prob2, prob1)
     try:
         with paddle.no_grad():
-            for start in tqdm(range(0, n, batch_series), desc=desc, disable=not progress, leave=False):
-                batch = collate_fn([dataset[i] for i in range(start, min(start + batch_series, n))])
+            for rows in tqdm(eval_batches(n, batch_series, rank, world_size), desc=desc, disable=not progress,
+                             leave=False):
+                batch = collate_fn([dataset[i] for i in rows])
                 mask_np = np.asarray(batch["mask"], dtype=bool)
                 if pad_to:  # the reference: black slices up to pad_to, no mask
                     images = images_to_tensor(pad_series_batch(np.asarray(batch["images"]), int(pad_to)))
@@ -76,25 +99,24 @@ def predict_dataset(model: Any, dataset: Any, batch_series: int = 1, max_series:
                     l2, l1 = m.heads(images, paddle.to_tensor(mask_np))
                 l2 = l2.astype("float32").numpy()
                 l1 = l1.astype("float32").numpy() if l1 is not None else None
-                has_head1 = has_head1 and l1 is not None
-                for b in range(mask_np.shape[0]):
+                si, lm = batch.get("slice_idx"), batch.get("label_mask")
+                for b, index in enumerate(rows):
                     real = np.nonzero(mask_np[b])[0]
-                    sids.extend([batch["series_id"][b]] * len(real))
-                    si = batch.get("slice_idx")
-                    sidx.append(np.asarray(si)[b, real] if si is not None else real)
-                    labels.append(np.asarray(batch["labels"])[b, real])
-                    lm = batch.get("label_mask")
-                    lmask.append(np.asarray(lm)[b, real] if lm is not None else np.ones((len(real), 6)))
-                    p2.append(sigmoid(l2[b, real]))
-                    if l1 is not None:
-                        p1.append(sigmoid(l1[b, real]))
+                    records.append((index, batch["series_id"][b], np.asarray(si)[b, real] if si is not None else real,
+                                    np.asarray(batch["labels"])[b, real],
+                                    np.asarray(lm)[b, real] if lm is not None else np.ones((len(real), 6)),
+                                    sigmoid(l2[b, real]), sigmoid(l1[b, real]) if l1 is not None else None))
     finally:
         if was_training:
             m.train()
+    records = gather_series(records, world_size)
     cat = (lambda xs, w: np.concatenate(xs, axis=0) if xs else np.zeros((0, w)))
-    return {"series_id": sids, "slice_idx": np.concatenate(sidx) if sidx else np.zeros(0, int),
-            "labels": cat(labels, 6), "label_mask": cat(lmask, 6), "prob2": cat(p2, 6),
-            "prob1": cat(p1, 6) if has_head1 and p1 else None}
+    has_head1 = bool(records) and all(r[6] is not None for r in records)
+    return {"series_id": [r[1] for r in records for _ in range(len(r[2]))],
+            "slice_idx": np.concatenate([r[2] for r in records]) if records else np.zeros(0, int),
+            "labels": cat([r[3] for r in records], 6), "label_mask": cat([r[4] for r in records], 6),
+            "prob2": cat([r[5] for r in records], 6),
+            "prob1": cat([r[6] for r in records], 6) if has_head1 else None}
 
 
 def score_predictions(preds: Mapping[str, Any], weights: Sequence[float], eps: float,
@@ -121,12 +143,14 @@ def score_predictions(preds: Mapping[str, Any], weights: Sequence[float], eps: f
 
 def evaluate(model: Any, dataset: Any, cfg: Mapping[str, Any], max_series: Optional[int] = None,
              prior: Optional[Sequence[float]] = None, collate_fn: Optional[Callable] = None,
-             progress: Optional[bool] = None) -> Dict[str, Any]:
-    """Predict ``dataset`` and score it; ``result["predictions"]`` holds the per-slice rows."""
+             progress: Optional[bool] = None, rank: int = 0, world_size: int = 1) -> Dict[str, Any]:
+    """Predict ``dataset`` and score it; ``result["predictions"]`` holds the per-slice rows. With ``world_size``
+    > 1 every rank calls it, predicts its shard and gets the whole result (:func:`predict_dataset`)."""
     g = cfg["Global"]
     ev = cfg["DataLoader"]["Eval"]
     preds = predict_dataset(model, dataset, int(ev["batch_series"]), max_series, collate_fn,
-                            bool(g["progress_bar"]) if progress is None else progress, pad_to=ev["pad_to"])
+                            bool(g["progress_bar"]) if progress is None else progress, pad_to=ev["pad_to"],
+                            rank=rank, world_size=world_size)
     res = score_predictions(preds, cfg["Metric"]["class_weights"], float(cfg["Metric"]["eps"]), prior)
     res["predictions"] = preds
     return res

@@ -11,10 +11,12 @@ arithmetic, so a resumed run reads the same batches. Each item's augmentation dr
 drop-path) are reseeded from (seed, iteration, rank) before every iteration.
 
 An iteration = one optimizer step = ``Global.grad_accum`` micro-batches of ``DataLoader.Train.batch_series``
-series per process. Rank 0 alone logs, evaluates and saves.
+series per process. Every rank evaluates its shard of the validation series (the predictions gathered, so all
+ranks hold the metric); rank 0 alone logs and saves.
 """
 from __future__ import annotations
 
+import collections
 import contextlib
 import json
 import math
@@ -27,10 +29,10 @@ from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional
 
 import numpy as np
 
-from ..data.dataset import images_to_tensor, set_uint8_images
+from ..data.dataset import images_to_tensor, pin_batch, set_uint8_images, to_device
 from ..utils.checkpoint import load_checkpoint, load_weights, read_manifest, save_checkpoint
 from ..utils.provenance import training_provenance
-from ..utils.env import amp_support, get_logger, show_progress
+from ..utils.env import amp_support, get_logger, pinned_place, show_progress
 from .evaluator import dataset_prior, evaluate, format_metrics
 
 
@@ -42,7 +44,8 @@ RESUME_FREE = ("Global.iters", "Global.checkpoints", "Global.pretrained_model", 
                "Global.log_interval", "Global.eval_interval", "Global.save_interval", "Global.progress_bar",
                "Global.use_visualdl", "Global.num_threads", "Global.device", "Global.eval_max_series",
                "Global.keep_best", "Global.start_over", "Global.save_inference_dir", "Data.num_workers", "Data.root",
-               "Data.cache_dir", "Data.index_file", "DataLoader.Train.num_workers", "DataLoader.Eval", "Infer",
+               "Data.cache_dir", "Data.index_file", "DataLoader.Train.num_workers", "DataLoader.Train.pin_memory",
+               "DataLoader.Eval", "Infer",
                "Export", "PseudoLabel", "Ensemble", "SlicePretrain", "Ablation")
 #: checkpoint prefixes whose presence means an output folder holds a run
 RUN_CHECKPOINTS = ("latest", "best_model")
@@ -91,16 +94,56 @@ def _seed_for(*parts: int) -> int:
     return int(np.random.SeedSequence([int(p) % (2 ** 32) for p in parts]).generate_state(1)[0])
 
 
+def length_bucket_batches(lengths: Any, batch_series: int, world_size: int, grad_accum: int, seed: int,
+                          shuffle: bool = True) -> List[List[List[int]]]:
+    """One epoch of length-bucketed micro-batches (``DataLoader.Train.length_buckets``): ``out[rank]`` lists that
+    rank's micro-batches (series indices) in order; micro-batches ``s * grad_accum ... (s + 1) * grad_accum - 1``
+    of every rank form optimizer step ``s``.
+
+    The series, in a random order from ``default_rng(seed)`` (ties between equal lengths), are sorted by length and
+    cut into groups of ``world_size * grad_accum * batch_series`` neighbours: one group per optimizer step, so the
+    ranks of a step wait for series of similar length. The groups' order is then shuffled (same generator). Each
+    series is in exactly one micro-batch; a last group with fewer series than the step's ``world_size * grad_accum``
+    micro-batches repeats its own series to fill them (as ``DistributedBatchSampler`` pads an epoch), and a short
+    last group gives smaller micro-batches. ``shuffle`` False: sorted order, groups in length order."""
+    lengths = np.asarray(lengths, dtype=np.int64)
+    n, world, accum = len(lengths), max(1, int(world_size)), max(1, int(grad_accum))
+    per_step = world * accum                            # micro-batches of one optimizer step, all ranks
+    group = per_step * max(1, int(batch_series))        # series of one optimizer step
+    rng = np.random.default_rng(int(seed))
+    order = rng.permutation(n) if shuffle else np.arange(n)
+    order = order[np.argsort(lengths[order], kind="stable")]
+    steps = -(-n // group)
+    groups = [order[s * group:(s + 1) * group] for s in range(steps)]
+    if steps and len(groups[-1]) < per_step:
+        groups[-1] = np.resize(groups[-1], per_step)    # cyclic repeat of the group's own series
+    if shuffle:
+        groups = [groups[i] for i in rng.permutation(steps)]
+    out: List[List[List[int]]] = [[] for _ in range(world)]
+    for g in groups:
+        for j, mb in enumerate(np.array_split(g, per_step)):   # micro-batch j of the step: rank j % world
+            out[j % world].append([int(i) for i in mb])
+    return out
+
+
 class SeriesBatches:
     """Deterministic, endless stream of collated training batches for one process.
 
     ``batch(m)`` is micro-batch ``m`` (0-based, counted from the start of training) as the collated dict of the
     dataset contract; ``iterate(start)`` yields ``batch(start), batch(start + 1), ...`` and prefetches with
     ``num_workers`` threads (0 = in line).
+
+    ``length_buckets`` (``DataLoader.Train.length_buckets``): each epoch's micro-batches come from
+    :func:`length_bucket_batches` over ``dataset.series_lengths()`` (the ``grad_accum`` micro-batches of all ranks
+    in an optimizer step hold series of similar length) instead of ``DistributedBatchSampler``'s uniform shards.
+    ``pin_memory`` (``DataLoader.Train.pin_memory``): on a GPU the prefetch threads copy each batch's device-bound
+    arrays into page-locked memory (``ppihd.data.dataset.pin_batch``), so the step's host -> device copies are
+    asynchronous; on CPU nothing changes.
     """
 
     def __init__(self, dataset: Any, batch_series: int, seed: int, rank: int = 0, world_size: int = 1,
-                 shuffle: bool = True, num_workers: int = 0, collate_fn: Optional[Callable] = None) -> None:
+                 shuffle: bool = True, num_workers: int = 0, collate_fn: Optional[Callable] = None,
+                 grad_accum: int = 1, length_buckets: bool = False, pin_memory: bool = False) -> None:
         import paddle
 
         if len(dataset) == 0:
@@ -110,26 +153,46 @@ class SeriesBatches:
         self.dataset, self.collate = dataset, collate_fn
         self.seed, self.rank, self.world = int(seed), int(rank), int(world_size)
         self.num_workers = int(num_workers)
+        self.batch_series, self.grad_accum, self.shuffle = int(batch_series), max(1, int(grad_accum)), bool(shuffle)
         self.sampler = paddle.io.DistributedBatchSampler(dataset, batch_size=int(batch_series),
                                                          num_replicas=self.world, rank=self.rank,
                                                          shuffle=bool(shuffle), drop_last=False)
+        self.lengths: Optional[np.ndarray] = None
+        if length_buckets:
+            if not hasattr(dataset, "series_lengths"):
+                raise ValueError(f"DataLoader.Train.length_buckets needs the slice count of every series, and the "
+                                 f"training set ({type(dataset).__name__}) has no series_lengths(); use a "
+                                 "SeriesDataset / MixedDataset or set DataLoader.Train.length_buckets=false")
+            self.lengths = np.asarray(dataset.series_lengths(), dtype=np.int64)
+        self.pin_place = pinned_place() if pin_memory else None   # None on CPU
         self._epoch = None
         self._batches: List[List[int]] = []
         self._lock = threading.Lock()  # prefetch threads ask for batches of two epochs at an epoch boundary
         self._fetch = dataset.get if hasattr(dataset, "get") else (lambda i, rng: dataset[i])
 
     def __len__(self) -> int:
-        """Micro-batches per epoch for this process."""
-        return len(self.sampler)
+        """Micro-batches per epoch for this process (with ``length_buckets`` a multiple of ``grad_accum``: epochs
+        end on an optimizer step)."""
+        if self.lengths is None:
+            return len(self.sampler)
+        group = self.world * self.grad_accum * max(1, self.batch_series)
+        return -(-len(self.lengths) // group) * self.grad_accum
+
+    def _epoch_batches(self, epoch: int) -> List[List[int]]:
+        seed = _seed_for(self.seed, epoch) % (2 ** 31)
+        if self.lengths is not None:
+            return length_bucket_batches(self.lengths, self.batch_series, self.world, self.grad_accum, seed,
+                                         self.shuffle)[self.rank]
+        self.sampler.set_epoch(seed)
+        return [list(b) for b in self.sampler]
 
     def indices(self, m: int) -> List[int]:
         """Series indices of micro-batch ``m``. Thread-safe: the sampler's epoch and the cached batch list are read
         and replaced together under a lock (the prefetch threads straddle epoch boundaries)."""
-        epoch, k = divmod(int(m), len(self.sampler))
+        epoch, k = divmod(int(m), len(self))
         with self._lock:
             if epoch != self._epoch:
-                self.sampler.set_epoch(_seed_for(self.seed, epoch) % (2 ** 31))
-                self._batches = [list(b) for b in self.sampler]
+                self._batches = self._epoch_batches(epoch)
                 self._epoch = epoch
             return list(self._batches[k])
 
@@ -140,19 +203,32 @@ class SeriesBatches:
     def batch(self, m: int) -> Dict[str, Any]:
         return self.collate(self._items(m))
 
+    def host_batch(self, m: int) -> Dict[str, Any]:
+        """:meth:`batch`, its device-bound arrays in page-locked memory on a GPU run (``pin_memory``)."""
+        b = self.batch(m)
+        return b if self.pin_place is None else pin_batch(b, self.pin_place)
+
     def iterate(self, start: int) -> Iterator[Dict[str, Any]]:
+        # pinned batches stay referenced for a few steps after they are yielded: their asynchronous copies to the
+        # device may still be queued when the step returns (the host runs ahead of the GPU)
+        keep: Any = collections.deque(maxlen=max(2, self.num_workers) + 2) if self.pin_place is not None else None
         if self.num_workers <= 0:
             m = start
             while True:
-                yield self.batch(m)
+                b = self.host_batch(m)
+                if keep is not None:
+                    keep.append(b)
+                yield b
                 m += 1
         with ThreadPoolExecutor(self.num_workers) as pool:
             ahead = max(2, self.num_workers)
-            futures = {m: pool.submit(self.batch, m) for m in range(start, start + ahead)}
+            futures = {m: pool.submit(self.host_batch, m) for m in range(start, start + ahead)}
             m = start
             while True:
                 b = futures.pop(m).result()
-                futures[m + ahead] = pool.submit(self.batch, m + ahead)
+                futures[m + ahead] = pool.submit(self.host_batch, m + ahead)
+                if keep is not None:
+                    keep.append(b)
                 yield b
                 m += 1
 
@@ -196,7 +272,8 @@ class Trainer:
         if tl["uint8"]:  # uint8 until _forward_loss (images_to_tensor): same numbers, less loader work
             set_uint8_images(train_set)
         self.batches = SeriesBatches(train_set, int(tl["batch_series"]), self.seed, self.rank, self.world,
-                                     bool(tl["shuffle"]), int(tl["num_workers"]), collate_fn)
+                                     bool(tl["shuffle"]), int(tl["num_workers"]), collate_fn, self.grad_accum,
+                                     bool(tl["length_buckets"]), bool(tl["pin_memory"]))
         self.start_iter = 0
         self.best_metric: Optional[float] = None
         self.best_iter: Optional[int] = None
@@ -275,9 +352,9 @@ class Trainer:
         # no padding (always with batch_series 1, the paper's setting): the model needs no mask, which saves its
         # nonzero() (a device -> host sync); a full key-padding mask and none give the same numbers (tested)
         model_mask = None if host_mask.all() else mask
-        labels = paddle.to_tensor(np.asarray(batch["labels"], dtype="float32"))
+        labels = to_device(batch["labels"])   # pinned tensors (GPU prefetch): asynchronous copies
         lm = batch.get("label_mask")
-        lm = paddle.to_tensor(np.asarray(lm, dtype="float32")) if lm is not None else None
+        lm = to_device(lm) if lm is not None else None
         pseudo = batch.get("is_pseudo")
         pseudo = paddle.to_tensor(np.asarray(pseudo, dtype="float32")) if pseudo is not None else None
         if self.amp:
@@ -413,7 +490,7 @@ class Trainer:
         if self.prior is None:
             self.prior = dataset_prior(self.train_set)
         return evaluate(self.net, self.val_set, self.cfg, max_series=max_series, prior=self.prior,
-                        collate_fn=self.collate_fn, progress=self.progress)
+                        collate_fn=self.collate_fn, progress=self.progress, rank=self.rank, world_size=self.world)
 
     def save(self, name: str, it: int) -> None:
         if not self.is_main:
@@ -438,7 +515,8 @@ class Trainer:
                "baseline": res["baseline"]["weighted_log_loss"] if res.get("baseline") else None,
                "mean_auc": res["head2"]["mean_auc"]}
         self.history["eval"].append(row)
-        self.log.info("iter %d\n%s", it, format_metrics(res))
+        if self.is_main:
+            self.log.info("iter %d\n%s", it, format_metrics(res))
         self._scalar("eval/head2_wll", wll, it)
         for cls, v in (res["head2"].get("log_loss") or {}).items():   # per class, as the competition weighs them
             self._scalar(f"eval/head2_log_loss/{cls}", v, it)
@@ -451,8 +529,9 @@ class Trainer:
             self.best_metric, self.best_iter = wll, it
             if self.keep_best:
                 self.save("best_model", it)
-                self.log.info("new best head-2 weighted log loss %.5f at iteration %d -> %s", wll, it,
-                              os.path.join(self.out_dir, "best_model"))
+                if self.is_main:
+                    self.log.info("new best head-2 weighted log loss %.5f at iteration %d -> %s", wll, it,
+                                  os.path.join(self.out_dir, "best_model"))
 
     def _scalar(self, tag: str, value: float, it: int) -> None:
         if self._vdl is not None:
@@ -502,7 +581,8 @@ class Trainer:
             self._account(it, terms)
             it += 1
             bar.update(1)
-            eval_due = self.is_main and self.eval_interval and it % self.eval_interval == 0 and it < self.iters
+            # every rank evaluates (its shard of the validation series, gathered): no rank idles in a collective
+            eval_due = self.eval_interval and it % self.eval_interval == 0 and it < self.iters
             save_due = self.is_main and self.save_interval and it % self.save_interval == 0 and it < self.iters
             if it % self.log_interval == 0 or it == self.iters:
                 now = time.time()
@@ -547,9 +627,9 @@ class Trainer:
         return self._finish(it, evaluated=evaluated_at == it)
 
     def _finish(self, it: int, evaluated: bool) -> Dict[str, Any]:
+        if not evaluated:  # every rank: the evaluation is sharded over the ranks
+            self._eval_and_maybe_best(it, final=True)
         if self.is_main:
-            if not evaluated:
-                self._eval_and_maybe_best(it, final=True)
             self.save("latest", it)
             with open(os.path.join(self.out_dir, "history.json"), "w", encoding="utf-8") as f:
                 json.dump({**self.history, "best_metric": self.best_metric, "best_iter": self.best_iter}, f,

@@ -140,6 +140,17 @@ def set_device(device: str) -> str:
     return dev
 
 
+def pinned_place() -> Any:
+    """``paddle.CUDAPinnedPlace()`` (page-locked host memory, from which a host -> GPU copy can be asynchronous)
+    when this process computes on a GPU (a CUDA build and ``paddle.device.get_device()`` is ``gpu:N``), else None
+    (CPU: nothing to pin). Paddle 2.6 and 3.x."""
+    import paddle
+
+    if not (paddle.device.is_compiled_with_cuda() and str(paddle.device.get_device()).startswith("gpu")):
+        return None
+    return paddle.CUDAPinnedPlace()
+
+
 def amp_support(amp: str) -> Tuple[bool, str]:
     """Whether ``Global.amp`` (``fp16`` | ``bf16``) really runs in reduced precision on the current device, with
     the reason naming the device. Paddle's own rule (``paddle/amp/auto_cast.py``, 2.6 and 3.x), under which

@@ -82,6 +82,12 @@ DEFAULTS: Dict[str, Any] = {
                                                    # they become float32 / 255 on the device: the same numbers
             "batch_series": 1,                     # paper: one series per GPU per step
             "shuffle": True,
+            "length_buckets": False,               # True: the micro-batches of one optimizer step (all ranks, all
+                                                   # grad_accum) are series of similar length (less waiting for the
+                                                   # longest; still every series once per epoch). Paper: uniform
+                                                   # (docs/deviations.md)
+            "pin_memory": True,                    # GPU runs: prefetch threads put batches in page-locked memory
+                                                   # (asynchronous host -> device copies); no effect on CPU
             "augment": {
                 "random_resized_crop": True,
                 "scale": [0.8, 1.2],
