@@ -15,7 +15,6 @@ import paddle
 import paddle.inference as pinf
 import pytest
 
-from ppihd.engine import backends
 from ppihd.engine.backends import DygraphBackend, PaddleInferenceBackend, TrtPlan, trt_plan
 from ppihd.utils.schema import DEFAULTS
 
