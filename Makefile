@@ -83,7 +83,7 @@ $(STAMP26): requirements-paddle26.txt setup.py
 	touch $(STAMP26)
 
 test-paddle26: $(STAMP26)
-	$(VENV26)/bin/python -m pytest -q -p no:cacheprovider tests/paddle26 tests/test_export.py tests/test_infer.py \
+	$(VENV26)/bin/python -m pytest -q -p no:cacheprovider tests/paddle26 tests/test_export.py tests/test_infer.py tests/test_gpu_infer.py \
 		tests/test_transfer_syntax.py
 
 # GPU smoke test (tools/gpu_smoke.py): run first on a new GPU machine; exits 2 on a machine without a GPU

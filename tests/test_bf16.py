@@ -105,11 +105,11 @@ def test_bf16_backend_is_bf16_and_close_to_fp32(split):
 
 def test_precision_errors_name_the_problem(split, tmp_path):
     _, _, _, d, _, _ = split
-    with pytest.raises(ValueError, match="precision 'fp16' unknown"):
-        PaddleInferenceBackend(d, precision="fp16")
+    with pytest.raises(ValueError, match=r"^precision 'int8' unknown; expected one of fp32 \| fp16 \| bf16$"):
+        PaddleInferenceBackend(d, precision="int8")
     with pytest.raises(ValueError, match=r"^precision bf16 runs through oneDNN; it cannot be combined with --no-mkldnn$"):
         PaddleInferenceBackend(d, precision="bf16", mkldnn=False)
-    with pytest.raises(ValueError, match=r"^precision bf16 is the CPU path \(oneDNN on AVX512-BF16/AMX\); use --device cpu, or fp32 on GPU$"):
+    with pytest.raises(ValueError, match=r"^precision bf16 is the CPU path \(oneDNN on AVX512-BF16/AMX\); use --device cpu, or fp32 / fp16 on GPU$"):
         PaddleInferenceBackend(d, device="gpu", precision="bf16")
     if cpu_supports_bf16():  # an export without the two programs: the error says how to write them
         plain = tmp_path / "plain"

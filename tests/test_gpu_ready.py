@@ -342,8 +342,11 @@ def test_sampler_batches_are_thread_safe(tmp_path):
 
 # ------------------------------------------------------------------------------------------------ smoke script
 @pytest.mark.slow
-def test_gpu_smoke_cpu_path():
-    """tools/gpu_smoke.py: exit 2 without a GPU; --allow-cpu runs every step on CPU and passes."""
+def test_gpu_smoke_cpu_path(tmp_path):
+    """tools/gpu_smoke.py: exit 2 without a GPU; --allow-cpu runs every step on CPU and passes, the 2-rank step as
+    2 gloo CPU ranks under paddle.distributed.launch (one workerlog and one report of world size 2 per rank, with
+    recompute on)."""
+    import json
     import subprocess
     import sys
 
@@ -352,12 +355,21 @@ def test_gpu_smoke_cpu_path():
     tool = os.path.join(ROOT, "tools", "gpu_smoke.py")
     r = subprocess.run([sys.executable, tool], capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and "--allow-cpu" in r.stderr
-    r = subprocess.run([sys.executable, tool, "--allow-cpu"], capture_output=True, text=True, timeout=120)
+    work = tmp_path / "work"
+    r = subprocess.run([sys.executable, tool, "--allow-cpu", "--work-dir", str(work)], capture_output=True, text=True,
+                       timeout=420)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     lines = r.stdout.splitlines()
     status = {ln.split()[0] + (" " + ln.split()[1] if ln.startswith("train") else ""): ln.split()[2]
               if ln.startswith("train") else ln.split()[1] for ln in lines if ln.split() and ln.split()[0] in
               ("device", "data", "train", "export")}
     assert status == {"device": "ok", "data": "ok", "train fp32": "ok", "train fp16": "skipped",
-                      "train bf16": "skipped", "export": "ok"}, lines
+                      "train bf16": "skipped", "train 2-rank": "ok", "export": "ok"}, lines
     assert any(ln.startswith("predict vs dygraph  ok") for ln in lines) and "all steps passed" in r.stdout
+    (two,) = [ln for ln in lines if ln.startswith("train 2-rank")]
+    assert "2 gloo CPU ranks (--nproc_per_node 2), recompute on, 2 steps," in two and " slices/s" in two
+    assert {"workerlog.0", "workerlog.1"} <= set(os.listdir(work / "dp_log"))
+    reports = [json.loads((work / "dp" / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert [(x["rank"], x["world"], x["recompute"], x["device"]) for x in reports] == [(0, 2, True, "cpu"),
+                                                                                      (1, 2, True, "cpu")]
+    assert all(x["slices_per_s"] > 0 and np.isfinite(x["loss"]) for x in reports)

@@ -2,6 +2,7 @@
 
     python deploy/python/predict.py --model_dir output/inference --input /data/stage_2_test --output out \
         [--backend paddle|onnxruntime --threads 4 --device auto|cpu|gpu --no-mkldnn]
+        [--precision fp16 --trt]     # GPU: mixed precision, TensorRT (docs/inference.md "GPU")
 
 Reads MODEL_DIR/inference.yml (preprocessing, labels) and inference.json / inference.pdmodel +
 inference.pdiparams (or inference.onnx), and writes the same files as tools/infer.py:
@@ -31,10 +32,20 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--device", default="auto", help="auto (GPU when paddle has CUDA and a GPU, else CPU) | cpu | gpu | gpu:N")
     p.add_argument("--threads", type=int, default=None, help="CPU threads (default: all cores)")
     p.add_argument("--no-mkldnn", action="store_true", help="disable oneDNN on CPU (paddle back-end)")
-    p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
-                   help="paddle back-end on CPU: bf16 = oneDNN bfloat16 on AVX512-BF16/AMX CPUs (Paddle 3.x; export "
-                        "with -o Export.bf16=True), 3.06-3.42x the fp32 speed for Swin-B, probabilities not "
-                        "bit-equal to fp32 (docs/inference.md)")
+    p.add_argument("--precision", choices=("fp32", "fp16", "bf16"), default=None,
+                   help="paddle back-end (Infer.precision, default inference.yml / fp32): fp16 = GPU mixed precision "
+                        "(or TensorRT fp16 with --trt; compute capability >= 7.0); bf16 = oneDNN bfloat16 on "
+                        "AVX512-BF16/AMX CPUs (Paddle 3.x; export with -o Export.bf16=True), 3.06-3.42x the fp32 "
+                        "speed for Swin-B; neither is bit-equal to fp32 (docs/inference.md)")
+    p.add_argument("--trt", action="store_true", default=None,
+                   help="GPU: TensorRT subgraphs (Infer.trt; paddlepaddle-gpu with TensorRT), built once for 1 to "
+                        "--trt-max-slices slices and kept in --trt-cache-dir")
+    p.add_argument("--trt-max-slices", type=int, default=None,
+                   help="largest series piece the engines take (Infer.trt_max_slices; default the chunk length)")
+    p.add_argument("--trt-opt-slices", type=int, default=None,
+                   help="slice count the engines are tuned for (Infer.trt_opt_slices)")
+    p.add_argument("--trt-cache-dir", default=None, help="folder for the built engines (Infer.trt_cache_dir; "
+                                                         "default MODEL_DIR/trt)")
     p.add_argument("--threshold", type=float, default=None, help="series.json threshold (default inference.yml)")
     p.add_argument("--chunk-slices", type=int, default=None,
                    help="series longer than this go in overlapping chunks (default: inference.yml Infer.chunk_slices, "
@@ -60,7 +71,7 @@ def main(argv=None) -> int:
 
     threads = setup_threads(args.threads)
     from ppihd.engine.exporter import read_inference_yml
-    from ppihd.engine.backends import OnnxBackend, PaddleInferenceBackend
+    from ppihd.engine.backends import OnnxBackend, PaddleInferenceBackend, trt_plan
     from ppihd.engine.predictor import run_inference
     from ppihd.utils.config import deep_merge
     from ppihd.utils.schema import DEFAULTS
@@ -71,25 +82,18 @@ def main(argv=None) -> int:
 
         has_gpu = paddle.device.is_compiled_with_cuda() and paddle.device.cuda.device_count() > 0
         args.device = "gpu" if has_gpu else "cpu"
-    if args.precision != "fp32" and args.backend != "paddle":
-        log.error("--precision %s is an option of the paddle back-end", args.precision)
-        return 2
-    log.info("backend %s on %s, %d CPU threads, %s", args.backend, args.device, threads, args.precision)
     try:
         meta = read_inference_yml(args.model_dir)
-        if args.backend == "onnxruntime":
-            backend = OnnxBackend(args.model_dir, device=args.device, threads=threads)
-        else:
-            backend = PaddleInferenceBackend(args.model_dir, device=args.device, threads=threads,
-                                             mkldnn=not args.no_mkldnn, precision=args.precision)
-    except (FileNotFoundError, ValueError, RuntimeError) as e:
+    except (FileNotFoundError, ValueError) as e:
         log.error("%s", e)
         return 2
     data_cfg = deep_merge(DEFAULTS["Data"], meta["Preprocess"])
     infer_cfg = deep_merge(DEFAULTS["Infer"], meta.get("Infer") or {})
     for key, val in (("threshold", args.threshold), ("chunk_slices", args.chunk_slices),
                      ("chunk_overlap", args.chunk_overlap), ("predict_series", args.predict_series),
-                     ("slab_mm", args.slab_mm), ("study_aggregation", args.study_aggregation)):
+                     ("slab_mm", args.slab_mm), ("study_aggregation", args.study_aggregation),
+                     ("precision", args.precision), ("trt", args.trt), ("trt_max_slices", args.trt_max_slices),
+                     ("trt_opt_slices", args.trt_opt_slices), ("trt_cache_dir", args.trt_cache_dir)):
         if val is not None:
             infer_cfg[key] = val
     if args.no_plots:
@@ -99,6 +103,24 @@ def main(argv=None) -> int:
     if args.no_html:
         infer_cfg["report_html"] = False
     infer_cfg["batch_series"] = 1  # the exported graph takes one series at a time
+    precision = infer_cfg["precision"]
+    paddle_only = ([f"--precision {precision}"] if precision != "fp32" else []) + (["--trt"] if infer_cfg["trt"] else [])
+    if args.backend != "paddle" and paddle_only:
+        log.error("%s: only the paddle back-end has %s (not --backend %s)", " and ".join(paddle_only),
+                  "these options" if len(paddle_only) > 1 else "this option", args.backend)
+        return 2
+    log.info("backend %s on %s, %d CPU threads, %s%s", args.backend, args.device, threads, precision,
+             ", TensorRT" if infer_cfg["trt"] else "")
+    try:
+        if args.backend == "onnxruntime":
+            backend = OnnxBackend(args.model_dir, device=args.device, threads=threads)
+        else:
+            backend = PaddleInferenceBackend(
+                args.model_dir, device=args.device, threads=threads, mkldnn=not args.no_mkldnn, precision=precision,
+                trt=trt_plan(infer_cfg, int(data_cfg["image_size"]), args.model_dir))
+    except (FileNotFoundError, ValueError, RuntimeError) as e:
+        log.error("%s", e)
+        return 2
     res = run_inference(args.input, args.output, backend, data_cfg, infer_cfg, num_workers=args.num_workers,
                         progress=show_progress(not args.no_progress), logger=log, tool="deploy/python/predict.py",
                         provenance=meta.get("Provenance"))

@@ -11,7 +11,8 @@ probabilities, a long series in overlapping chunks (:func:`chunk_bounds`, :func:
 from __future__ import annotations
 
 import os
-from typing import Any, List, Optional, Sequence, Tuple
+from dataclasses import dataclass
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -85,25 +86,44 @@ class DygraphBackend(Backend):
 
     ``predict_many`` pads sequences to the longest and passes the key-padding mask ``[B, S]``
     (True = real slice), so ``batch_series`` > 1 gives the same numbers as one series at a time.
+    ``precision`` ``fp16`` (GPU, compute capability >= 7.0) runs the forward under ``paddle.amp.auto_cast``
+    (O1: matmuls and convolutions in fp16, normalisations and softmax in fp32); ``fp32`` (default) as is.
     """
 
     name = "dygraph"
 
-    def __init__(self, model: Any, batch_series: int = 1):
+    def __init__(self, model: Any, batch_series: int = 1, precision: str = "fp32"):
+        precision = str(precision).lower()
+        if precision == "fp16":
+            import paddle
+
+            dev = str(paddle.device.get_device())
+            if not dev.startswith("gpu"):
+                raise ValueError(fp16_needs_gpu(dev))
+            check_gpu_fp16(gpu_index(dev))
+        elif precision != "fp32":
+            raise ValueError(f"precision '{precision}' of the dygraph model (tools/infer.py): expected fp32 | fp16 "
+                             "(bf16 is the exported-model CPU path: tools/export_model.py -o Export.bf16=True, then "
+                             "deploy/python/predict.py --precision bf16)")
         self.model = model
         self.model.eval()
         self.batch_series = max(1, int(batch_series))
+        self.precision = precision
 
     def _forward(self, images: np.ndarray, mask: Optional[np.ndarray]) -> np.ndarray:
+        import contextlib
+
         import paddle
 
-        with paddle.no_grad():
+        half = self.precision == "fp16"
+        with paddle.no_grad(), (paddle.amp.auto_cast(True, level="O1", dtype="float16") if half
+                                else contextlib.nullcontext()):
             x = paddle.to_tensor(images, dtype="float32")
             m = None if mask is None else paddle.to_tensor(mask)
             out = self.model(x, m)
             if isinstance(out, dict):  # a model left in train mode by its caller
                 out = out["logits"]
-            return sigmoid(out.numpy()).astype(np.float32)
+            return sigmoid((out.astype("float32") if half else out).numpy()).astype(np.float32)
 
     def predict_series(self, images: np.ndarray) -> np.ndarray:
         return self._forward(np.asarray(images, np.float32)[None], None)[0]
@@ -148,27 +168,145 @@ def find_model_files(model_dir: str, prefix: str = "inference") -> Tuple[str, st
                             f"{' or '.join(names)} + {prefix}.pdiparams; {how})")
 
 
-#: numeric precisions of :class:`PaddleInferenceBackend` (``--precision`` of deploy/python/predict.py)
-PRECISIONS = ("fp32", "bf16")
+#: numeric precisions of :class:`PaddleInferenceBackend` (``Infer.precision``, ``--precision``): fp32 everywhere,
+#: fp16 on an NVIDIA GPU only, bf16 on a CPU with native bfloat16 only
+PRECISIONS = ("fp32", "fp16", "bf16")
+#: GPU memory pool Paddle Inference reserves when the predictor starts (MB; it grows on demand)
+GPU_POOL_MB = 256
+# MEMORY_OPTIM: ``config.enable_memory_optim()`` (activation buffers with disjoint lifetimes share memory) is on by
+# default for a GPU run of a ``.pdmodel`` program, and off
+# - for a PIR program (``inference.json``, Paddle 3) on any device: Paddle 3.3.1's create_predictor raises
+#   "Not find predictor_id 0 and pass_name memory_optimize_pass" (the pass belongs to the old IR; PrepareExecutor
+#   asks for its result on every device), and PIR's executor frees each tensor after its last use anyway;
+# - on CPU: bit-identical probabilities but slower (demo micro model, Paddle 2.6.2 + oneDNN, 2 threads, best of
+#   3x3 interleaved: 0.30 -> 0.40 s for 32 slices, 0.074 -> 0.085 s for 7; peak RSS 546 -> 460 MB;
+#   ``benchmarks/memory_optim.py``, docs/inference.md "GPU").
+
+
+def gpu_index(dev: str) -> int:
+    """``gpu`` -> 0, ``gpu:N`` -> N."""
+    return int(dev.split(":")[1]) if ":" in dev else 0
+
+
+def check_gpu_fp16(gpu_id: int) -> None:
+    """Raise a RuntimeError naming the GPU below compute capability 7.0: the rule of Paddle's AMP
+    (``paddle/amp/auto_cast.py``, which turns fp16 off there: no tensor cores; a P40 runs fp16 at 1/64 of its fp32
+    rate), applied to inference too so that ``fp16`` never quietly means something else. ROCm builds pass."""
+    import paddle
+
+    if paddle.is_compiled_with_rocm():
+        return
+    major, minor = paddle.device.cuda.get_device_capability(gpu_id)
+    if major < 7:
+        name = paddle.device.cuda.get_device_name(gpu_id)
+        raise RuntimeError(f"precision fp16: {name} (gpu:{gpu_id}, compute capability {major}.{minor}) is below "
+                           "Paddle's fp16 rule (compute capability >= 7.0: V100, T4, A100, H100, ...); use fp32")
+
+
+def fp16_needs_gpu(dev: str) -> str:
+    """The error for precision fp16 on a device that is not a GPU."""
+    return (f"precision fp16 runs on an NVIDIA GPU (--device gpu); this run is on {dev}: use fp32 on CPU (or bf16 "
+            "on a CPU with AVX512-BF16/AMX, deploy/python/predict.py)")
+
+
+@dataclass(frozen=True)
+class TrtPlan:
+    """TensorRT for the exported program: the slice range of its input ``images`` ``[1, S, 3, H, W]`` (S from
+    ``min_slices`` to ``max_slices``, kernels tuned for ``opt_slices``), the builder workspace and the folder that
+    keeps what is built once (Paddle 3: the converted program; Paddle 2.6: the shape ranges and the engines)."""
+
+    image_size: int
+    max_slices: int
+    opt_slices: int
+    workspace_mb: int
+    cache_dir: str
+    min_slices: int = 1
+
+    def shape(self, slices: int) -> List[int]:
+        return [1, int(slices), 3, self.image_size, self.image_size]
+
+    def shapes(self) -> Dict[str, List[List[int]]]:
+        """``{"images": [min shape, opt shape, max shape]}``."""
+        return {"images": [self.shape(self.min_slices), self.shape(self.opt_slices), self.shape(self.max_slices)]}
+
+    @property
+    def tag(self) -> str:
+        return f"s{self.min_slices}-{self.opt_slices}-{self.max_slices}_{self.image_size}"
+
+
+def trt_plan(infer_cfg: Mapping[str, Any], image_size: int, model_dir: str) -> Optional[TrtPlan]:
+    """The :class:`TrtPlan` of the ``Infer`` section (None when ``Infer.trt`` is off). The largest input is
+    ``Infer.trt_max_slices``, else ``Infer.chunk_slices`` (longer series are fed in chunks of that length)."""
+    if not infer_cfg["trt"]:
+        return None
+    most = infer_cfg["trt_max_slices"] or infer_cfg["chunk_slices"]
+    if not most:
+        raise ValueError("Infer.trt needs the largest slice count the engine accepts: set Infer.trt_max_slices "
+                         "(--trt-max-slices) or Infer.chunk_slices (--chunk-slices; longer series go in chunks)")
+    opt = min(int(infer_cfg["trt_opt_slices"]), int(most))
+    if opt < 1:
+        raise ValueError(f"Infer.trt_opt_slices={infer_cfg['trt_opt_slices']}: expected >= 1")
+    return TrtPlan(int(image_size), int(most), opt, int(infer_cfg["trt_workspace_mb"]),
+                   str(infer_cfg["trt_cache_dir"] or os.path.join(model_dir, "trt")))
+
+
+def trt_unavailable(model_file: str) -> str:
+    """Why this paddle cannot run ``model_file`` with TensorRT ("" when it can): a Paddle 3 ``.json`` program needs
+    ``paddle.tensorrt`` (paddlepaddle-gpu built with TensorRT + the tensorrt Python package), a ``.pdmodel`` a
+    Paddle Inference compiled with TensorRT (``paddle.inference.get_trt_compile_version()`` not 0.0.0)."""
+    import paddle
+
+    if model_file.endswith(".json"):
+        try:
+            import paddle.tensorrt  # noqa: F401
+        except ImportError as e:
+            return (f"--trt on a Paddle 3 export (inference.json) needs paddle.tensorrt, which paddle "
+                    f"{paddle.__version__} cannot import ({e}): install paddlepaddle-gpu built with TensorRT and "
+                    "the tensorrt Python package, or drop --trt")
+        return ""
+    version = getattr(paddle.inference, "get_trt_compile_version", lambda: (0, 0, 0))()
+    return "" if tuple(version) != (0, 0, 0) else (f"--trt: paddle {paddle.__version__} was built without TensorRT "
+                                                   "(get_trt_compile_version() is 0.0.0): install paddlepaddle-gpu "
+                                                   "with TensorRT, or drop --trt")
+
+
+def _fresh(outputs: Sequence[str], inputs: Sequence[str]) -> bool:
+    """Every output exists and is newer than every input."""
+    if not all(os.path.isfile(o) for o in outputs):
+        return False
+    return min(os.path.getmtime(o) for o in outputs) >= max(os.path.getmtime(i) for i in inputs)
 
 
 class PaddleInferenceBackend(Backend):
     """An exported model through ``paddle.inference`` (input ``[1, S, 3, H, W]``, output ``[1, S, 6]``
     probabilities). On CPU oneDNN is enabled with ``config.enable_mkldnn()`` unless ``mkldnn=False``;
     ``threads`` sets the math-library threads; ``keep_memory`` (default) calls :func:`keep_freed_memory` so
-    the activations' pages are reused from one series to the next. ``device='gpu'`` uses GPU 0 when paddle
-    has CUDA.
+    the activations' pages are reused from one series to the next. ``device='gpu'`` / ``'gpu:N'`` runs on that
+    GPU when paddle has CUDA. ``memory_optim`` calls ``config.enable_memory_optim()``; None (default) = on for a GPU
+    run of a ``.pdmodel`` program, off on CPU and for PIR ``.json`` programs (why: the MEMORY_OPTIM note above;
+    True with a PIR program is an error).
 
-    ``precision``: ``fp32`` (default) | ``bf16`` — oneDNN bfloat16 on CPUs with AVX512-BF16 / AMX
-    (``config.enable_mkldnn_bfloat16()``) on the two programs of ``export_paddle_bf16`` (fp32 patch embedding,
-    bf16 rest): 3.06-3.42x the fp32 speed for Swin-B, probabilities within 0.006 of fp32 on the trained demo
-    model, not bit-equal (docs/benchmarks.md, "Below fp32"); check a trained model with ``benchmarks/lowprec.py``
-    before deploying it."""
+    ``precision``: ``fp32`` (default) | ``fp16`` | ``bf16``.
+
+    - ``bf16`` — oneDNN bfloat16 on CPUs with AVX512-BF16 / AMX (``config.enable_mkldnn_bfloat16()``) on the two
+      programs of ``export_paddle_bf16`` (fp32 patch embedding, bf16 rest): 3.06-3.42x the fp32 speed for Swin-B,
+      probabilities within 0.006 of fp32 on the trained demo model, not bit-equal (docs/benchmarks.md, "Below
+      fp32"); check a trained model with ``benchmarks/lowprec.py`` before deploying it.
+    - ``fp16`` — GPU only (compute capability >= 7.0): Paddle Inference's mixed precision
+      (``config.enable_use_gpu(pool, id, PrecisionType.Half)``), or TensorRT fp16 with ``trt``.
+
+    ``trt``: a :class:`TrtPlan` (GPU only, off by default): TensorRT subgraphs for the slice range of the plan.
+    Paddle 3 (``inference.json``, PIR) converts the program once with ``paddle.tensorrt.convert`` (min / opt / max
+    shapes of the plan) into ``trt_cache_dir`` and runs the converted program; Paddle 2.x (``inference.pdmodel``)
+    records every tensor's shape range on runs of min / opt / max slices (``collect_shape_range_info``), then
+    enables ``enable_tensorrt_engine`` with those ranges (``enable_tuned_tensorrt_dynamic_shape``) and keeps the
+    built engines in the cache folder (``use_static``)."""
 
     name = "paddle"
 
     def __init__(self, model_dir: str, device: str = "cpu", threads: Optional[int] = None, mkldnn: bool = True,
-                 keep_memory: bool = True, precision: str = "fp32"):
+                 keep_memory: bool = True, precision: str = "fp32", trt: Optional[TrtPlan] = None,
+                 memory_optim: Optional[bool] = None):
         import paddle
         from paddle import inference as pinf
 
@@ -176,10 +314,11 @@ class PaddleInferenceBackend(Backend):
         if precision not in PRECISIONS:
             raise ValueError(f"precision '{precision}' unknown; expected one of {' | '.join(PRECISIONS)}")
         dev = str(device).lower()
+        gpu = dev.startswith("gpu")
         if precision == "bf16":
-            if dev.startswith("gpu"):
+            if gpu:
                 raise ValueError("precision bf16 is the CPU path (oneDNN on AVX512-BF16/AMX); use --device cpu, "
-                                 "or fp32 on GPU")
+                                 "or fp32 / fp16 on GPU")
             if not mkldnn:
                 raise ValueError("precision bf16 runs through oneDNN; it cannot be combined with --no-mkldnn")
             if paddle.__version__.split(".")[0] in ("1", "2"):
@@ -188,32 +327,63 @@ class PaddleInferenceBackend(Backend):
             if not cpu_supports_bf16():
                 raise RuntimeError("precision bf16: this CPU has no native bfloat16 (needs the avx512_bf16 or "
                                    "amx_bf16 flag in lscpu); use fp32")
-        if dev.startswith("gpu") and not paddle.device.is_compiled_with_cuda():
+        if precision == "fp16" and not gpu:
+            raise ValueError(fp16_needs_gpu(dev))
+        if trt is not None and not gpu:
+            raise ValueError(f"--trt (TensorRT) runs on an NVIDIA GPU (--device gpu); this run is on {dev}: drop "
+                             "--trt on CPU")
+        if gpu and not paddle.device.is_compiled_with_cuda():
             raise RuntimeError("--device gpu but this paddle build has no CUDA; install paddlepaddle-gpu "
                                "or use --device cpu")
-        if keep_memory and not dev.startswith("gpu"):
+        if precision == "fp16":
+            check_gpu_fp16(gpu_index(dev))
+        if keep_memory and not gpu:
             keep_freed_memory()
         self.stem = None
+        stem_files = None
         if precision == "bf16":  # two programs: fp32 stem, bf16 body (ppihd.engine.exporter.export_paddle_bf16)
             from ppihd.engine.exporter import BF16_BODY, BF16_STEM
 
             stem_files, files = find_model_files(model_dir, BF16_STEM), find_model_files(model_dir, BF16_BODY)
-            self.stem = pinf.create_predictor(self.make_config(pinf, stem_files, dev, threads, True, False))
         else:
             files = find_model_files(model_dir)
-        self.config = self.make_config(pinf, files, dev, threads, mkldnn, precision == "bf16")
+        pir = files[0].endswith(".json")
+        if memory_optim and pir:
+            raise ValueError(f"memory optimisation cannot be combined with a PIR program ({files[0]}): paddle "
+                             f"{paddle.__version__}'s create_predictor then fails (\"Not find predictor_id ... "
+                             "memory_optimize_pass\"); its executor frees each tensor after its last use instead")
+        optim = (gpu and not pir) if memory_optim is None else bool(memory_optim)   # see MEMORY_OPTIM
+        if stem_files is not None:
+            self.stem = pinf.create_predictor(self.make_config(pinf, stem_files, dev, threads, True, False,
+                                                               memory_optim=optim))
+        fp16 = precision == "fp16"
+        why = trt_unavailable(files[0]) if trt is not None else ""
+        if why:
+            raise RuntimeError(why)
+        if trt is not None and pir:                          # PIR: run the TensorRT-converted program (PIR too)
+            files = self.convert_pir_trt(files, trt, fp16)
+            self.config = self.make_config(pinf, files, dev, threads, mkldnn, False)
+        elif trt is not None:                                # .pdmodel: TensorRT subgraphs with tuned shapes
+            shape_file = self.collect_trt_shapes(pinf, files, dev, trt)
+            self.config = self.make_config(pinf, files, dev, threads, mkldnn, False, memory_optim=optim)
+            self.enable_trt(pinf, self.config, trt, fp16, shape_file)
+        else:
+            self.config = self.make_config(pinf, files, dev, threads, mkldnn, precision == "bf16",
+                                           memory_optim=optim, fp16=fp16)
         self.predictor = pinf.create_predictor(self.config)
-        self.device, self.threads, self.precision = dev, threads, precision
+        self.device, self.threads, self.precision, self.trt, self.memory_optim = dev, threads, precision, trt, optim
         self.mkldnn = bool(self.config.mkldnn_enabled()) if hasattr(self.config, "mkldnn_enabled") else bool(mkldnn)
 
     @staticmethod
-    def make_config(pinf, files: Tuple[str, str], dev: str, threads: Optional[int], mkldnn: bool, bf16: bool):
-        """The ``paddle.inference.Config`` this back-end uses for one program (``files`` = model, params): device,
-        oneDNN (with the Paddle 3.3 pass work-around) and bf16 as given. For a predictor on a single program."""
+    def make_config(pinf, files: Tuple[str, str], dev: str, threads: Optional[int], mkldnn: bool, bf16: bool,
+                    memory_optim: bool = False, fp16: bool = False):
+        """The ``paddle.inference.Config`` this back-end uses for one program (``files`` = model, params): device
+        (GPU with the fp16 mixed precision when ``fp16``), oneDNN (with the Paddle 3.3 pass work-around), bf16 and
+        memory optimisation as given. For a predictor on a single program."""
         cfg = pinf.Config(*files)
         if dev.startswith("gpu"):
-            gpu_id = int(dev.split(":")[1]) if ":" in dev else 0
-            cfg.enable_use_gpu(256, gpu_id)
+            cfg.enable_use_gpu(GPU_POOL_MB, gpu_index(dev),
+                               pinf.PrecisionType.Half if fp16 else pinf.PrecisionType.Float32)
         else:
             cfg.disable_gpu()
             if mkldnn:
@@ -228,11 +398,56 @@ class PaddleInferenceBackend(Backend):
                 cfg.disable_mkldnn()
             if threads:
                 cfg.set_cpu_math_library_num_threads(int(threads))
+        if memory_optim:
+            cfg.enable_memory_optim()
         try:
             cfg.disable_glog_info()
         except AttributeError:  # pragma: no cover
             pass
         return cfg
+
+    @staticmethod
+    def convert_pir_trt(files: Tuple[str, str], plan: TrtPlan, fp16: bool) -> Tuple[str, str]:
+        """Paddle 3 (PIR ``.json``): the program with TensorRT engines for the plan's slice range, converted once by
+        ``paddle.tensorrt.convert`` into ``plan.cache_dir`` (again only when the exported model is newer)."""
+        from paddle.tensorrt.export import Input, PrecisionMode, TensorRTConfig, convert
+
+        prefix = os.path.join(plan.cache_dir, f"inference_trt_{'fp16' if fp16 else 'fp32'}_{plan.tag}")
+        out = (prefix + ".json", prefix + ".pdiparams")
+        if not _fresh(out, files):
+            os.makedirs(plan.cache_dir, exist_ok=True)
+            lo, opt, hi = plan.shapes()["images"]
+            tc = TensorRTConfig(inputs=[Input(min_input_shape=tuple(lo), optim_input_shape=tuple(opt),
+                                              max_input_shape=tuple(hi))])
+            tc.precision_mode = PrecisionMode.FP16 if fp16 else PrecisionMode.FP32
+            tc.workspace_size = int(plan.workspace_mb) << 20
+            tc.save_model_dir = prefix
+            convert(os.path.splitext(files[0])[0], tc)
+        return out
+
+    @classmethod
+    def collect_trt_shapes(cls, pinf, files: Tuple[str, str], dev: str, plan: TrtPlan) -> str:
+        """Paddle 2.x (``.pdmodel``): the shape range of every tensor, recorded once (``collect_shape_range_info``)
+        on GPU runs of the plan's min / opt / max slices; returns the ``.pbtxt`` file."""
+        path = os.path.join(plan.cache_dir, f"shape_range_{plan.tag}.pbtxt")
+        if not _fresh([path], files):
+            os.makedirs(plan.cache_dir, exist_ok=True)
+            cfg = cls.make_config(pinf, files, dev, None, False, False)
+            cfg.collect_shape_range_info(path)
+            predictor = pinf.create_predictor(cfg)
+            for shape in plan.shapes()["images"]:
+                cls.run(predictor, np.full(shape, 0.5, dtype=np.float32))
+            del predictor  # the ranges are written when the predictor is destroyed
+        return path
+
+    @staticmethod
+    def enable_trt(pinf, cfg, plan: TrtPlan, fp16: bool, shape_file: str) -> None:
+        """Paddle 2.x: TensorRT subgraphs (fp16 or fp32) with the recorded shape ranges; engines kept in the cache."""
+        cfg.enable_tensorrt_engine(workspace_size=int(plan.workspace_mb) << 20, max_batch_size=1, min_subgraph_size=3,
+                                   precision_mode=pinf.PrecisionType.Half if fp16 else pinf.PrecisionType.Float32,
+                                   use_static=True, use_calib_mode=False)
+        cfg.enable_tuned_tensorrt_dynamic_shape(shape_file, True)
+        cfg.set_optim_cache_dir(plan.cache_dir)
 
     @staticmethod
     def run(predictor, x: np.ndarray) -> np.ndarray:

@@ -207,6 +207,20 @@ DEFAULTS: Dict[str, Any] = {
                                                    # ~29 MB/slice for Swin-B on CPU); None = always whole series.
                                                    # Every RSNA series (<= ~60 slices) is one pass either way.
         "chunk_overlap": 32,                       # slices shared by consecutive chunks (their probabilities averaged)
+        # numerics and GPU engine (docs/inference.md "GPU"); --precision / --trt of the tools set them
+        "precision": "fp32",                       # fp32 | fp16 (NVIDIA GPU, compute capability >= 7.0: Paddle
+                                                   # Inference mixed precision / dygraph auto_cast O1, or TensorRT
+                                                   # fp16 with trt) | bf16 (exported model on a CPU with
+                                                   # AVX512-BF16/AMX, export with Export.bf16; predict.py only)
+        "trt": False,                              # TensorRT subgraphs on GPU (deploy/python/predict.py; Paddle
+                                                   # Inference built with TensorRT); off = Paddle's own GPU kernels
+        "trt_max_slices": None,                    # largest slice count the engines take; None = chunk_slices
+                                                   # (longer series are fed in chunks of that length)
+        "trt_opt_slices": 40,                      # slice count the engines are tuned for (an RSNA series: 24-60),
+                                                   # min(this, the max); the smallest is always 1
+        "trt_workspace_mb": 1024,                  # TensorRT builder workspace (MB)
+        "trt_cache_dir": None,                     # where the converted program / shape ranges / engines are kept
+                                                   # (built on the first run, reused after); None = <model_dir>/trt
         "key_slices": 4,                           # brain-window thumbnails in the per-series PNG
         "save_plots": True,                        # write series/<series_id>.png (the JSON is always written)
         "dicom_sr": True,                          # write sr/<study_id>.dcm: a DICOM Comprehensive 3D SR (TID 1500)
@@ -298,6 +312,7 @@ NULLABLE_TYPES: Dict[str, Any] = {
     "Arch.backbone.stem_channels": ("list", int), "Arch.pretrained": str, "Arch.head_bias": ("list", float),
     "Ablation.row": str, "Ablation.adds": str, "Ablation.description": str, "Ablation.paper_log_loss": float,
     "Ensemble.tau_l": float, "SlicePretrain.output_dir": str, "Optimizer.multi_tensor": bool,
+    "Infer.trt_max_slices": int, "Infer.trt_cache_dir": str,
     "SlicePretrain.Optimizer.multi_tensor": bool,
 }
 
