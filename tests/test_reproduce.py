@@ -20,8 +20,9 @@ TINY = ["Global.iters=8", "Global.eval_interval=0", "Global.save_interval=2", "G
         "PseudoLabel.tau_s=0.5"]  # tau_s 0.5: the tiny model is not confident; every series is kept
 #: |2 ranks - 1 rank x grad_accum 2| of the single model's val weighted log loss: the runs draw the same batches,
 #: crops, flips and drop-path masks and hold the same BatchNorm statistics; what is left is float32 summation order
-#: (the all-reduce's (g0 + g1) / 2 against g0 / 2 + g1 / 2), ~1e-7 relative per step, through 8 AdamW steps
-TOL_RANKS = 1e-4
+#: (the all-reduce's (g0 + g1) / 2 against g0 / 2 + g1 / 2), ~1e-7 relative per step, through 8 AdamW steps.
+#: Measured: 0.4356190 vs 0.4356190 (|diff| 7e-9); before the keying by position 0.39736 vs 0.43615.
+TOL_RANKS = 1e-5
 STEPS = ["preprocess", "pretrain", "train", "eval", "infer", "pseudo_r1", "train_r1", "eval_r1", "infer_r1",
          "ensemble", "score"]
 
