@@ -81,20 +81,14 @@ import numpy as np
 import paddle
 import paddle.distributed as dist
 from gpu_utils import FixedSeries, micro_cfg
-from ppihd.arch import build_model
+from test_distributed import _data_parallel
 from ppihd.engine.trainer import Trainer
 from ppihd.loss import build_loss
-from ppihd.optimizer import build_lr_scheduler, build_optimizer
 
 dist.init_parallel_env()
 rank, world = dist.get_rank(), dist.get_world_size()
 cfg = micro_cfg({out!r}, iters=2, recompute=True, **{{"Global.grad_accum": 2}})
-paddle.seed(0)
-net = build_model(cfg["Arch"])
-init = {{k: v.numpy().copy() for k, v in net.state_dict().items()}}
-model = paddle.DataParallel(net)
-sched = build_lr_scheduler(cfg["Optimizer"], cfg["Global"]["iters"])
-opt = build_optimizer(cfg["Optimizer"], model.parameters(), sched)
+net, init, model, sched, opt = _data_parallel(cfg)
 tr = Trainer(cfg, model, build_loss(cfg["Loss"], True), opt, sched, FixedSeries(8, 0), None,
              rank=rank, world_size=world)
 seen = np.array([tr.batches.indices(m) for m in range(4)])  # micro-batches of iterations 0 and 1
@@ -106,6 +100,22 @@ np.savez(os.path.join({out!r}, f"rank{{rank}}.npz"), world=world, seen=seen, no_
          **{{"p_" + k: v.numpy() for k, v in net.state_dict().items()}},
          **{{"i_" + k: v for k, v in init.items()}})
 '''
+
+
+def _data_parallel(cfg):
+    """Worker side: the model of ``cfg`` (paddle seed 0), its initial weights, its ``paddle.DataParallel`` wrapper,
+    the schedule and the optimizer."""
+    import paddle
+
+    from ppihd.arch import build_model
+    from ppihd.optimizer import build_lr_scheduler, build_optimizer
+
+    paddle.seed(0)
+    net = build_model(cfg["Arch"])
+    init = {k: v.numpy().copy() for k, v in net.state_dict().items()}
+    model = paddle.DataParallel(net)
+    sched = build_lr_scheduler(cfg["Optimizer"], cfg["Global"]["iters"])
+    return net, init, model, sched, build_optimizer(cfg["Optimizer"], model.parameters(), sched)
 
 
 def _launch(tmp_path, worker_src, python=sys.executable, **fields):
@@ -315,23 +325,16 @@ sys.path.insert(0, {tests!r}); sys.path.insert(0, {root!r})
 import numpy as np
 import paddle
 import paddle.distributed as dist
-from test_distributed import _augment_cfg
-from ppihd.arch import build_model
+from test_distributed import _augment_cfg, _data_parallel
 from ppihd.data.augment import build_train_augment
 from ppihd.data.dataset import SeriesDataset
 from ppihd.engine.trainer import Trainer
 from ppihd.loss import build_loss
-from ppihd.optimizer import build_lr_scheduler, build_optimizer
 
 dist.init_parallel_env()
 rank, world = dist.get_rank(), dist.get_world_size()
 cfg = _augment_cfg({out!r}, {data!r}, {cache!r}, accum=1, recompute=True)
-paddle.seed(0)
-net = build_model(cfg["Arch"])
-init = {{k: v.numpy().copy() for k, v in net.state_dict().items()}}
-model = paddle.DataParallel(net)
-sched = build_lr_scheduler(cfg["Optimizer"], cfg["Global"]["iters"])
-opt = build_optimizer(cfg["Optimizer"], model.parameters(), sched)
+net, init, model, sched, opt = _data_parallel(cfg)
 train = SeriesDataset(cfg, "train", transform=build_train_augment(cfg))
 tr = Trainer(cfg, model, build_loss(cfg["Loss"], True), opt, sched, train, None, rank=rank, world_size=world)
 tr.train()
