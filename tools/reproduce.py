@@ -4,7 +4,8 @@
     python tools/reproduce.py -c configs/swin_b_seq.yaml --data data/rsna --out runs/paper \\
         -o Arch.pretrained=weights/SwinTransformer_base_patch4_window7_224_pretrained.pdparams -o Global.device=gpu
     python tools/reproduce.py ... --gpus 0,1,2,3                      # training steps on 4 GPUs
-    python tools/reproduce.py ... --gpus 0,1,2,3 --ips 10.0.0.1,10.0.0.2   # and several machines (see the docs)
+    python tools/reproduce.py ... --gpus 0,1,2,3 --ips 10.0.0.1,10.0.0.2   # several machines: this on 10.0.0.1,
+    python tools/reproduce.py ... --gpus 0,1,2,3 --ips 10.0.0.1,10.0.0.2 --follower   # this on 10.0.0.2 (docs)
     python tools/reproduce.py -c configs/demo/swin_micro_seq.yaml --data data/demo --out output/reproduce-demo
     python tools/reproduce.py ... --dry-run                           # print the commands, run nothing
 
@@ -27,6 +28,14 @@ from its ``latest`` checkpoint: ``-o Global.checkpoints=<dir>/latest``). Every s
 RUN/logs/<step>.log too. The status table (step, state, time, key metric) is printed and written to
 RUN/status.json after every step. Exit status: 0 done; 2 bad command line; otherwise the failing step's exit
 status (e.g. 4 from tools/pseudo_label.py when no series is kept), with the step named.
+
+Several machines (``--ips``): the first machine (the first address) runs the pipeline; every other machine runs
+the same command with ``--follower``, which watches RUN/status.json (RUN on a shared file system, at the same
+path everywhere) and, whenever the first machine starts a training step, runs that step's launcher command
+here (Paddle's launcher gives each machine its node rank from the position of its address in ``--ips``). A
+follower exits 0 when the first machine's run is done; 1 when it failed or was interrupted (the local launch is
+stopped); 2 when RUN holds no status.json of this run (after ``--wait`` seconds), was written for another folder
+or another command, or this machine's address is not in ``--ips``; a local launch's own failure: its status.
 """
 from __future__ import annotations
 
@@ -38,6 +47,7 @@ import shlex
 import subprocess
 import sys
 import time
+import uuid
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -375,34 +385,40 @@ class Pipeline:
         with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
             json.dump(obj, f, indent=1)
 
-    def write_status(self) -> None:
+    def write_status(self, state: str = "running") -> None:
+        """RUN/status.json: the run's ``state`` (running, done, failed (N), interrupted) and the step rows; a
+        running training step under the launcher also has ``launch`` (what :func:`follow` runs on the other
+        machines)."""
         if not self.a.dry_run:
-            self.write_json(os.path.join(self.run, "status.json"), {"run": self.run, "steps": self.status})
+            self.write_json(os.path.join(self.run, "status.json"), {"run": self.run, "state": state,
+                                                                     "steps": self.status})
 
     def execute(self) -> int:
         steps = self.steps()
         self.status = [{"step": s.name, "state": "pending", "seconds": None, "metric": ""} for s in steps]
         if not self.a.dry_run:
             os.makedirs(os.path.join(self.run, "logs"), exist_ok=True)
+        self.write_status()
         for i, s in enumerate(steps):
             row = self.status[i]
             try:
                 self.run_step(s, row)
             except StepFailed as e:
                 row.update(state=f"failed ({e.code})")
-                self.write_status()
+                self.write_status(f"failed ({e.code})")
                 print(self.table())
                 self.print_results()
                 print(f"reproduce: step {e.step} failed with exit status {e.code}: {e}", file=sys.stderr)
                 return e.code
             except KeyboardInterrupt:
                 row.update(state="interrupted")
-                self.write_status()
+                self.write_status("interrupted")
                 print(self.table())
                 print(f"reproduce: interrupted in step {s.name}; run the same command again to resume",
                       file=sys.stderr)
                 return 130
             self.write_status()
+        self.write_status("done")
         print(self.table())
         if not self.a.dry_run:
             self.print_results()
@@ -435,6 +451,8 @@ class Pipeline:
         print(f"== {s.name}{' (resuming from latest)' if extra else ''}\n{shlex.join(full)}", flush=True)
         self.write_json(self.marker(s.name, "started"), {"hash": key, "argv": argv, "time": time.time()})
         row.update(state="running")
+        if launch:   # for the followers on the other machines (--ips): the script and its arguments
+            row["launch"] = {"attempt": uuid.uuid4().hex, "argv": argv[1:], "extra": extra}
         self.write_status()
         t0 = time.time()
         env = dict(os.environ)
@@ -540,6 +558,155 @@ class Pipeline:
         return pd.read_csv(self.sample, dtype={"ID": str})["ID"].tolist()
 
 
+def launcher_ip() -> str:
+    """This machine's address as Paddle's launcher finds it (``paddle.distributed.launch.context.node.Node``,
+    2.6 and 3.x): its node rank is the position of this address in ``--ips`` (0 when it is missing)."""
+    import socket
+
+    try:
+        return socket.gethostbyname(socket.getfqdn(socket.gethostname()))
+    except OSError:
+        return "127.0.0.1"
+
+
+#: seconds between two reads of RUN/status.json by a follower
+FOLLOW_POLL_S = 1.0
+
+
+def follow(pipe: Pipeline) -> int:
+    """``--follower``: run, on this machine, the launcher command of every training step the first machine starts
+    (RUN/status.json, :meth:`Pipeline.write_status`), until the first machine's run ends. Exit status: see the
+    module docstring."""
+    a = pipe.a
+    status_path = os.path.join(pipe.run, "status.json")
+    ip = launcher_ip()
+    ips = a.ips.split(",")
+    if ip not in ips:
+        print(f"reproduce --follower: error: this machine's address {ip} (as paddle.distributed.launch finds it) is "
+              f"not in --ips {a.ips}; the launcher would make it node 0 again. Use the addresses the machines see "
+              "themselves under", file=sys.stderr)
+        return 2
+    if ip == ips[0]:
+        print(f"reproduce --follower: error: {ip} is the first address of --ips: run the pipeline there (without "
+              "--follower) and --follower on the other machines", file=sys.stderr)
+        return 2
+    mine = {s.name: s for s in pipe.steps() if s.train_dir}
+    waited, t0 = False, time.time()
+    while not os.path.isfile(status_path):
+        if time.time() - t0 >= a.wait:
+            print(f"reproduce --follower: error: no {status_path} after {a.wait:g} s: start tools/reproduce.py with "
+                  f"--out {pipe.run} on the first machine ({ips[0]}), and give this machine the same (shared) run "
+                  "folder at the same path", file=sys.stderr)
+            return 2
+        if not waited:
+            print(f"waiting for the first machine to write {status_path}", flush=True)
+            waited = True
+        time.sleep(FOLLOW_POLL_S)
+    def stamp() -> Any:   # the first machine replaces the file on every write (atomic rename): a new inode
+        try:
+            st_ = os.stat(status_path)
+            return st_.st_ino, st_.st_mtime_ns, st_.st_size
+        except FileNotFoundError:
+            return None
+
+    first, st = stamp(), pipe._json(status_path)
+    if st is not None and _ended(st) is not None:   # a previous run's final state: wait for the first machine
+        print(f"{status_path} says the run {st.get('state')}; waiting up to {a.wait:g} s for the first machine "
+              "to start it again", flush=True)
+        while stamp() == first and time.time() - t0 < a.wait:
+            time.sleep(FOLLOW_POLL_S)
+    done_attempts, unreadable = set(), 0
+    while True:
+        st = pipe._json(status_path)
+        if st is None or not isinstance(st.get("steps"), list):
+            unreadable += 1       # written atomically: a file that stays unreadable is not the pipeline's
+            if unreadable * FOLLOW_POLL_S >= 30:
+                print(f"reproduce --follower: error: {status_path} is not a status.json of tools/reproduce.py",
+                      file=sys.stderr)
+                return 2
+            time.sleep(FOLLOW_POLL_S)
+            continue
+        unreadable = 0
+        if st.get("run") != pipe.run:
+            print(f"reproduce --follower: error: {status_path} was written for the run folder {st.get('run')}, "
+                  f"this machine sees it at {pipe.run}: mount the shared run folder at the same path on every "
+                  "machine", file=sys.stderr)
+            return 2
+        for row in st["steps"]:
+            job = row.get("launch")
+            if row.get("state") != "running" or not job or job.get("attempt") in done_attempts:
+                continue
+            done_attempts.add(job["attempt"])
+            rc = _follow_step(pipe, mine, row["step"], job, ip, status_path)
+            if rc:
+                return rc
+        code = _ended(st)
+        if code == 0:
+            print(f"the first machine's run is done ({status_path})")
+            return 0
+        if code is not None:
+            print(f"reproduce --follower: the first machine's run {st.get('state')} ({status_path}; its logs in "
+                  f"{os.path.join(pipe.run, 'logs')})", file=sys.stderr)
+            return code
+        time.sleep(FOLLOW_POLL_S)
+
+
+def _ended(status: Dict[str, Any]) -> Optional[int]:
+    """A follower's exit status for the first machine's run state: 0 done, 1 failed / interrupted, None running."""
+    state = str(status.get("state"))
+    return 0 if state == "done" else 1 if state.startswith(("failed", "interrupted")) else None
+
+
+def _follow_step(pipe: Pipeline, mine: Dict[str, Step], name: str, job: Dict[str, Any], ip: str,
+                 status_path: str) -> int:
+    """Run one training step's launcher command here; 0 when it ended well, else the exit status to return."""
+    if name not in mine:
+        print(f"reproduce --follower: error: the first machine runs the training step {name}, which this command "
+              f"does not have (its training steps: {', '.join(mine)}): start it with the first machine's "
+              "-c/--data/--out/--rounds/-o", file=sys.stderr)
+        return 2
+    s = mine[name]
+    argv = s.build()["argv"][1:]
+    if argv != job.get("argv"):
+        print(f"reproduce --follower: error: step {name} differs between the first machine and this one:\n"
+              f"  first machine: {shlex.join(job.get('argv') or [])}\n  this machine:  {shlex.join(argv)}\n"
+              "start the follower with the same -c/--data/--out/-o (and the checkout at the same path)",
+              file=sys.stderr)
+        return 2
+    full = pipe.launcher() + ["--log_dir", os.path.join(s.train_dir, f"launch_log.{ip}")] + argv + job["extra"]
+    print(f"== {name}\n{shlex.join(full)}", flush=True)
+    if pipe.a.dry_run:
+        return 0
+    proc = subprocess.Popen(full)
+    while True:
+        try:
+            rc = proc.wait(timeout=FOLLOW_POLL_S)
+        except subprocess.TimeoutExpired:
+            st = pipe._json(status_path) or {}
+            row = next((r for r in st.get("steps", []) if r.get("step") == name), {})
+            if _ended(st) == 1 or (
+                    (row.get("launch") or {}).get("attempt") == job["attempt"] and row.get("state") != "running"
+                    and not str(row.get("state")).startswith("done")):
+                proc.terminate()
+                try:
+                    proc.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
+                print(f"reproduce --follower: step {name} {row.get('state') or st.get('state')} on the first "
+                      f"machine; stopped it here ({status_path})", file=sys.stderr)
+                return 1
+            continue
+        except BaseException:
+            proc.kill()
+            proc.wait()
+            raise
+        if rc != 0:
+            print(f"reproduce --follower: step {name} failed on this machine with exit status {rc} (its worker "
+                  f"logs: {os.path.join(s.train_dir, f'launch_log.{ip}')})", file=sys.stderr)
+        return rc
+
+
 def _flags(ap) -> None:
     ap.add_argument("--data", required=True, help="data root (RSNA layout: stage_2_train/, stage_2_test/, csv)")
     ap.add_argument("--out", required=True, help="run folder")
@@ -560,6 +727,10 @@ def _flags(ap) -> None:
     ap.add_argument("--no-plots", action="store_true", help="no per-series PNGs from the inference steps")
     ap.add_argument("--dry-run", action="store_true", help="print the commands, run nothing")
     ap.add_argument("--quiet", action="store_true", help="steps' output only to RUN/logs/<step>.log")
+    ap.add_argument("--follower", action="store_true",
+                    help="on machines 2..N of --ips: run the training steps the first machine starts (RUN shared)")
+    ap.add_argument("--wait", type=float, default=600.0,
+                    help="--follower: seconds to wait for the first machine's RUN/status.json (default 600)")
 
 
 def main(argv=None) -> int:
@@ -576,7 +747,12 @@ def _reproduce(a, cfg, log) -> int:
     if a.ips and not (a.gpus or a.nproc):
         log.error("--ips needs --gpus (or --nproc)")
         return 2
+    if a.follower and not a.ips:
+        log.error("--follower needs --ips (the machines; this one must not be the first)")
+        return 2
     pipe = Pipeline(a)   # a ConfigError: exit 2 (run_tool)
+    if a.follower:
+        return follow(pipe)
     if not a.dry_run:
         os.makedirs(pipe.run, exist_ok=True)
         import fcntl

@@ -6,9 +6,13 @@
 
 Determinism (what makes ``resume`` exact): the series order of every epoch comes from
 ``paddle.io.DistributedBatchSampler`` seeded by (Global.seed, epoch); micro-step ``m`` maps to (epoch, batch) by
-arithmetic, so a resumed run reads the same batches. Each item's augmentation draws from
-``numpy.random.default_rng([seed, m, rank, slot])`` (``dataset.get(index, rng)``) and the global RNGs (dropout,
-drop-path) are reseeded from (seed, iteration, rank) before every iteration.
+arithmetic, so a resumed run reads the same batches. The randomness is keyed by the micro-batch's *global*
+position ``g = m * world_size + rank`` (:meth:`SeriesBatches.position`: where Paddle's sampler takes rank ``r``'s
+micro-batch ``m`` from the one-process order), not by rank: each item's augmentation draws from
+``numpy.random.default_rng([seed, g, 0, slot])`` (``dataset.get(index, rng)``) and the global RNGs (dropout,
+drop-path) are reseeded from (seed, g, 0) before every micro-batch. So W ranks x grad_accum A draw what 1 rank x
+grad_accum W*A draws (same batches when the training set size is a multiple of W * batch_series), and with one
+process and grad_accum 1 (g = iteration) the keys are those of the earlier per-rank, per-iteration scheme.
 
 An iteration = one optimizer step = ``Global.grad_accum`` micro-batches of ``DataLoader.Train.batch_series``
 series per process. Every rank evaluates its shard of the validation series (the predictions gathered, so all
@@ -196,8 +200,21 @@ class SeriesBatches:
                 self._epoch = epoch
             return list(self._batches[k])
 
+    def position(self, m: int) -> int:
+        """Global position ``g`` of this process's micro-batch ``m``: ``m * world_size + rank``.
+
+        ``paddle.io.DistributedBatchSampler`` (Paddle 2.6 and 3.x) shuffles the padded index list with the epoch's
+        seed, then gives rank ``r`` the blocks that start at ``r * B, (r + W) * B, ...``: rank ``r``'s ``k``-th
+        micro-batch of an epoch is block ``k * W + r`` of the one-process order. With ``len(dataset)`` a multiple of
+        ``W * B`` every epoch has ``len / (W B)`` micro-batches per rank, so ``g`` is also the one-process micro-batch
+        index across epochs. Otherwise the last micro-batches of an epoch are cut differently (the remainder is split
+        evenly over the ranks; with ``len % W != 0`` the sampler also pads with repeated series, which changes the
+        shuffle): the keys stay distinct, the batches are not the one-process ones."""
+        return int(m) * self.world + self.rank
+
     def _items(self, m: int) -> List[Any]:
-        return [self._fetch(i, np.random.default_rng([self.seed, int(m), self.rank, slot]))
+        g = self.position(m)
+        return [self._fetch(i, np.random.default_rng([self.seed, g, 0, slot]))
                 for slot, i in enumerate(self.indices(m))]
 
     def batch(self, m: int) -> Dict[str, Any]:
@@ -231,6 +248,61 @@ class SeriesBatches:
                     keep.append(b)
                 yield b
                 m += 1
+
+
+class RankNormStats:
+    """BatchNorm running statistics under ``W`` ranks equal to those of one process running all ranks' micro-batches.
+
+    ``paddle.DataParallel`` averages the gradients but not the running mean / variance each BatchNorm layer updates
+    in its forward (only the start values are broadcast), so rank ``r``'s would follow its own micro-batches alone.
+    One process updates ``s <- mu s + c_g`` (``c_g = (1 - mu) x_g``, ``x_g`` micro-batch ``g``'s statistic) in the
+    order of :meth:`SeriesBatches.position`; over an iteration of ``n = W * A`` micro-batches that is
+    ``s_new = mu^n s_old + sum_j mu^(n-1-j) c_j``. Each rank reads its terms ``c_j = s_after - mu s_before`` around
+    its own forwards, weights them by their place ``j = k * W + rank`` in the iteration, and one all-reduce (per
+    iteration, all layers in one tensor) sums them. Equal up to float rounding; the conv stem
+    (``Arch.backbone.stem: conv``, the demo) is where ppihd has BatchNorm."""
+
+    def __init__(self, net: Any, rank: int, world_size: int, grad_accum: int) -> None:
+        self.rank, self.world, self.n = int(rank), int(world_size), int(world_size) * int(grad_accum)
+        self.layers = [l for l in net.sublayers(include_self=True)
+                       if all(hasattr(l, a) for a in ("_mean", "_variance", "_momentum"))]
+        self.active: List[Any] = []
+
+    def begin(self) -> None:
+        """Start of an iteration (the model in train mode): remember the statistics."""
+        self.active = [l for l in self.layers if l.training and not getattr(l, "_use_global_stats", False)]
+        self.start = [(l._mean.clone(), l._variance.clone()) for l in self.active]
+        self.acc = [(l._mean * 0.0, l._variance * 0.0) for l in self.active]
+
+    def before(self) -> None:
+        self.prev = [(l._mean.clone(), l._variance.clone()) for l in self.active]
+
+    def after(self, k: int) -> None:
+        """After the forward of this process's ``k``-th micro-batch of the iteration."""
+        j = int(k) * self.world + self.rank
+        for i, l in enumerate(self.active):
+            mu = float(l._momentum)
+            w = mu ** (self.n - 1 - j)
+            (pm, pv), (am, av) = self.prev[i], self.acc[i]
+            self.acc[i] = (am + (l._mean - mu * pm) * w, av + (l._variance - mu * pv) * w)
+
+    def end(self) -> None:
+        """End of the iteration: every rank's statistics = the one-process ones."""
+        import paddle
+        import paddle.distributed as dist
+
+        if not self.active:
+            return
+        parts = [t.reshape([-1]) for pair in self.acc for t in pair]
+        flat = paddle.concat(parts)
+        dist.all_reduce(flat)
+        at = 0
+        for l, (sm, sv) in zip(self.active, self.start):
+            mu_n = float(l._momentum) ** self.n
+            for buf, s0 in ((l._mean, sm), (l._variance, sv)):
+                size = int(np.prod(buf.shape))
+                buf.set_value(s0 * mu_n + flat[at:at + size].reshape(buf.shape))
+                at += size
 
 
 class Trainer:
@@ -284,6 +356,8 @@ class Trainer:
         self.log = logger or get_logger("ppihd.train", os.path.join(self.out_dir, "train.log") if self.is_main
                                         else None)
         self.scaler = self._setup_amp()
+        norm = RankNormStats(self.net, self.rank, self.world, self.grad_accum) if self.world > 1 else None
+        self._norm_stats = norm if norm is not None and norm.layers else None
         self._vdl = None
         self._reset_window()
 
@@ -335,10 +409,13 @@ class Trainer:
                       self.best_metric, self.best_iter)
 
     # -- one iteration -----------------------------------------------------------------------------------------
-    def _reseed(self, it: int) -> None:
+    def _reseed(self, g: int) -> None:
+        """Seed Python's, NumPy's and Paddle's global RNGs (dropout, drop-path) for global micro-batch ``g``
+        (:meth:`SeriesBatches.position`); the trailing 0 keeps the seeds of 1 process x grad_accum 1 (``g`` = the
+        iteration) those of the earlier ``(seed, iteration, rank)`` keying."""
         import paddle
 
-        s = _seed_for(self.seed, it, self.rank)
+        s = _seed_for(self.seed, g, 0)
         random.seed(s)
         np.random.seed(s)
         paddle.seed(s)
@@ -378,17 +455,24 @@ class Trainer:
 
         With fp16 the GradScaler skips a step whose gradients are not finite (and lowers the scale); whether it did
         is also kept on the device (``found_inf``), counted by :meth:`_account`."""
-        self._reseed(it)
         self.model.train()
+        norm = self._norm_stats
+        if norm is not None:
+            norm.begin()
         terms_sum: Dict[str, Any] = {}
         n_slices = 0
         for k in range(self.grad_accum):
+            self._reseed(self.batches.position(it * self.grad_accum + k))
             t_read = time.perf_counter()
             batch = next(stream)
             self._reader_s += time.perf_counter() - t_read   # reader_cost: waiting for the loader
             n_slices += int(np.asarray(batch["mask"]).sum())
             with self._sync_context(k == self.grad_accum - 1):
+                if norm is not None:
+                    norm.before()
                 terms = self._forward_loss(batch)
+                if norm is not None:
+                    norm.after(k)
                 loss = terms["loss"] / self.grad_accum
                 if self.scaler is not None:
                     self.scaler.scale(loss).backward()
@@ -397,6 +481,8 @@ class Trainer:
             for name, v in terms.items():
                 v = v.detach() / self.grad_accum
                 terms_sum[name] = terms_sum[name] + v if name in terms_sum else v
+        if norm is not None:
+            norm.end()
         if self.scaler is not None:
             self.scaler.step(self.optimizer)
             self.scaler.update()
