@@ -7,6 +7,7 @@ What only a real GPU shows (the kernels, TensorRT's engines, fp16 numbers) is ``
 (docs/inference.md, "GPU").
 """
 import os
+import re
 import sys
 import types
 
@@ -15,7 +16,8 @@ import paddle
 import paddle.inference as pinf
 import pytest
 
-from ppihd.engine.backends import DygraphBackend, PaddleInferenceBackend, TrtPlan, trt_plan
+from ppihd.engine.backends import (DygraphBackend, PaddleInferenceBackend, TrtPlan, model_fingerprint,
+                                   trt_cache_folder, trt_plan)
 from ppihd.utils.schema import DEFAULTS
 
 from infer_utils import infer_args, load_tool, tiny_model
@@ -110,6 +112,10 @@ def pdmodel_dir(tmp_path):
     return _export_files(tmp_path / "old", ".pdmodel")
 
 
+def _files(d, ext):
+    return [os.path.join(d, "inference" + ext), os.path.join(d, "inference.pdiparams")]
+
+
 def _infer_cfg(**over):
     cfg = dict(DEFAULTS["Infer"])
     cfg.update(over)
@@ -170,7 +176,7 @@ def test_trt_plan_slice_range():
     assert (p.min_slices, p.opt_slices, p.max_slices) == (1, 40, 128)       # defaults: chunk_slices 128
     assert p.shapes() == {"images": [[1, 1, 3, 224, 224], [1, 40, 3, 224, 224], [1, 128, 3, 224, 224]]}
     assert p.workspace_mb == 1024 and p.cache_dir == os.path.join("/m", "trt")
-    p = trt_plan(_infer_cfg(trt=True, chunk_slices=24, trt_cache_dir="/c"), 64, "/m")
+    p = trt_plan(_infer_cfg(trt=True, chunk_slices=24, chunk_overlap=8, trt_cache_dir="/c"), 64, "/m")
     assert (p.opt_slices, p.max_slices, p.cache_dir) == (24, 24, "/c")
     assert trt_plan(_infer_cfg(trt=True, chunk_slices=None, trt_max_slices=60), 64, "/m").max_slices == 60
     assert trt_plan(_infer_cfg(), 64, "/m") is None                          # off by default
@@ -189,7 +195,9 @@ def test_trt_pdmodel_config(fake_gpu, pdmodel_dir, monkeypatch, fp16):
     plan = TrtPlan(SIZE, max_slices=60, opt_slices=32, workspace_mb=512, cache_dir=os.path.join(pdmodel_dir, "c"))
     PaddleInferenceBackend(pdmodel_dir, device="gpu", precision="fp16" if fp16 else "fp32", trt=plan)
     collect, run = configs
-    shape_file = os.path.join(pdmodel_dir, "c", "shape_range_s1-32-60_64.pbtxt")
+    folder = trt_cache_folder(plan, _files(pdmodel_dir, ".pdmodel"), fp16)
+    assert os.path.dirname(folder) == os.path.join(pdmodel_dir, "c")
+    shape_file = os.path.join(folder, "shape_range.pbtxt")
     assert collect.args("collect_shape_range_info") == [((shape_file,), {})]
     assert collect.args("enable_use_gpu") == [((256, 0, pinf.PrecisionType.Float32), {})]
     assert runs == [[1, 1, 3, SIZE, SIZE], [1, 32, 3, SIZE, SIZE], [1, 60, 3, SIZE, SIZE]]
@@ -199,7 +207,7 @@ def test_trt_pdmodel_config(fake_gpu, pdmodel_dir, monkeypatch, fp16):
         "precision_mode": pinf.PrecisionType.Half if fp16 else pinf.PrecisionType.Float32,
         "use_static": True, "use_calib_mode": False})]
     assert run.args("enable_tuned_tensorrt_dynamic_shape") == [((shape_file, True), {})]
-    assert run.args("set_optim_cache_dir") == [((os.path.join(pdmodel_dir, "c"),), {})]
+    assert run.args("set_optim_cache_dir") == [((folder,), {})]
     assert run.args("enable_memory_optim") == [((), {})]
 
 
@@ -249,7 +257,7 @@ def test_trt_pir_convert_once(fake_gpu, json_dir, fake_paddle_tensorrt, fp16):
     assert inp.kw == {"min_input_shape": (1, 1, 3, SIZE, SIZE), "optim_input_shape": (1, 40, 3, SIZE, SIZE),
                       "max_input_shape": (1, 128, 3, SIZE, SIZE)}
     assert tc.precision_mode == ("FP16" if fp16 else "FP32") and tc.workspace_size == 1024 * 2 ** 20
-    prefix = os.path.join(json_dir, "trt", f"inference_trt_{'fp16' if fp16 else 'fp32'}_s1-40-128_{SIZE}")
+    prefix = os.path.join(trt_cache_folder(plan, _files(json_dir, ".json"), fp16), "inference_trt")
     assert tc.save_model_dir == prefix
     (cfg,) = configs
     assert cfg.files == (prefix + ".json", prefix + ".pdiparams")
@@ -392,3 +400,160 @@ def test_cpu_default_path_bit_identical(exported):
     be = PaddleInferenceBackend(exported, threads=2)
     assert be.memory_optim is False    # off on CPU (slower there, backends.py MEMORY_OPTIM note)
     np.testing.assert_array_equal(be.predict_series(x), _by_hand(exported, x))
+
+
+# --------------------------------------------------------------------------------------------- TensorRT cache key
+def test_model_fingerprint_by_hand(tmp_path):
+    """1-byte files: sha1 of the program, then the params' size and its 18 samples (first, last, 16 blocks), each
+    the one byte. A 3 MB params file: a change in its middle (one of the 16 blocks) or of one byte of the program
+    changes the fingerprint; the timestamps do not."""
+    import hashlib
+
+    d = _export_files(tmp_path / "m", ".pdmodel")
+    files = _files(d, ".pdmodel")
+    assert model_fingerprint(files) == hashlib.sha1(b"x" + b"1" + b"x" * 18).hexdigest()
+    big = bytearray(3 << 20)
+    with open(files[1], "wb") as f:
+        f.write(big)
+    before = model_fingerprint(files)
+    os.utime(files[1], (1, 1))
+    assert model_fingerprint(files) == before
+    big[(3 << 20) * 8 // 17] = 1
+    with open(files[1], "wb") as f:
+        f.write(big)
+    assert model_fingerprint(files) != before
+    plan = TrtPlan(SIZE, max_slices=60, opt_slices=32, workspace_mb=512, cache_dir="/c")
+    assert trt_cache_folder(plan, files, True) == os.path.join(
+        "/c", f"fp16_s1-32-60_{SIZE}_w512_{model_fingerprint(files)[:16]}")
+
+
+def _retrain(d, ext):
+    """Same-size new weights with the old timestamps (what ``cp -p`` / ``rsync -a`` of a re-export leaves)."""
+    params = os.path.join(d, "inference.pdiparams")
+    st = os.stat(params)
+    with open(params, "w") as f:
+        f.write("y")
+    os.utime(params, ns=(st.st_atime_ns, st.st_mtime_ns))
+    os.utime(os.path.join(d, "inference" + ext), ns=(st.st_atime_ns, st.st_mtime_ns))
+
+
+def test_trt_pdmodel_cache_follows_model_and_plan(fake_gpu, pdmodel_dir, monkeypatch):
+    """Paddle 2.x keeps engines as ``trt_serialized_<key>`` where its key ignores the weights and the ranges: new
+    weights (old mtimes) or another workspace / slice range get another cache folder; the same ones reuse it."""
+    configs, _ = fake_gpu
+    monkeypatch.setattr(pinf, "get_trt_compile_version", lambda: (8, 6, 1), raising=False)
+    cache = os.path.join(pdmodel_dir, "c")
+    plan = TrtPlan(SIZE, max_slices=60, opt_slices=32, workspace_mb=512, cache_dir=cache)
+
+    def start(p):
+        n = len(configs)
+        PaddleInferenceBackend(pdmodel_dir, device="gpu", trt=p)
+        new = configs[n:]
+        open(new[0].args("collect_shape_range_info")[0][0][0], "w").close() if len(new) == 2 else None
+        return len(new) == 2, new[-1].args("set_optim_cache_dir")[0][0][0]
+
+    collected, first = start(plan)
+    assert collected and os.path.dirname(first) == cache
+    assert start(plan) == (False, first)                                   # same model, same plan: reused
+    _retrain(pdmodel_dir, ".pdmodel")
+    collected, second = start(plan)
+    assert collected and second != first
+    collected, third = start(TrtPlan(SIZE, 60, 32, 1024, cache))
+    assert collected and third not in (first, second)
+    collected, fourth = start(TrtPlan(SIZE, 64, 32, 512, cache))
+    assert collected and fourth not in (first, second, third)
+
+
+def test_trt_pir_reconverts_a_retrained_model(fake_gpu, json_dir, fake_paddle_tensorrt):
+    """PIR: a re-export with old timestamps (``cp -p``) is converted again, into its own folder."""
+    plan = trt_plan(_infer_cfg(trt=True), SIZE, json_dir)
+    PaddleInferenceBackend(json_dir, device="gpu", trt=plan)
+    _retrain(json_dir, ".json")
+    PaddleInferenceBackend(json_dir, device="gpu", trt=plan)
+    assert len(fake_paddle_tensorrt) == 2
+    first, second = (os.path.dirname(tc.save_model_dir) for _, tc in fake_paddle_tensorrt)
+    assert first != second
+
+
+def test_trt_pir_convert_on_another_gpu_is_logged(fake_gpu, json_dir, fake_paddle_tensorrt, ppihd_log):
+    PaddleInferenceBackend(json_dir, device="gpu:1", trt=trt_plan(_infer_cfg(trt=True), SIZE, json_dir))
+    assert ("TensorRT: paddle.tensorrt.convert builds on the first visible GPU, not gpu:1; to convert and run on "
+            "GPU 1 use CUDA_VISIBLE_DEVICES=1 with --device gpu") in ppihd_log.text
+
+
+# --------------------------------------------------------------------------------------------- TensorRT chunks
+def test_trt_chunks_at_most_the_profile_max(fake_gpu, pdmodel_dir, monkeypatch, tmp_path):
+    """A 100-slice series with trt_max_slices 64 (chunk_slices 0 = whole series, overlap 32) goes to the engine in
+    windows of 64 advancing by 32, the last aligned to the end: [0, 64), [32, 96), [36, 100) — through
+    Backend.predict and through run_inference."""
+    from infer_utils import write_series
+    from ppihd.engine.predictor import run_inference
+
+    _, runs = fake_gpu
+    monkeypatch.setattr(pinf, "get_trt_compile_version", lambda: (8, 6, 1), raising=False)
+    cfg = _infer_cfg(trt=True, trt_max_slices=64, chunk_slices=0, save_plots=False, dicom_sr=False,
+                     report_html=False)
+    be = PaddleInferenceBackend(pdmodel_dir, device="gpu", trt=trt_plan(cfg, SIZE, pdmodel_dir))
+    del runs[:]                                   # the shape-range runs
+    x = np.zeros((100, 3, SIZE, SIZE), np.float32)
+    assert be.predict(x, cfg["chunk_slices"], cfg["chunk_overlap"]).shape == (100, 6)
+    assert runs == [[1, 64, 3, SIZE, SIZE]] * 3
+    del runs[:]
+    write_series(str(tmp_path / "s"), 100)
+    data = dict(DEFAULTS["Data"], image_size=SIZE)
+    res = run_inference([str(tmp_path / "s")], str(tmp_path / "out"), be, data, cfg, progress=False)
+    assert res["num_predicted"] == 100
+    assert runs == [[1, 64, 3, SIZE, SIZE]] * 3
+
+
+def test_trt_overlap_not_below_the_profile_max_clear_error():
+    with pytest.raises(ValueError) as e:
+        trt_plan(_infer_cfg(trt=True, trt_max_slices=32, chunk_overlap=32), SIZE, "/m")
+    assert str(e.value) == ("Infer.chunk_slices=128 / Infer.trt_max_slices=32: TensorRT takes series in chunks of "
+                            "at most 32 slices, which must be longer than Infer.chunk_overlap=32; lower "
+                            "--chunk-overlap or raise --trt-max-slices")
+
+
+# --------------------------------------------------------------------------------------------- inference.yml
+def test_inference_yml_leaves_out_the_deployment_keys(tmp_path):
+    """An export made with TensorRT / fp16 / a cache folder of the exporting machine writes none of them."""
+    from ppihd.engine.exporter import inference_meta
+
+    cfg, _ = tiny_model(SIZE)
+    cfg["Infer"].update(precision="fp16", trt=True, trt_max_slices=64, trt_opt_slices=30, trt_workspace_mb=4096,
+                        trt_cache_dir="/abs/trt", threshold=0.4)
+    meta = inference_meta(cfg, {"model_file": "m/inference.json", "params_file": "m/inference.pdiparams"})
+    assert not {"precision", "trt", "trt_max_slices", "trt_opt_slices", "trt_workspace_mb",
+                "trt_cache_dir"} & set(meta["Infer"])
+    assert meta["Infer"]["threshold"] == 0.4 and meta["Infer"]["chunk_slices"] == cfg["Infer"]["chunk_slices"]
+
+
+def test_deploy_ignores_gpu_settings_of_an_older_export(exported, tmp_path, ppihd_log):
+    """An inference.yml written before with Infer.trt true / precision fp16 / an absolute cache folder: predict.py
+    on CPU takes this machine's defaults, fp32 without TensorRT, and predicts every slice (exit 0)."""
+    import shutil
+
+    import yaml
+    from infer_utils import write_series
+
+    d = str(tmp_path / "m")
+    shutil.copytree(exported, d)
+    with open(os.path.join(d, "inference.yml")) as f:
+        meta = yaml.safe_load(f)
+    meta["Infer"].update(precision="fp16", trt=True, trt_cache_dir="/elsewhere/trt")
+    with open(os.path.join(d, "inference.yml"), "w") as f:
+        yaml.safe_dump(meta, f)
+    predict = load_tool("deploy/python/predict.py")
+    write_series(str(tmp_path / "s"), 4)
+    assert predict.main(["--model_dir", d, "--input", str(tmp_path / "s"), "--device", "cpu", "--no-progress",
+                         "--no-plots", "--output", str(tmp_path / "o")]) == 0
+    assert re.search(r"backend paddle on cpu, \d+ CPU threads, fp32$", ppihd_log.text, re.M)
+    assert "TensorRT" not in ppihd_log.text
+
+
+def test_deploy_no_trt_flag():
+    predict = load_tool("deploy/python/predict.py")
+    base = ["--model_dir", "m", "--input", "i", "--output", "o"]
+    assert predict.parse_args(base).trt is None
+    assert predict.parse_args(base + ["--trt"]).trt is True
+    assert predict.parse_args(base + ["--trt", "--no-trt"]).trt is False

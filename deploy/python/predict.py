@@ -33,17 +33,22 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=None, help="CPU threads (default: all cores)")
     p.add_argument("--no-mkldnn", action="store_true", help="disable oneDNN on CPU (paddle back-end)")
     p.add_argument("--precision", choices=("fp32", "fp16", "bf16"), default=None,
-                   help="paddle back-end (Infer.precision, default inference.yml / fp32): fp16 = GPU mixed precision "
+                   help="paddle back-end (Infer.precision, default fp32): fp16 = GPU mixed precision "
                         "(or TensorRT fp16 with --trt; compute capability >= 7.0); bf16 = oneDNN bfloat16 on "
                         "AVX512-BF16/AMX CPUs (Paddle 3.x; export with -o Export.bf16=True), 3.06-3.42x the fp32 "
                         "speed for Swin-B; neither is bit-equal to fp32 (docs/inference.md)")
-    p.add_argument("--trt", action="store_true", default=None,
-                   help="GPU: TensorRT subgraphs (Infer.trt; paddlepaddle-gpu with TensorRT), built once for 1 to "
-                        "--trt-max-slices slices and kept in --trt-cache-dir")
+    p.add_argument("--trt", action=argparse.BooleanOptionalAction, default=None,
+                   help="GPU: TensorRT subgraphs (Infer.trt, default off; paddlepaddle-gpu with TensorRT), built once "
+                        "for 1 to --trt-max-slices slices (longer series go in chunks of at most that many) and "
+                        "kept in --trt-cache-dir; a Paddle 3 export is converted on the first visible GPU "
+                        "(CUDA_VISIBLE_DEVICES=N --device gpu for GPU N)")
     p.add_argument("--trt-max-slices", type=int, default=None,
-                   help="largest series piece the engines take (Infer.trt_max_slices; default the chunk length)")
+                   help="largest series piece the engines take (Infer.trt_max_slices; default the chunk length); "
+                        "longer series go in chunks of at most this many slices")
     p.add_argument("--trt-opt-slices", type=int, default=None,
                    help="slice count the engines are tuned for (Infer.trt_opt_slices)")
+    p.add_argument("--trt-workspace-mb", type=int, default=None,
+                   help="TensorRT builder workspace, MB (Infer.trt_workspace_mb)")
     p.add_argument("--trt-cache-dir", default=None, help="folder for the built engines (Infer.trt_cache_dir; "
                                                          "default MODEL_DIR/trt)")
     p.add_argument("--threshold", type=float, default=None, help="series.json threshold (default inference.yml)")
@@ -70,7 +75,7 @@ def main(argv=None) -> int:
     from ppihd.utils.env import get_logger, setup_threads, show_progress
 
     threads = setup_threads(args.threads)
-    from ppihd.engine.exporter import read_inference_yml
+    from ppihd.engine.exporter import model_infer_settings, read_inference_yml
     from ppihd.engine.backends import OnnxBackend, PaddleInferenceBackend, trt_plan
     from ppihd.engine.predictor import run_inference
     from ppihd.utils.config import deep_merge
@@ -88,12 +93,14 @@ def main(argv=None) -> int:
         log.error("%s", e)
         return 2
     data_cfg = deep_merge(DEFAULTS["Data"], meta["Preprocess"])
-    infer_cfg = deep_merge(DEFAULTS["Infer"], meta.get("Infer") or {})
+    # precision / trt*: this machine's flags or the schema defaults, never the exporting machine's
+    infer_cfg = deep_merge(DEFAULTS["Infer"], model_infer_settings(meta.get("Infer") or {}))
     for key, val in (("threshold", args.threshold), ("chunk_slices", args.chunk_slices),
                      ("chunk_overlap", args.chunk_overlap), ("predict_series", args.predict_series),
                      ("slab_mm", args.slab_mm), ("study_aggregation", args.study_aggregation),
                      ("precision", args.precision), ("trt", args.trt), ("trt_max_slices", args.trt_max_slices),
-                     ("trt_opt_slices", args.trt_opt_slices), ("trt_cache_dir", args.trt_cache_dir)):
+                     ("trt_opt_slices", args.trt_opt_slices), ("trt_cache_dir", args.trt_cache_dir),
+                     ("trt_workspace_mb", args.trt_workspace_mb)):
         if val is not None:
             infer_cfg[key] = val
     if args.no_plots:

@@ -10,6 +10,8 @@ probabilities, a long series in overlapping chunks (:func:`chunk_bounds`, :func:
 """
 from __future__ import annotations
 
+import hashlib
+import logging
 import os
 from dataclasses import dataclass
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
@@ -47,6 +49,20 @@ def chunk_bounds(num_slices: int, chunk_slices: Optional[int], overlap: int) -> 
     return [(b, b + c) for b in starts]
 
 
+def chunk_length(chunk_slices: Optional[int], overlap: int, max_slices: Optional[int] = None) -> Optional[int]:
+    """The chunk length a back-end is fed: ``Infer.chunk_slices`` (None / 0 = the whole series), capped at
+    ``max_slices``, the largest input the back-end accepts (a TensorRT engine's profile: ``Infer.trt_max_slices``;
+    None = no limit). A ValueError when the capped chunk is not longer than ``overlap``."""
+    if not max_slices:
+        return chunk_slices or None
+    chunk = min(int(chunk_slices), int(max_slices)) if chunk_slices else int(max_slices)
+    if int(overlap) >= chunk:
+        raise ValueError(f"Infer.chunk_slices={chunk_slices} / Infer.trt_max_slices={max_slices}: TensorRT takes "
+                         f"series in chunks of at most {chunk} slices, which must be longer than "
+                         f"Infer.chunk_overlap={overlap}; lower --chunk-overlap or raise --trt-max-slices")
+    return chunk
+
+
 def merge_chunks(num_slices: int, bounds: Sequence[Tuple[int, int]], chunk_probs: Sequence[np.ndarray]) -> np.ndarray:
     """Average overlapping chunk probabilities per slice. Returns float32 ``[S, 6]``."""
     acc = np.zeros((num_slices, len(LABELS)), dtype=np.float64)
@@ -66,6 +82,8 @@ class Backend:
     """Maps float32 ``[S, 3, H, W]`` images in [0, 1] to float32 ``[S, 6]`` probabilities."""
 
     name = "base"
+    #: the largest slice count one input may have (None = any): :func:`chunk_length` caps the chunks at it
+    max_slices: Optional[int] = None
 
     def predict_series(self, images: np.ndarray) -> np.ndarray:  # pragma: no cover - interface
         raise NotImplementedError
@@ -75,8 +93,9 @@ class Backend:
         return [self.predict_series(x) for x in batch]
 
     def predict(self, images: np.ndarray, chunk_slices: Optional[int] = None, overlap: int = 0) -> np.ndarray:
-        """One series ``[S, 3, H, W]`` -> ``[S, 6]``, in overlapping chunks when ``chunk_slices`` < S."""
-        bounds = chunk_bounds(images.shape[0], chunk_slices, overlap)
+        """One series ``[S, 3, H, W]`` -> ``[S, 6]``, in overlapping chunks when ``chunk_slices`` (capped at
+        :attr:`max_slices`) < S."""
+        bounds = chunk_bounds(images.shape[0], chunk_length(chunk_slices, overlap, self.max_slices), overlap)
         outs = self.predict_many([images[b:e] for b, e in bounds])
         return merge_chunks(images.shape[0], bounds, outs)
 
@@ -236,13 +255,15 @@ class TrtPlan:
 
 def trt_plan(infer_cfg: Mapping[str, Any], image_size: int, model_dir: str) -> Optional[TrtPlan]:
     """The :class:`TrtPlan` of the ``Infer`` section (None when ``Infer.trt`` is off). The largest input is
-    ``Infer.trt_max_slices``, else ``Infer.chunk_slices`` (longer series are fed in chunks of that length)."""
+    ``Infer.trt_max_slices``, else ``Infer.chunk_slices``; series longer than it are fed in chunks of at most that
+    length (:func:`chunk_length`; a ValueError when ``Infer.chunk_overlap`` is not shorter)."""
     if not infer_cfg["trt"]:
         return None
     most = infer_cfg["trt_max_slices"] or infer_cfg["chunk_slices"]
     if not most:
         raise ValueError("Infer.trt needs the largest slice count the engine accepts: set Infer.trt_max_slices "
                          "(--trt-max-slices) or Infer.chunk_slices (--chunk-slices; longer series go in chunks)")
+    chunk_length(infer_cfg["chunk_slices"], int(infer_cfg["chunk_overlap"]), int(most))
     opt = min(int(infer_cfg["trt_opt_slices"]), int(most))
     if opt < 1:
         raise ValueError(f"Infer.trt_opt_slices={infer_cfg['trt_opt_slices']}: expected >= 1")
@@ -270,11 +291,34 @@ def trt_unavailable(model_file: str) -> str:
                                                    "with TensorRT, or drop --trt")
 
 
-def _fresh(outputs: Sequence[str], inputs: Sequence[str]) -> bool:
-    """Every output exists and is newer than every input."""
-    if not all(os.path.isfile(o) for o in outputs):
-        return False
-    return min(os.path.getmtime(o) for o in outputs) >= max(os.path.getmtime(i) for i in inputs)
+def model_fingerprint(files: Sequence[str], sample: int = 1 << 20) -> str:
+    """sha1 (hex) of what an exported model is: every byte of the program (``files[0]``, a few MB at most) and, of
+    each further file (``.pdiparams``, hundreds of MB), its size, its first and last ``sample`` bytes and 16
+    ``sample // 16``-byte blocks spread between them (retrained weights change all of these; reading every byte
+    of a Swin-B ``.pdiparams`` would cost seconds on each start). Content only: copies (``cp -p``, ``rsync -a``)
+    and timestamps do not matter."""
+    h = hashlib.sha1()
+    with open(files[0], "rb") as f:
+        h.update(f.read())
+    for path in files[1:]:
+        size = os.path.getsize(path)
+        h.update(str(size).encode())
+        block = max(1, sample // 16)
+        spots = [0, max(0, size - sample)] + [size * i // 17 for i in range(1, 17)]
+        with open(path, "rb") as f:
+            for at, n in zip(spots, [sample, sample] + [block] * 16):
+                f.seek(at)
+                h.update(f.read(n))
+    return h.hexdigest()
+
+
+def trt_cache_folder(plan: TrtPlan, files: Sequence[str], fp16: bool) -> str:
+    """``<plan.cache_dir>/<precision>_<slice range>_w<workspace MB>_<model fingerprint>``: the TensorRT artefacts
+    of exactly this model (:func:`model_fingerprint`), precision, slice range and workspace. Paddle's own engine
+    key (``trt_serialized_<key>`` of ``use_static``) hashes tensor names, predictor id, batch and precision only,
+    so a re-exported model or new ranges in the same folder would silently reuse stale engines."""
+    return os.path.join(plan.cache_dir, f"{'fp16' if fp16 else 'fp32'}_{plan.tag}_w{int(plan.workspace_mb)}_"
+                                        f"{model_fingerprint(files)[:16]}")
 
 
 class PaddleInferenceBackend(Backend):
@@ -361,10 +405,10 @@ class PaddleInferenceBackend(Backend):
         if why:
             raise RuntimeError(why)
         if trt is not None and pir:                          # PIR: run the TensorRT-converted program (PIR too)
-            files = self.convert_pir_trt(files, trt, fp16)
+            files = self.convert_pir_trt(files, trt, fp16, gpu_index(dev))
             self.config = self.make_config(pinf, files, dev, threads, mkldnn, False)
         elif trt is not None:                                # .pdmodel: TensorRT subgraphs with tuned shapes
-            shape_file = self.collect_trt_shapes(pinf, files, dev, trt)
+            shape_file = self.collect_trt_shapes(pinf, files, dev, trt, trt_cache_folder(trt, files, fp16))
             self.config = self.make_config(pinf, files, dev, threads, mkldnn, False, memory_optim=optim)
             self.enable_trt(pinf, self.config, trt, fp16, shape_file)
         else:
@@ -372,6 +416,7 @@ class PaddleInferenceBackend(Backend):
                                            memory_optim=optim, fp16=fp16)
         self.predictor = pinf.create_predictor(self.config)
         self.device, self.threads, self.precision, self.trt, self.memory_optim = dev, threads, precision, trt, optim
+        self.max_slices = trt.max_slices if trt is not None else None   # the engines' profile max
         self.mkldnn = bool(self.config.mkldnn_enabled()) if hasattr(self.config, "mkldnn_enabled") else bool(mkldnn)
 
     @staticmethod
@@ -407,15 +452,25 @@ class PaddleInferenceBackend(Backend):
         return cfg
 
     @staticmethod
-    def convert_pir_trt(files: Tuple[str, str], plan: TrtPlan, fp16: bool) -> Tuple[str, str]:
+    def convert_pir_trt(files: Tuple[str, str], plan: TrtPlan, fp16: bool, gpu_id: int = 0) -> Tuple[str, str]:
         """Paddle 3 (PIR ``.json``): the program with TensorRT engines for the plan's slice range, converted once by
-        ``paddle.tensorrt.convert`` into ``plan.cache_dir`` (again only when the exported model is newer)."""
+        ``paddle.tensorrt.convert`` into :func:`trt_cache_folder` (again for another model, precision or plan).
+        ``convert`` builds on the first visible GPU whatever ``gpu_id`` the predictor then runs on (logged as a
+        warning; ``CUDA_VISIBLE_DEVICES=N --device gpu`` converts and runs on GPU N)."""
         from paddle.tensorrt.export import Input, PrecisionMode, TensorRTConfig, convert
 
-        prefix = os.path.join(plan.cache_dir, f"inference_trt_{'fp16' if fp16 else 'fp32'}_{plan.tag}")
+        folder = trt_cache_folder(plan, files, fp16)
+        prefix = os.path.join(folder, "inference_trt")
         out = (prefix + ".json", prefix + ".pdiparams")
-        if not _fresh(out, files):
-            os.makedirs(plan.cache_dir, exist_ok=True)
+        if not all(os.path.isfile(o) for o in out):
+            log = logging.getLogger("ppihd")
+            log.info("TensorRT: converting %s into %s (once for this model, precision and slice range)", files[0],
+                     folder)
+            if gpu_id != 0:
+                log.warning("TensorRT: paddle.tensorrt.convert builds on the first visible GPU, not gpu:%d; to "
+                            "convert and run on GPU %d use CUDA_VISIBLE_DEVICES=%d with --device gpu", gpu_id,
+                            gpu_id, gpu_id)
+            os.makedirs(folder, exist_ok=True)
             lo, opt, hi = plan.shapes()["images"]
             tc = TensorRTConfig(inputs=[Input(min_input_shape=tuple(lo), optim_input_shape=tuple(opt),
                                               max_input_shape=tuple(hi))])
@@ -426,12 +481,12 @@ class PaddleInferenceBackend(Backend):
         return out
 
     @classmethod
-    def collect_trt_shapes(cls, pinf, files: Tuple[str, str], dev: str, plan: TrtPlan) -> str:
+    def collect_trt_shapes(cls, pinf, files: Tuple[str, str], dev: str, plan: TrtPlan, folder: str) -> str:
         """Paddle 2.x (``.pdmodel``): the shape range of every tensor, recorded once (``collect_shape_range_info``)
-        on GPU runs of the plan's min / opt / max slices; returns the ``.pbtxt`` file."""
-        path = os.path.join(plan.cache_dir, f"shape_range_{plan.tag}.pbtxt")
-        if not _fresh([path], files):
-            os.makedirs(plan.cache_dir, exist_ok=True)
+        on GPU runs of the plan's min / opt / max slices into ``folder``; returns the ``.pbtxt`` file."""
+        path = os.path.join(folder, "shape_range.pbtxt")
+        if not os.path.isfile(path):
+            os.makedirs(folder, exist_ok=True)
             cfg = cls.make_config(pinf, files, dev, None, False, False)
             cfg.collect_shape_range_info(path)
             predictor = pinf.create_predictor(cfg)
@@ -442,12 +497,13 @@ class PaddleInferenceBackend(Backend):
 
     @staticmethod
     def enable_trt(pinf, cfg, plan: TrtPlan, fp16: bool, shape_file: str) -> None:
-        """Paddle 2.x: TensorRT subgraphs (fp16 or fp32) with the recorded shape ranges; engines kept in the cache."""
+        """Paddle 2.x: TensorRT subgraphs (fp16 or fp32) with the recorded shape ranges; engines kept beside
+        ``shape_file`` (its :func:`trt_cache_folder`)."""
         cfg.enable_tensorrt_engine(workspace_size=int(plan.workspace_mb) << 20, max_batch_size=1, min_subgraph_size=3,
                                    precision_mode=pinf.PrecisionType.Half if fp16 else pinf.PrecisionType.Float32,
                                    use_static=True, use_calib_mode=False)
         cfg.enable_tuned_tensorrt_dynamic_shape(shape_file, True)
-        cfg.set_optim_cache_dir(plan.cache_dir)
+        cfg.set_optim_cache_dir(os.path.dirname(shape_file))
 
     @staticmethod
     def run(predictor, x: np.ndarray) -> np.ndarray:

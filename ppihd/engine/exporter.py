@@ -25,6 +25,10 @@ from ppihd.utils.fileio import atomic_path
 PREPROCESS_KEYS = ("windows", "fix_intercept", "remove_black_edges", "opening_kernel", "opening_iterations",
                    "crop_inclusive", "empty_opening", "image_size", "slice_order")
 INFERENCE_YML = "inference.yml"
+#: ``Infer`` keys that belong to the machine a model is deployed on, not to the model: left out of ``inference.yml``
+#: (and ignored there when an older export has them), so deploy/python/predict.py takes them from its flags or the
+#: schema defaults — an export made with TensorRT or fp16 on a GPU still runs on a CPU or with onnxruntime
+DEPLOYMENT_KEYS = ("precision", "trt", "trt_max_slices", "trt_opt_slices", "trt_workspace_mb", "trt_cache_dir")
 
 
 def _paddle_wrapper(model: Any):
@@ -183,8 +187,13 @@ def inference_meta(cfg: Mapping[str, Any], files: Mapping[str, str]) -> Dict[str
         "output": {"shape": [1, -1, len(LABELS)], "dtype": "float32", "activation": "sigmoid",
                    "meaning": "per-slice probabilities in label order"},
         "labels": list(LABELS),
-        "Infer": dict(cfg["Infer"]),
+        "Infer": model_infer_settings(cfg["Infer"]),
     }
+
+
+def model_infer_settings(infer: Mapping[str, Any]) -> Dict[str, Any]:
+    """The ``Infer`` settings that travel with an exported model: all but :data:`DEPLOYMENT_KEYS`."""
+    return {k: v for k, v in infer.items() if k not in DEPLOYMENT_KEYS}
 
 
 def write_inference_yml(save_dir: str, meta: Mapping[str, Any]) -> str:

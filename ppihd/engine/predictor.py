@@ -20,7 +20,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 import numpy as np
 
-from ppihd.engine.backends import Backend, chunk_bounds, merge_chunks
+from ppihd.engine.backends import Backend, chunk_bounds, chunk_length, merge_chunks
 from ppihd.engine.outputs import EXIT_BUSY, EXIT_OUTPUT, EXIT_USAGE, OutputWriter, series_rows, unaccounted
 from ppihd.engine.studies import AGGREGATIONS
 from ppihd.engine import report
@@ -77,7 +77,8 @@ def run_inference(inputs: Sequence[str], out_dir: str, backend: Backend, data_cf
     out = os.path.abspath(out_dir)
     failed = {"num_series": 0, "num_studies": 0, "num_predicted": 0, "num_skipped": 0, "out_dir": out}
     try:  # settings that are checked only deep inside the run: before any output exists
-        chunk_bounds(1000, infer_cfg["chunk_slices"], int(infer_cfg["chunk_overlap"]))
+        overlap = int(infer_cfg["chunk_overlap"])
+        chunk_bounds(1000, chunk_length(infer_cfg["chunk_slices"], overlap, backend.max_slices), overlap)
         for key, allowed in (("predict_series", ("usable", "primary")), ("study_aggregation", AGGREGATIONS)):
             if str(infer_cfg[key]) not in allowed:
                 raise ValueError(f"Infer.{key} must be one of {' | '.join(allowed)}, got {infer_cfg[key]!r}")
@@ -149,8 +150,11 @@ def _predict_studies(inputs: Sequence[str], out_dir: str, backend: Backend, data
 
     inputs = [str(i) for i in inputs]
     threshold = float(infer_cfg["threshold"])
-    chunk = infer_cfg["chunk_slices"]
     overlap = int(infer_cfg["chunk_overlap"])
+    chunk = chunk_length(infer_cfg["chunk_slices"], overlap, backend.max_slices)   # TensorRT: <= its profile max
+    if chunk != (infer_cfg["chunk_slices"] or None):
+        log.info("series longer than %d slices go in chunks of %d (the largest input of the %s back-end; "
+                 "Infer.chunk_slices %s)", chunk, chunk, backend.name, infer_cfg["chunk_slices"])
     nbatch = max(1, int(infer_cfg["batch_series"]))
     save_plots = bool(infer_cfg["save_plots"])
     n_keys = int(infer_cfg["key_slices"])
