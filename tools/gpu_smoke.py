@@ -331,7 +331,8 @@ def predict_rows(model, cfg, data, work: str, on_gpu: bool, row) -> bool:
 
     runs = [("predict vs dygraph", {}, None, 1e-3 if on_gpu else 1e-4)]
     if on_gpu:   # fp16 and TensorRT are GPU paths; on CPU they are refused (tests/test_gpu_infer.py)
-        plan = trt_plan(deep_merge(cfg["Infer"], {"trt": True, "trt_max_slices": x.shape[0]}),
+        # one whole series through predict_series: no chunks, so no overlap to keep below the profile max
+        plan = trt_plan(deep_merge(cfg["Infer"], {"trt": True, "trt_max_slices": x.shape[0], "chunk_overlap": 0}),
                         int(cfg["Data"]["image_size"]), d)
         runs += [("predict fp16", {"precision": "fp16"}, lambda: check_gpu_fp16(0), 0.02),
                  ("predict TensorRT", {"trt": plan}, has_trt, 1e-3)]

@@ -215,12 +215,16 @@ DEFAULTS: Dict[str, Any] = {
         "trt": False,                              # TensorRT subgraphs on GPU (deploy/python/predict.py; Paddle
                                                    # Inference built with TensorRT); off = Paddle's own GPU kernels
         "trt_max_slices": None,                    # largest slice count the engines take; None = chunk_slices
-                                                   # (longer series are fed in chunks of that length)
+                                                   # (with trt, chunks are at most this long, also when
+                                                   # chunk_slices is null / 0)
         "trt_opt_slices": 40,                      # slice count the engines are tuned for (an RSNA series: 24-60),
                                                    # min(this, the max); the smallest is always 1
         "trt_workspace_mb": 1024,                  # TensorRT builder workspace (MB)
         "trt_cache_dir": None,                     # where the converted program / shape ranges / engines are kept
-                                                   # (built on the first run, reused after); None = <model_dir>/trt
+                                                   # (a subfolder per model content, precision, slice range and
+                                                   # workspace; built on the first run, reused after); None =
+                                                   # <model_dir>/trt. precision and trt* are not written into
+                                                   # inference.yml (properties of the deploying machine)
         "key_slices": 4,                           # brain-window thumbnails in the per-series PNG
         "save_plots": True,                        # write series/<series_id>.png (the JSON is always written)
         "dicom_sr": True,                          # write sr/<study_id>.dcm: a DICOM Comprehensive 3D SR (TID 1500)
