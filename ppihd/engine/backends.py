@@ -341,10 +341,11 @@ class PaddleInferenceBackend(Backend):
 
     ``trt``: a :class:`TrtPlan` (GPU only, off by default): TensorRT subgraphs for the slice range of the plan.
     Paddle 3 (``inference.json``, PIR) converts the program once with ``paddle.tensorrt.convert`` (min / opt / max
-    shapes of the plan) into ``trt_cache_dir`` and runs the converted program; Paddle 2.x (``inference.pdmodel``)
+    shapes of the plan) into its :func:`trt_cache_folder` and runs the converted program; Paddle 2.x (``inference.pdmodel``)
     records every tensor's shape range on runs of min / opt / max slices (``collect_shape_range_info``), then
     enables ``enable_tensorrt_engine`` with those ranges (``enable_tuned_tensorrt_dynamic_shape``) and keeps the
-    built engines in the cache folder (``use_static``)."""
+    built engines in the :func:`trt_cache_folder` (``use_static``). With ``trt`` :attr:`max_slices` is the plan's
+    max, so :meth:`predict` and :func:`ppihd.engine.predictor.run_inference` feed chunks of at most that length."""
 
     name = "paddle"
 
