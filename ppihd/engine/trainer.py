@@ -36,7 +36,7 @@ import numpy as np
 from ..data.dataset import images_to_tensor, pin_batch, set_uint8_images, to_device
 from ..utils.checkpoint import load_checkpoint, load_weights, read_manifest, save_checkpoint
 from ..utils.provenance import training_provenance
-from ..utils.env import amp_support, get_logger, pinned_place, show_progress
+from ..utils.env import amp_support, get_logger, gpu_device, pinned_place, set_thread_device, show_progress
 from .evaluator import dataset_prior, evaluate, format_metrics
 
 
@@ -180,6 +180,7 @@ class SeriesBatches:
                                  "SeriesDataset / MixedDataset or set DataLoader.Train.length_buckets=false")
             self.lengths = np.asarray(dataset.series_lengths(), dtype=np.int64)
         self.pin_place = pinned_place() if pin_memory else None   # None on CPU
+        self.thread_device = gpu_device()   # the prefetch threads' CUDA device: this rank's GPU, not GPU 0
         self._epoch = None
         self._batches: List[List[int]] = []
         self._lock = threading.Lock()  # prefetch threads ask for batches of two epochs at an epoch boundary
@@ -248,7 +249,8 @@ class SeriesBatches:
                     keep.append(b)
                 yield b
                 m += 1
-        with ThreadPoolExecutor(self.num_workers) as pool:
+        on_gpu = {"initializer": set_thread_device, "initargs": (self.thread_device,)} if self.thread_device else {}
+        with ThreadPoolExecutor(self.num_workers, **on_gpu) as pool:
             ahead = max(2, self.num_workers)
             futures = {m: pool.submit(self.host_batch, m) for m in range(start, start + ahead)}
             m = start
