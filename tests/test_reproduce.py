@@ -396,3 +396,37 @@ def test_follower_waits_for_a_restarted_first_machine_and_stops_a_stale_attempt(
     t0 = time.time()
     assert rp._follow_step(pipe, mine, "train", job, _my_ip(), str(run / "status.json")) == 0
     assert time.time() - t0 < 60   # stopped, not waited for
+
+
+def test_first_machine_heartbeat_and_session_while_a_step_runs(tmp_path, monkeypatch):
+    """The first machine's status.json carries a session id per execute() and a heartbeat time that is refreshed
+    while a step runs (every HEARTBEAT_S, here 0.05 s; the step sleeps 0.5 s), so a follower can tell a live first
+    machine from one killed without writing a final state."""
+    monkeypatch.syspath_prepend(os.path.join(ROOT, "tools"))
+    import reproduce as rp
+    from ppihd.utils.cli import tool_parser
+
+    monkeypatch.setattr(rp, "HEARTBEAT_S", 0.05)
+    parser = tool_parser(rp.__doc__, "required")
+    rp._flags(parser)
+    pipe = rp.Pipeline(parser.parse_args(_follower_args(tmp_path, f"10.255.0.1,{_my_ip()}")))
+    status = tmp_path / "run" / "status.json"
+    beats = []
+
+    def run_step(s, row):   # a step that runs 0.5 s: the heartbeats written meanwhile
+        t_end = time.time() + 0.5
+        while time.time() < t_end:
+            st = json.loads(status.read_text())
+            beats.append((st["session"], st["heartbeat"]))
+            time.sleep(0.02)
+        row.update(state="done")
+
+    monkeypatch.setattr(pipe, "run_step", run_step)
+    monkeypatch.setattr(pipe, "steps", lambda: [s for s in rp.Pipeline.steps(pipe) if s.name == "preprocess"])
+    monkeypatch.setattr(pipe, "print_results", lambda: None)
+    assert pipe.execute() == 0
+    sessions = {s for s, _ in beats}
+    assert len(sessions) == 1 and len({h for _, h in beats}) >= 3   # one session; the heartbeat moved during the step
+    final = json.loads(status.read_text())
+    assert final["state"] == "done" and final["session"] in sessions
+    assert pipe.execute() == 0 and json.loads(status.read_text())["session"] not in sessions   # a new execute()

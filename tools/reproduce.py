@@ -395,15 +395,21 @@ class Pipeline:
         machines)."""
         if not self.a.dry_run:
             with self._status_lock:   # the heartbeat thread writes too (one temporary name per process)
-                self.write_json(os.path.join(self.run, "status.json"),
-                                {"run": self.run, "state": state, "steps": self.status,
-                                 "session": self.session, "heartbeat": time.time()})
+                self._state = state
+                self._write_status_file()
+
+    def _write_status_file(self) -> None:
+        self.write_json(os.path.join(self.run, "status.json"), {"run": self.run, "state": self._state,
+                                                                 "steps": self.status, "session": self.session,
+                                                                 "heartbeat": time.time()})
 
     def _heartbeat(self, stop: threading.Event) -> None:
-        """Rewrite RUN/status.json every :data:`HEARTBEAT_S` seconds while :meth:`execute` runs: a follower does
-        not start a step of a first machine that stopped beating (killed without a final state)."""
+        """Rewrite RUN/status.json (the last state written, a new heartbeat time) every :data:`HEARTBEAT_S`
+        seconds while :meth:`execute` runs: a follower does not start a step of a first machine that stopped
+        beating (killed without a final state)."""
         while not stop.wait(HEARTBEAT_S):
-            self.write_status()
+            with self._status_lock:
+                self._write_status_file()
 
     def execute(self) -> int:
         steps = self.steps()
