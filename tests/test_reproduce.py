@@ -204,6 +204,7 @@ def test_two_cpu_ranks_under_the_launcher(tiny, two_ranks):
     # what a follower on another machine reads: the run's state and the training step's script + arguments
     status = json.load(open(out / "status.json"))
     assert status["state"] == "done" and status["run"] == str(out)
+    assert len(status["session"]) == 32 and isinstance(status["heartbeat"], float)   # for the followers' checks
     job = _status(out)["train"]["launch"]
     assert job["argv"][0] == os.path.join(ROOT, "tools", "train.py") and job["extra"] == [] and job["attempt"]
     sub = pd.read_csv(out / "submission.csv")
