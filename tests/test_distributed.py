@@ -449,3 +449,47 @@ def test_rank_norm_stats_equal_one_process_batchnorm(monkeypatch):
         np.testing.assert_allclose(bn._mean.numpy(), one._mean.numpy(), rtol=1e-5, atol=1e-6)
         np.testing.assert_allclose(bn._variance.numpy(), one._variance.numpy(), rtol=1e-5, atol=1e-6)
     assert not np.allclose(alone._mean.numpy(), one._mean.numpy(), rtol=1e-2)
+
+
+NAN_WORKER = r'''
+import os, sys
+sys.path.insert(0, {tests!r}); sys.path.insert(0, {root!r})
+import paddle
+import paddle.distributed as dist
+from test_trainer import ToyDataset, ToyNet, collate, make_cfg
+from ppihd.engine.trainer import Trainer
+from ppihd.loss import build_loss
+from ppihd.optimizer import build_lr_scheduler, build_optimizer
+
+dist.init_parallel_env()
+rank, world = dist.get_rank(), dist.get_world_size()
+cfg = make_cfg({out!r}, iters=4, **{{"Global.log_interval": 4, "Global.eval_interval": 0, "Global.save_interval": 1}})
+paddle.seed(0)
+model = paddle.DataParallel(ToyNet())
+sched = build_lr_scheduler(cfg["Optimizer"], cfg["Global"]["iters"])
+opt = build_optimizer(cfg["Optimizer"], model.parameters(), sched)
+tr = Trainer(cfg, model, build_loss(cfg["Loss"], True), opt, sched, ToyDataset(10, 0), None, collate_fn=collate,
+             rank=rank, world_size=world)
+if rank == 1:   # rank 1's logged loss is NaN (its gradients, all-reduced, stay finite): only rank 1's check fails
+    account = tr._account
+    tr._account = lambda it, terms: account(it, {{k: v * float("nan") for k, v in terms.items()}})
+try:
+    tr.train()
+    msg = "no error"
+except FloatingPointError as e:
+    msg = str(e)
+dist.barrier()   # both ranks got here: none is left in a collective
+open(os.path.join({out!r}, f"rank{{rank}}.txt"), "w").write(msg)
+'''
+
+
+@pytest.mark.slow
+def test_a_nan_loss_on_one_rank_stops_both_ranks(tmp_path):
+    """Only rank 1's loss window is NaN; the first check is at save point 1 (rank 0 alone saves): both ranks raise
+    FloatingPointError there (rank 0 naming rank 1) and reach the barrier after, instead of rank 0 saving and
+    waiting in the next step's all-reduce while rank 1 has stopped."""
+    out = _launch(tmp_path, NAN_WORKER)
+    r0, r1 = (open(os.path.join(out, f"rank{r}.txt")).read() for r in (0, 1))
+    assert r0.startswith("rank(s) 1 of 2 stopped: their loss window check failed"), r0
+    assert r1.startswith("rank 1 of 2: iteration") and "loss is not finite" in r1, r1
+    assert not os.path.exists(os.path.join(out, "latest.json"))   # nothing saved at save point 1

@@ -112,6 +112,42 @@ def test_one_rank_gather_only_sorts():
     assert gather_series([(2, "c"), (0, "a"), (1, "b")], 1) == [(0, "a"), (1, "b"), (2, "c")]
 
 
+def test_a_rank_that_fails_mid_evaluation_stops_every_rank(monkeypatch):
+    """The error is gathered with the records (all_gather_object simulated: this is rank 0 of 2, rank 1's series
+    failed to load): rank 0, whose own series went fine, raises with rank 1's message; a failing rank raises with
+    its own message, chained to its exception."""
+    import paddle
+    import paddle.distributed as dist
+
+    from gpu_utils import FixedSeries, micro_cfg
+    from ppihd.arch import build_model
+    from ppihd.engine.evaluator import gather_series, predict_dataset
+
+    other = []   # what the simulated other rank contributes
+    monkeypatch.setattr(dist, "all_gather_object", lambda parts, obj: parts.extend([obj, other[0]]))
+    other.append(("OSError: cannot read /data/ID_x.dcm", []))
+    cfg = micro_cfg("unused", iters=1, recompute=False)
+    paddle.seed(0)
+    model = build_model(cfg["Arch"])
+    with pytest.raises(RuntimeError, match=r"evaluation failed on rank 1 of 2 \(ranks failed: 1\): OSError: cannot "
+                                           r"read /data/ID_x\.dcm"):
+        predict_dataset(model, FixedSeries(3, 1), progress=False, rank=0, world_size=2)
+    assert model.training   # restored
+
+    class Broken(FixedSeries):
+        def __getitem__(self, i):
+            raise ValueError(f"series {i} is broken")
+
+    other[0] = (None, [(1, "b")])   # rank 1 went fine; this rank (0) fails on its first series, 0
+    with pytest.raises(RuntimeError, match=r"rank 0 of 2 \(ranks failed: 0\): ValueError: series 0 is broken") as e:
+        predict_dataset(model, Broken(3, 1), progress=False, rank=0, world_size=2)
+    assert isinstance(e.value.__cause__, ValueError)
+    with pytest.raises(ValueError, match="series 0 is broken"):   # one process: the exception itself
+        predict_dataset(model, Broken(3, 1), progress=False)
+    other[0] = (None, [(1, "b")])
+    assert gather_series([(2, "c"), (0, "a")], 2) == [(0, "a"), (1, "b"), (2, "c")]
+
+
 @pytest.mark.slow
 def test_two_rank_sharded_eval_equals_one_rank(tmp_path):
     """2 gloo ranks: the sharded predictions and metric equal the 1-process ones computed in each worker (bit for

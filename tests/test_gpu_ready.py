@@ -345,7 +345,7 @@ def test_sampler_batches_are_thread_safe(tmp_path):
 def test_gpu_smoke_cpu_path(tmp_path):
     """tools/gpu_smoke.py: exit 2 without a GPU; --allow-cpu runs every step on CPU and passes, the 2-rank step as
     2 gloo CPU ranks under paddle.distributed.launch (one workerlog and one report of world size 2 per rank, with
-    recompute on)."""
+    recompute on and 2 prefetch threads)."""
     import json
     import subprocess
     import sys
@@ -367,9 +367,10 @@ def test_gpu_smoke_cpu_path(tmp_path):
                       "train bf16": "skipped", "train 2-rank": "ok", "export": "ok"}, lines
     assert any(ln.startswith("predict vs dygraph  ok") for ln in lines) and "all steps passed" in r.stdout
     (two,) = [ln for ln in lines if ln.startswith("train 2-rank")]
-    assert "2 gloo CPU ranks (--nproc_per_node 2), recompute on, 2 steps," in two and " slices/s" in two
+    assert "2 gloo CPU ranks (--nproc_per_node 2), recompute on, 2 prefetch threads, 2 steps," in two
+    assert " slices/s" in two
     assert {"workerlog.0", "workerlog.1"} <= set(os.listdir(work / "dp_log"))
     reports = [json.loads((work / "dp" / f"rank{r}.json").read_text()) for r in (0, 1)]
-    assert [(x["rank"], x["world"], x["recompute"], x["device"]) for x in reports] == [(0, 2, True, "cpu"),
-                                                                                      (1, 2, True, "cpu")]
+    assert [(x["rank"], x["world"], x["recompute"], x["num_workers"], x["device"]) for x in reports] == [
+        (0, 2, True, 2, "cpu"), (1, 2, True, 2, "cpu")]
     assert all(x["slices_per_s"] > 0 and np.isfinite(x["loss"]) for x in reports)

@@ -3,6 +3,7 @@ the whole recipe runs; killed with SIGKILL in the middle of a training step and 
 finished steps, resumes the training from ``latest`` and ends with a byte-identical submission.csv."""
 import json
 import os
+import re
 import shlex
 import signal
 import subprocess
@@ -203,6 +204,7 @@ def test_two_cpu_ranks_under_the_launcher(tiny, two_ranks):
     # what a follower on another machine reads: the run's state and the training step's script + arguments
     status = json.load(open(out / "status.json"))
     assert status["state"] == "done" and status["run"] == str(out)
+    assert len(status["session"]) == 32 and isinstance(status["heartbeat"], float)   # for the followers' checks
     job = _status(out)["train"]["launch"]
     assert job["argv"][0] == os.path.join(ROOT, "tools", "train.py") and job["extra"] == [] and job["attempt"]
     sub = pd.read_csv(out / "submission.csv")
@@ -254,13 +256,16 @@ def _leader_train_argv(tmp_path, ips):
     return full[full.index("--log_dir") + 2:]
 
 
-def _write_status(run, state, train_state="running", argv=None, extra=(), run_field=None):
+def _write_status(run, state, train_state="running", argv=None, extra=(), run_field=None, attempt="attempt-1",
+                  age=0.0):
+    """A fake first machine's status.json; ``age``: seconds since its last heartbeat."""
     run.mkdir(parents=True, exist_ok=True)
     rows = [{"step": "preprocess", "state": "done", "seconds": 1.0, "metric": ""},
             {"step": "train", "state": train_state, "seconds": None, "metric": "",
-             "launch": {"attempt": "attempt-1", "argv": argv, "extra": list(extra)}}]
+             "launch": {"attempt": attempt, "argv": argv, "extra": list(extra)}}]
     tmp = run / "status.json.tmp"
-    tmp.write_text(json.dumps({"run": run_field or str(run), "state": state, "steps": rows}))
+    tmp.write_text(json.dumps({"run": run_field or str(run), "state": state, "steps": rows, "session": "s-1",
+                               "heartbeat": time.time() - age}))
     os.replace(tmp, run / "status.json")
 
 
@@ -342,3 +347,87 @@ def test_follower_refuses_a_wrong_folder_command_or_machine(tmp_path):
     r = subprocess.run(TOOL + _follower_args(tmp_path, ips)[:-4] + ["--follower"], capture_output=True, text=True,
                        timeout=120)
     assert r.returncode == 2 and "--follower needs --ips" in r.stderr
+
+
+def test_follower_waits_for_a_restarted_first_machine_and_stops_a_stale_attempt(tmp_path, monkeypatch):
+    """A first machine killed mid-step (SIGKILL) leaves "running" with an old heartbeat: a follower does not start
+    that attempt (clear message; waits up to --wait), starts the attempt of the restarted first machine (fresh
+    heartbeat, resuming from latest) and stops a local launch whose attempt the first machine replaced."""
+    ips = f"10.255.0.1,{_my_ip()}"
+    run = tmp_path / "run"
+    argv = _leader_train_argv(tmp_path, ips)
+    _write_status(run, "running", argv=argv, age=1000.0)   # killed 1000 s ago, never restarted
+    follower = TOOL + _follower_args(tmp_path, ips) + ["--follower", "--dry-run"]
+    r = subprocess.run(follower + ["--wait", "0"], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2, r.stderr
+    assert re.search(r"its last heartbeat is 10\d\d s old \(> 60 s\)", r.stderr), r.stderr   # 1000 s + start-up
+    assert "the first machine looks dead" in r.stderr
+    assert "== train" not in r.stdout
+    # restarted while the follower waits: the new attempt (with Global.checkpoints) starts, not the stale one
+    proc = subprocess.Popen(follower + ["--wait", "60"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert "looks dead or not yet restarted" in proc.stderr.readline()
+        extra = ["-o", f"Global.checkpoints={run / 'single' / 'latest'}"]
+        _write_status(run, "running", argv=argv, extra=extra, attempt="attempt-2")
+        lines = []
+        while not lines or lines[-1] not in ("== train", ""):
+            lines.append(proc.stdout.readline().rstrip("\n"))
+        assert lines[-1] == "== train", lines
+        assert shlex.split(proc.stdout.readline())[-2:] == extra
+        _write_status(run, "done", train_state="done", argv=argv, extra=extra, attempt="attempt-2")
+        proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0
+    # a launch in progress (a real local process, not --dry-run) whose attempt the first machine replaced: stopped
+    monkeypatch.syspath_prepend(os.path.join(ROOT, "tools"))
+    import reproduce as rp
+
+    monkeypatch.setattr(rp, "FOLLOW_POLL_S", 0.1)
+    from ppihd.utils.cli import tool_parser
+
+    parser = tool_parser(rp.__doc__, "required")
+    rp._flags(parser)
+    pipe = rp.Pipeline(parser.parse_args(_follower_args(tmp_path, ips)))
+    monkeypatch.setattr(pipe, "launcher", lambda: [sys.executable, "-c", "import time; time.sleep(120)"])
+    _write_status(run, "running", argv=argv, attempt="attempt-3")
+    mine = {s.name: s for s in pipe.steps() if s.train_dir}
+    job = {"attempt": "attempt-2", "argv": argv, "extra": []}
+    t0 = time.time()
+    assert rp._follow_step(pipe, mine, "train", job, _my_ip(), str(run / "status.json")) == 0
+    assert time.time() - t0 < 60   # stopped, not waited for
+
+
+def test_first_machine_heartbeat_and_session_while_a_step_runs(tmp_path, monkeypatch):
+    """The first machine's status.json carries a session id per execute() and a heartbeat time that is refreshed
+    while a step runs (every HEARTBEAT_S, here 0.05 s; the step sleeps 0.5 s), so a follower can tell a live first
+    machine from one killed without writing a final state."""
+    monkeypatch.syspath_prepend(os.path.join(ROOT, "tools"))
+    import reproduce as rp
+    from ppihd.utils.cli import tool_parser
+
+    monkeypatch.setattr(rp, "HEARTBEAT_S", 0.05)
+    parser = tool_parser(rp.__doc__, "required")
+    rp._flags(parser)
+    pipe = rp.Pipeline(parser.parse_args(_follower_args(tmp_path, f"10.255.0.1,{_my_ip()}")))
+    status = tmp_path / "run" / "status.json"
+    beats = []
+
+    def run_step(s, row):   # a step that runs 0.5 s: the heartbeats written meanwhile
+        t_end = time.time() + 0.5
+        while time.time() < t_end:
+            st = json.loads(status.read_text())
+            beats.append((st["session"], st["heartbeat"]))
+            time.sleep(0.02)
+        row.update(state="done")
+
+    monkeypatch.setattr(pipe, "run_step", run_step)
+    monkeypatch.setattr(pipe, "steps", lambda: [s for s in rp.Pipeline.steps(pipe) if s.name == "preprocess"])
+    monkeypatch.setattr(pipe, "print_results", lambda: None)
+    assert pipe.execute() == 0
+    sessions = {s for s, _ in beats}
+    assert len(sessions) == 1 and len({h for _, h in beats}) >= 3   # one session; the heartbeat moved during the step
+    final = json.loads(status.read_text())
+    assert final["state"] == "done" and final["session"] in sessions
+    assert pipe.execute() == 0 and json.loads(status.read_text())["session"] not in sessions   # a new execute()

@@ -199,10 +199,12 @@ def test_series_lengths_from_the_index(tmp_path):
 
 # ---------------------------------------------------------------------------------------- pinned memory
 def _fake_gpu(monkeypatch):
-    """A GPU run as far as the pinning decision sees it: a CUDA build, get_device says gpu:0, and CUDAPinnedPlace
-    builds a CPU place (a CPU-only paddle cannot allocate page-locked memory)."""
+    """A GPU run as far as the pinning decision sees it: a CUDA build, get_device says gpu:0, CUDAPinnedPlace
+    builds a CPU place (a CPU-only paddle cannot allocate page-locked memory) and set_device (the prefetch
+    threads') does nothing."""
     made = []
     monkeypatch.setattr(paddle.device, "is_compiled_with_cuda", lambda: True)
+    monkeypatch.setattr(paddle.device, "set_device", lambda d: None)
     monkeypatch.setattr(paddle.device, "get_device", lambda: "gpu:0")
     monkeypatch.setattr(paddle, "CUDAPinnedPlace", lambda: (made.append(1), paddle.CPUPlace())[1])
     return made
@@ -230,6 +232,32 @@ def test_pinned_branch_on_a_gpu_place_gives_the_same_batches_and_losses(tmp_path
         assert set(lx) == set(ly)
         for k in lx:
             np.testing.assert_array_equal(ly[k].numpy(), lx[k].numpy(), err_msg=k)
+
+
+def test_prefetch_threads_run_on_the_ranks_gpu(tmp_path, monkeypatch):
+    """A rank computing on gpu:1 (simulated): every prefetch thread first makes gpu:1 its device (a new thread's
+    CUDA device is 0), before it pins a batch; on CPU the threads set no device."""
+    import threading
+
+    cfg = make_cfg(str(tmp_path), **{"DataLoader.Train.num_workers": 2})
+    cpu = build(cfg, ToyDataset(6, 0), None)
+    _fake_gpu(monkeypatch)
+    monkeypatch.setattr(paddle.device, "get_device", lambda: "gpu:1")
+    calls, main = [], threading.get_ident()
+    monkeypatch.setattr(paddle.device, "set_device", lambda d: calls.append((d, threading.get_ident())))
+    tr = build(cfg, ToyDataset(6, 0), None)
+    it = tr.batches.iterate(0)
+    for _ in range(4):
+        assert isinstance(next(it)["images"], paddle.Tensor)
+    it.close()
+    assert calls and {d for d, _ in calls} == {"gpu:1"}
+    assert main not in {t for _, t in calls} and len({t for _, t in calls}) == len(calls) <= 2   # once per thread
+    monkeypatch.undo()
+    calls.clear()
+    it = cpu.batches.iterate(0)
+    next(it)
+    it.close()
+    assert cpu.batches.thread_device is None and not calls
 
 
 def test_pin_memory_off_or_cpu_leaves_numpy(tmp_path, monkeypatch):

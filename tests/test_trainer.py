@@ -397,3 +397,49 @@ def test_output_folder_with_a_run_is_refused_then_resumed_or_started_over(tmp_pa
     tr.resume(str(tmp_path / "latest"))
     msg = [r.getMessage() for r in records if r.levelname == "WARNING"]
     assert any("Global.seed: 42 -> 7" in m for m in msg) and not any("Global.iters" in m for m in msg), msg
+
+
+def test_window_checks_at_the_same_iterations_on_every_rank(tmp_path, data):
+    """The loss window (and its finiteness check) is read after the same iterations on rank 0 (which saves) and on
+    the other ranks (which do not): iters 12, log every 5, save every 3, no eval -> 3, 5, 6, 9, 10, 12."""
+    from ppihd.engine.trainer import window_reads
+
+    want = [3, 5, 6, 9, 10, 12]
+    assert [it for it in range(1, 13) if any(window_reads(it, 12, 5, 0, 3))] == want
+    reads = {}
+    for rank in (0, 1):
+        cfg = make_cfg(str(tmp_path / f"rank{rank}"), iters=12, **{"Global.log_interval": 5,
+                                                                    "Global.eval_interval": 0,
+                                                                    "Global.save_interval": 3})
+        tr = build(cfg, *data)
+        tr.is_main = rank == 0   # rank 1's schedule: no saving (one process: no collective to agree with)
+        calls, orig = [], tr._read_window
+        tr._read_window = lambda it, calls=calls, orig=orig: (calls.append(it), orig(it))[1]
+        tr.train()
+        reads[rank] = calls
+    assert reads[0] == reads[1] == want
+    assert (tmp_path / "rank0" / "latest.json").is_file() and not (tmp_path / "rank1" / "latest.json").exists()
+
+
+def test_a_non_finite_window_on_one_rank_stops_every_rank(monkeypatch):
+    """The failure flags are all-reduced (summed) over the ranks: a rank whose own window is finite raises too,
+    naming the failing rank; the failing rank raises its own message. The all_reduce is simulated here (rank 1 of
+    2 failed); tests/test_distributed.py runs it under the launcher."""
+    import types
+
+    import paddle.distributed as dist
+
+    from ppihd.engine.trainer import Trainer
+
+    def all_reduce(t, *a, **k):   # rank 1's flag added to this rank's
+        t.set_value(t.numpy() + np.array([0.0, 1.0], "float32"))
+
+    monkeypatch.setattr(dist, "all_reduce", all_reduce)
+    with pytest.raises(FloatingPointError, match=r"rank\(s\) 1 of 2 stopped: their loss window check failed"):
+        Trainer._agree_finite(types.SimpleNamespace(rank=0, world=2), None)
+    monkeypatch.setattr(dist, "all_reduce", lambda t, *a, **k: None)   # rank 1's own flag is already set
+    with pytest.raises(FloatingPointError, match="rank 1 of 2: iterations 3-4: loss is not finite"):
+        Trainer._agree_finite(types.SimpleNamespace(rank=1, world=2), "iterations 3-4: loss is not finite")
+    Trainer._agree_finite(types.SimpleNamespace(rank=0, world=1), None)   # one rank, finite: nothing
+    with pytest.raises(FloatingPointError, match="^x$"):
+        Trainer._agree_finite(types.SimpleNamespace(rank=0, world=1), "x")

@@ -132,8 +132,9 @@ def smoke_config(args, on_gpu: bool, device: str, extra=()):
 
 
 #: what the 2-rank step sets on top of the smoke config: Swin activation recompute (docs/benchmarks.md recommends
-#: it for 16 GB cards; inside DataParallel it needs the non-reentrant recompute, issue 19)
-DP_OVERRIDES = ("Arch.backbone.recompute=True",)
+#: it for 16 GB cards; inside DataParallel it needs the non-reentrant recompute, issue 19) and 2 prefetch threads
+#: (on a GPU they pin the batches on the rank's device: the threaded path of a real multi-GPU run)
+DP_OVERRIDES = ("Arch.backbone.recompute=True", "DataLoader.Train.num_workers=2")
 
 
 def dp_worker(args) -> int:
@@ -156,6 +157,7 @@ def dp_worker(args) -> int:
     with open(os.path.join(args.dp_worker, f"rank{rank}.json"), "w", encoding="utf-8") as f:
         json.dump({"rank": rank, "world": world, "device": device, "steps": steps, "slices_per_s": sps,
                    "peak_mb": mem, "loss": loss, "recompute": bool(cfg["Arch"]["backbone"]["recompute"]),
+                   "num_workers": int(cfg["DataLoader"]["Train"]["num_workers"]),
                    "paddle": paddle.__version__}, f)
     return 0
 
@@ -198,7 +200,7 @@ def two_rank_launch(args, on_gpu: bool, work: str, timeout: float):
     if sorted(x["rank"] for x in ranks) != [0, 1] or any(x["world"] != 2 for x in ranks):
         return "FAIL", f"expected ranks 0 and 1 of world size 2, got {[(x['rank'], x['world']) for x in ranks]}"
     what = "2 GPUs (--devices 0,1)" if on_gpu else "2 gloo CPU ranks (--nproc_per_node 2)"
-    return "ok", (f"{what}, recompute on, {ranks[0]['steps']} steps, {sum(x['slices_per_s'] for x in ranks):.1f} "
+    return "ok", (f"{what}, recompute on, {ranks[0]['num_workers']} prefetch threads, {ranks[0]['steps']} steps, {sum(x['slices_per_s'] for x in ranks):.1f} "
                   f"slices/s, peak memory {max(x['peak_mb'] for x in ranks):.0f} MB per rank, loss "
                   f"{ranks[0]['loss']:.4f} ({time.time() - t:.0f} s with start-up)")
 

@@ -32,9 +32,12 @@ status (e.g. 4 from tools/pseudo_label.py when no series is kept), with the step
 Several machines (``--ips``): the first machine (the first address) runs the pipeline; every other machine runs
 the same command with ``--follower``, which watches RUN/status.json (RUN on a shared file system, at the same
 path everywhere) and, whenever the first machine starts a training step, runs that step's launcher command
-here (Paddle's launcher gives each machine its node rank from the position of its address in ``--ips``). A
+here (Paddle's launcher gives each machine its node rank from the position of its address in ``--ips``). The
+first machine refreshes a heartbeat in status.json every HEARTBEAT_S seconds; a follower starts no step while the
+heartbeat is older than STALE_S (a first machine killed without a final state) and stops its local launch when
+the step's attempt there changes (the first machine started again), then follows the new one. A
 follower exits 0 when the first machine's run is done; 1 when it failed or was interrupted (the local launch is
-stopped); 2 when RUN holds no status.json of this run (after ``--wait`` seconds), was written for another folder
+stopped); 2 when RUN holds no status.json of this run or no fresh heartbeat (after ``--wait`` seconds), was written for another folder
 or another command, or this machine's address is not in ``--ips``; a local launch's own failure: its status.
 """
 from __future__ import annotations
@@ -46,6 +49,7 @@ import os
 import shlex
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from typing import Any, Callable, Dict, List, Optional, Sequence
@@ -390,15 +394,42 @@ class Pipeline:
         running training step under the launcher also has ``launch`` (what :func:`follow` runs on the other
         machines)."""
         if not self.a.dry_run:
-            self.write_json(os.path.join(self.run, "status.json"), {"run": self.run, "state": state,
-                                                                     "steps": self.status})
+            with self._status_lock:   # the heartbeat thread writes too (one temporary name per process)
+                self._state = state
+                self._write_status_file()
+
+    def _write_status_file(self) -> None:
+        self.write_json(os.path.join(self.run, "status.json"), {"run": self.run, "state": self._state,
+                                                                 "steps": self.status, "session": self.session,
+                                                                 "heartbeat": time.time()})
+
+    def _heartbeat(self, stop: threading.Event) -> None:
+        """Rewrite RUN/status.json (the last state written, a new heartbeat time) every :data:`HEARTBEAT_S`
+        seconds while :meth:`execute` runs: a follower does not start a step of a first machine that stopped
+        beating (killed without a final state)."""
+        while not stop.wait(HEARTBEAT_S):
+            with self._status_lock:
+                self._write_status_file()
 
     def execute(self) -> int:
         steps = self.steps()
         self.status = [{"step": s.name, "state": "pending", "seconds": None, "metric": ""} for s in steps]
+        self.session, self._status_lock = uuid.uuid4().hex, threading.Lock()   # one per execute(), for followers
         if not self.a.dry_run:
             os.makedirs(os.path.join(self.run, "logs"), exist_ok=True)
         self.write_status()
+        stop = threading.Event()
+        beat = threading.Thread(target=self._heartbeat, args=(stop,), daemon=True)
+        if not self.a.dry_run:
+            beat.start()
+        try:
+            return self._execute(steps)
+        finally:
+            stop.set()
+            if beat.is_alive():
+                beat.join()
+
+    def _execute(self, steps: List[Step]) -> int:
         for i, s in enumerate(steps):
             row = self.status[i]
             try:
@@ -571,6 +602,10 @@ def launcher_ip() -> str:
 
 #: seconds between two reads of RUN/status.json by a follower
 FOLLOW_POLL_S = 1.0
+#: seconds between two heartbeats of the first machine in RUN/status.json (:meth:`Pipeline.execute`)
+HEARTBEAT_S = 10.0
+#: a follower starts no step of a status.json whose heartbeat is older than this (the first machine looks dead)
+STALE_S = 60.0
 
 
 def follow(pipe: Pipeline) -> int:
@@ -615,7 +650,7 @@ def follow(pipe: Pipeline) -> int:
               "to start it again", flush=True)
         while stamp() == first and time.time() - t0 < a.wait:
             time.sleep(FOLLOW_POLL_S)
-    done_attempts, unreadable = set(), 0
+    done_attempts, unreadable, stale_since = set(), 0, None
     while True:
         st = pipe._json(status_path)
         if st is None or not isinstance(st.get("steps"), list):
@@ -636,6 +671,20 @@ def follow(pipe: Pipeline) -> int:
             job = row.get("launch")
             if row.get("state") != "running" or not job or job.get("attempt") in done_attempts:
                 continue
+            age = time.time() - float(st.get("heartbeat") or 0)
+            if age > STALE_S:   # killed without a final state: its old attempt must not start here
+                if stale_since is None:
+                    stale_since = time.time()
+                    print(f"reproduce --follower: {status_path} says step {row['step']} is running, but its last "
+                          f"heartbeat is {age:.0f} s old (> {STALE_S:g} s): the first machine looks dead or not yet "
+                          f"restarted; waiting up to {a.wait:g} s for it", file=sys.stderr, flush=True)
+                if time.time() - stale_since >= a.wait:
+                    print(f"reproduce --follower: error: the first machine wrote no heartbeat to {status_path} "
+                          f"for {a.wait:g} s of waiting: restart tools/reproduce.py there (--out {pipe.run})",
+                          file=sys.stderr)
+                    return 2
+                break
+            stale_since = None
             done_attempts.add(job["attempt"])
             rc = _follow_step(pipe, mine, row["step"], job, ip, status_path)
             if rc:
@@ -659,7 +708,8 @@ def _ended(status: Dict[str, Any]) -> Optional[int]:
 
 def _follow_step(pipe: Pipeline, mine: Dict[str, Step], name: str, job: Dict[str, Any], ip: str,
                  status_path: str) -> int:
-    """Run one training step's launcher command here; 0 when it ended well, else the exit status to return."""
+    """Run one training step's launcher command here; 0 when it ended well or the first machine started again
+    (the local launch of the old attempt stopped), else the exit status to return."""
     if name not in mine:
         print(f"reproduce --follower: error: the first machine runs the training step {name}, which this command "
               f"does not have (its training steps: {', '.join(mine)}): start it with the first machine's "
@@ -682,17 +732,24 @@ def _follow_step(pipe: Pipeline, mine: Dict[str, Step], name: str, job: Dict[str
         try:
             rc = proc.wait(timeout=FOLLOW_POLL_S)
         except subprocess.TimeoutExpired:
-            st = pipe._json(status_path) or {}
+            st = pipe._json(status_path)
+            if st is None:   # being replaced (or briefly unreadable): read it at the next poll
+                continue
             row = next((r for r in st.get("steps", []) if r.get("step") == name), {})
-            if _ended(st) == 1 or (
-                    (row.get("launch") or {}).get("attempt") == job["attempt"] and row.get("state") != "running"
-                    and not str(row.get("state")).startswith("done")):
+            attempt = (row.get("launch") or {}).get("attempt")
+            # another attempt (the first machine restarted) or this one ended there without finishing: stop it
+            if _ended(st) == 1 or attempt != job["attempt"] or (
+                    row.get("state") != "running" and not str(row.get("state")).startswith("done")):
                 proc.terminate()
                 try:
                     proc.wait(timeout=30)
                 except subprocess.TimeoutExpired:
                     proc.kill()
                     proc.wait()
+                if _ended(st) != 1 and attempt != job["attempt"]:   # follow the first machine's new attempt
+                    print(f"reproduce --follower: the first machine started again (step {name}: "
+                          f"{row.get('state')}); stopped its old attempt here ({status_path})", file=sys.stderr)
+                    return 0
                 print(f"reproduce --follower: step {name} {row.get('state') or st.get('state')} on the first "
                       f"machine; stopped it here ({status_path})", file=sys.stderr)
                 return 1

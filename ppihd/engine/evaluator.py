@@ -51,17 +51,28 @@ def eval_batches(n: int, batch_series: int, rank: int = 0, world_size: int = 1) 
     return every[int(rank)::max(1, int(world_size))]
 
 
-def gather_series(records: List[tuple], world_size: int) -> List[tuple]:
+def gather_series(records: List[tuple], world_size: int, error: Optional[BaseException] = None) -> List[tuple]:
     """All ranks' per-series records (``(series index, ...)`` tuples of numpy arrays of any length), in series
     order, on every rank: ``paddle.distributed.all_gather_object`` (pickled, padded to the longest rank's bytes by
-    Paddle; gloo on CPU, NCCL on GPU, Paddle 2.6 and 3.x)."""
+    Paddle; gloo on CPU, NCCL on GPU, Paddle 2.6 and 3.x).
+
+    ``error``: this rank's evaluation failed with it (its records are incomplete). It is gathered with the records,
+    so EVERY rank raises (RuntimeError naming the first failing rank and its message) instead of the others waiting
+    in the gather for a rank that has stopped."""
     if int(world_size) <= 1:
+        if error is not None:
+            raise error
         return sorted(records, key=lambda r: r[0])
     import paddle.distributed as dist
 
     parts: List[Any] = []
-    dist.all_gather_object(parts, records)
-    return sorted((r for part in parts for r in part), key=lambda r: r[0])
+    dist.all_gather_object(parts, (None if error is None else f"{type(error).__name__}: {error}", records))
+    failed = [(r, msg) for r, (msg, _) in enumerate(parts) if msg is not None]
+    if failed:
+        rank, msg = failed[0]
+        raise RuntimeError(f"evaluation failed on rank {rank} of {len(parts)} (ranks failed: "
+                           f"{', '.join(str(r) for r, _ in failed)}): {msg}") from error
+    return sorted((r for _, part in parts for r in part), key=lambda r: r[0])
 
 
 def predict_dataset(model: Any, dataset: Any, batch_series: int = 1, max_series: Optional[int] = None,
@@ -85,6 +96,7 @@ def predict_dataset(model: Any, dataset: Any, batch_series: int = 1, max_series:
     was_training = m.training
     m.eval()
     records: List[tuple] = []   # one per series: (index, series_id, slice_idx, labels, label_mask, prob2, prob1)
+    error: Optional[Exception] = None
     try:
         with paddle.no_grad():
             for rows in tqdm(eval_batches(n, batch_series, rank, world_size), desc=desc, disable=not progress,
@@ -106,10 +118,14 @@ def predict_dataset(model: Any, dataset: Any, batch_series: int = 1, max_series:
                                     np.asarray(batch["labels"])[b, real],
                                     np.asarray(lm)[b, real] if lm is not None else np.ones((len(real), 6)),
                                     sigmoid(l2[b, real]), sigmoid(l1[b, real]) if l1 is not None else None))
+    except Exception as e:   # several ranks: every rank raises after the gather (gather_series)
+        if int(world_size) <= 1:
+            raise
+        error = e
     finally:
         if was_training:
             m.train()
-    records = gather_series(records, world_size)
+    records = gather_series(records, world_size, error)
     cat = (lambda xs, w: np.concatenate(xs, axis=0) if xs else np.zeros((0, w)))
     has_head1 = bool(records) and all(r[6] is not None for r in records)
     return {"series_id": [r[1] for r in records for _ in range(len(r[2]))],

@@ -29,14 +29,14 @@ import random
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional
+from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Tuple
 
 import numpy as np
 
 from ..data.dataset import images_to_tensor, pin_batch, set_uint8_images, to_device
 from ..utils.checkpoint import load_checkpoint, load_weights, read_manifest, save_checkpoint
 from ..utils.provenance import training_provenance
-from ..utils.env import amp_support, get_logger, pinned_place, show_progress
+from ..utils.env import amp_support, get_logger, gpu_device, pinned_place, set_thread_device, show_progress
 from .evaluator import dataset_prior, evaluate, format_metrics
 
 
@@ -92,6 +92,17 @@ def claim_output_dir(cfg: Mapping[str, Any]) -> Any:
                            f"Global.checkpoints={os.path.join(out, 'latest')}, choose another Global.output_dir, or "
                            "-o Global.start_over=true to train from scratch and replace its checkpoints")
     return lock
+
+
+def window_reads(it: int, iters: int, log_interval: int, eval_interval: int, save_interval: int
+                 ) -> Tuple[bool, bool, bool]:
+    """After iteration ``it``: (log line due, evaluation due, save point). The trainer reads the loss window (and
+    checks it is finite) when any is due. The same on every rank: only rank 0 saves, but every rank checks at a
+    save point, since the check is agreed by an all_reduce (a rank-0-only check would leave the others waiting)."""
+    log_due = it % log_interval == 0 or it == iters
+    eval_due = bool(eval_interval) and it % eval_interval == 0 and it < iters
+    save_point = bool(save_interval) and it % save_interval == 0 and it < iters
+    return log_due, eval_due, save_point
 
 
 def _seed_for(*parts: int) -> int:
@@ -169,6 +180,7 @@ class SeriesBatches:
                                  "SeriesDataset / MixedDataset or set DataLoader.Train.length_buckets=false")
             self.lengths = np.asarray(dataset.series_lengths(), dtype=np.int64)
         self.pin_place = pinned_place() if pin_memory else None   # None on CPU
+        self.thread_device = gpu_device()   # the prefetch threads' CUDA device: this rank's GPU, not GPU 0
         self._epoch = None
         self._batches: List[List[int]] = []
         self._lock = threading.Lock()  # prefetch threads ask for batches of two epochs at an epoch boundary
@@ -237,7 +249,8 @@ class SeriesBatches:
                     keep.append(b)
                 yield b
                 m += 1
-        with ThreadPoolExecutor(self.num_workers) as pool:
+        on_gpu = {"initializer": set_thread_device, "initargs": (self.thread_device,)} if self.thread_device else {}
+        with ThreadPoolExecutor(self.num_workers, **on_gpu) as pool:
             ahead = max(2, self.num_workers)
             futures = {m: pool.submit(self.host_batch, m) for m in range(start, start + ahead)}
             m = start
@@ -544,6 +557,7 @@ class Trainer:
             parts += [paddle.to_tensor(self._acc_n).astype("float32").reshape([1]), self._bad_max.reshape([1]),
                       self._bad_total.reshape([1]), self._bad_run.reshape([1])]
         vals = paddle.concat(parts).numpy() if parts else np.zeros([0], "float32")
+        error: Optional[str] = None
         span = f"iterations {self._win_first}-{it - 1}" if self._win_first is not None else f"iteration {it}"
         if fp16:
             n_ok, bad_max, bad_total, bad_run = (float(v) for v in vals[len(names):])
@@ -554,10 +568,9 @@ class Trainer:
                 self.log.warning("%s: fp16 GradScaler skipped %d step(s) with non-finite gradients (longest run %d, "
                                  "loss scale now %s)", span, int(bad_total), int(bad_max), scale)
             if bad_max >= self.amp_max_bad_steps:
-                raise FloatingPointError(
-                    f"{span}: {int(bad_max)} fp16 steps in a row had non-finite gradients (Global.amp_max_bad_steps="
-                    f"{self.amp_max_bad_steps}); the loss scale could not recover. Lower Optimizer.lr.learning_rate, "
-                    "set Global.grad_clip, or train with -o Global.amp=bf16 / null")
+                error = (f"{span}: {int(bad_max)} fp16 steps in a row had non-finite gradients (Global."
+                         f"amp_max_bad_steps={self.amp_max_bad_steps}); the loss scale could not recover. Lower "
+                         "Optimizer.lr.learning_rate, set Global.grad_clip, or train with -o Global.amp=bf16 / null")
             self._bad_max = self._bad_run  # the current run carries over into the next window
             self._bad_total = paddle.zeros([], "float32")
             n = max(n_ok, 1.0)
@@ -565,9 +578,33 @@ class Trainer:
             n = max(float(self._acc_n), 1.0)
         means = {k: float(v) / n for k, v in zip(names, vals)}
         if not fp16 and not all(math.isfinite(v) for v in means.values()):
-            raise FloatingPointError(f"{span}: loss is not finite (means {means}); lower "
-                                     "Optimizer.lr.learning_rate or set Global.grad_clip")
+            error = (f"{span}: loss is not finite (means {means}); lower Optimizer.lr.learning_rate or set "
+                     "Global.grad_clip")
+        self._agree_finite(error)
         return means
+
+    def _agree_finite(self, error: Optional[str]) -> None:
+        """Raise FloatingPointError on EVERY rank when any rank's window check failed (``error``: this rank's).
+
+        Several ranks: one small all_reduce of the per-rank failure flags (the checks run at the same iterations on
+        every rank, :func:`window_reads`), so no rank raises while the others wait in a collective. One rank: no
+        sync."""
+        if self.world > 1:
+            import paddle
+            import paddle.distributed as dist
+
+            flags = np.zeros([self.world], "float32")
+            flags[self.rank] = error is not None
+            t = paddle.to_tensor(flags)
+            dist.all_reduce(t)
+            failed = [r for r, f in enumerate(t.numpy()) if f > 0]
+            if failed and error is None:
+                error = (f"rank(s) {', '.join(map(str, failed))} of {self.world} stopped: their loss window check "
+                         "failed (non-finite loss or fp16 bad steps; see those ranks' worker logs)")
+            elif failed:
+                error = f"rank {self.rank} of {self.world}: {error}"
+        if error is not None:
+            raise FloatingPointError(error)
 
     # -- evaluation / saving -----------------------------------------------------------------------------------
     def evaluate(self, max_series: Optional[int] = None) -> Optional[Dict[str, Any]]:
@@ -668,9 +705,10 @@ class Trainer:
             it += 1
             bar.update(1)
             # every rank evaluates (its shard of the validation series, gathered): no rank idles in a collective
-            eval_due = self.eval_interval and it % self.eval_interval == 0 and it < self.iters
-            save_due = self.is_main and self.save_interval and it % self.save_interval == 0 and it < self.iters
-            if it % self.log_interval == 0 or it == self.iters:
+            log_due, eval_due, save_point = window_reads(it, self.iters, self.log_interval, self.eval_interval,
+                                                         self.save_interval)
+            save_due = self.is_main and save_point   # the checks below are every rank's (the same iterations)
+            if log_due:
                 now = time.time()
                 means = self._read_window(it)
                 sps = slices_acc * self.world / max(now - t_window, 1e-9)
@@ -694,7 +732,7 @@ class Trainer:
                     self._scalar("train/lr", lr, it)
                 self._reset_window()
                 slices_acc, t_window, it_window, self._reader_s = 0, time.time(), it, 0.0
-            elif eval_due or save_due:
+            elif eval_due or save_point:
                 self._read_window(it)  # the finiteness / bad-step checks before anything is evaluated or saved
             if eval_due:
                 self._eval_and_maybe_best(it)

@@ -146,9 +146,27 @@ def pinned_place() -> Any:
     (CPU: nothing to pin). Paddle 2.6 and 3.x."""
     import paddle
 
-    if not (paddle.device.is_compiled_with_cuda() and str(paddle.device.get_device()).startswith("gpu")):
-        return None
-    return paddle.CUDAPinnedPlace()
+    return paddle.CUDAPinnedPlace() if gpu_device() else None
+
+
+def gpu_device() -> Optional[str]:
+    """``paddle.device.get_device()`` (``gpu:N``, the rank's GPU under the launcher) when this process computes on a
+    GPU of a CUDA build, else None."""
+    import paddle
+
+    dev = str(paddle.device.get_device())
+    return dev if paddle.device.is_compiled_with_cuda() and dev.startswith("gpu") else None
+
+
+def set_thread_device(device: str) -> None:
+    """Make ``device`` (``gpu:N``) the CUDA device of the calling thread (a new thread's is GPU 0, whatever the
+    process computes on): a prefetch thread that allocates page-locked memory (Paddle's pinned allocator calls
+    cudaHostAlloc on the thread's current device) would otherwise open a CUDA context on GPU 0 in every rank.
+    ``paddle.device.set_device`` -> ``framework._set_expected_place``, the call Paddle's own DataLoader thread makes
+    for this (``paddle/io/dataloader/dataloader_iter.py``, 2.6 and 3.x: it "will call platform::SetDeviceId()")."""
+    import paddle
+
+    paddle.device.set_device(device)
 
 
 def amp_support(amp: str) -> Tuple[bool, str]:
